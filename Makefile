@@ -1,0 +1,43 @@
+# Two commands: `make demo` (set up, then train/evaluate on synthetic data and replay bids) and
+# `make test` (set up, then the test suite). Set-up is idempotent: a stamp file records that the
+# environment matches setup.cfg/constraints.txt, so a second run starts at once.
+#   GPU=1 make ...   takes the CUDA builds (torch 2.13.0 and fbgemm-gpu 1.8.0 from PyPI) instead of
+#                    the CPU stack; use it only on a machine with CUDA.
+PYTHON ?= python3
+VENV ?= .venv
+GPU ?= 0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -qq -c constraints.txt
+STAMP := $(VENV)/.installed-gpu$(GPU)
+# Threads are set deliberately: torch's default oversubscribes when anything else runs (see
+# ../shared/TORCHREC_CPU.md). The demo uses both cores in one process; tests run 2 workers x 1 thread.
+DEMO_THREADS ?= 2
+TEST_WORKERS ?= 2
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt Makefile tools/fbgemm-gpu-cpu-shim/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(GPU),1)
+	$(PIP) torch==2.13.0 fbgemm-gpu==1.8.0
+else
+	$(PIP) torch==2.13.0 ./tools/fbgemm-gpu-cpu-shim
+endif
+	$(PIP) -e '.[test]'
+	$(PY) -m pip check
+	rm -f $(VENV)/.installed-gpu*
+	touch $@
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(VENV)/bin/rankers demo --out build/demo --overwrite
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,304 @@
+"""`ParquetBatches`: streams a parquet dataset as `Batch`es, vectorised, sharded by rank.
+
+Rows are split between ranks as contiguous, equal ranges of the dataset's global row order
+(rank r of W reads rows [r*N//W, (r+1)*N//W)), so ranks never overlap and no row is lost. Only
+the row groups that overlap a rank's range are read.
+
+Shuffling (when `shuffle_buffer` > 0): each epoch visits the rank's row groups in a seeded random
+order and permutes rows inside a buffer of at least `shuffle_buffer` rows: a window shuffle, as
+in TorchRec's and tf.data's streaming readers. Rows left over after the last full batch of one
+buffer move on to the next, so only the final batch of an epoch can be short.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from features.batch import Batch
+from features.schema import SCHEMA_FILE, Schema
+
+T = TypeVar("T")
+
+
+def find_schema(path: str | Path) -> Schema:
+    """The schema of a dataset path: `schema.json` in the path (if a directory) or its parent."""
+    p = Path(path)
+    for d in (p, p.parent) if p.is_dir() else (p.parent, p.parent.parent):
+        if (d / SCHEMA_FILE).is_file():
+            return Schema.load(d)
+    raise ValueError(f"{path}: no {SCHEMA_FILE} in it or its parent directory")
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    """The parquet files of a dataset split (a directory, searched recursively) or one file."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise ValueError(f"{path}: no such file or directory")
+    files = sorted(p.rglob("*.parquet"))
+    if not files:
+        raise ValueError(f"{path}: no .parquet files in it")
+    return files
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """Opens a parquet file, turning arrow's errors into one that names the file."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from e
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Rows [start, stop) of one row group of one file."""
+
+    file: int
+    row_group: int
+    start: int
+    stop: int
+
+
+class ParquetBatches:
+    """Iterates a parquet dataset split as `Batch`es.
+
+    Example:
+        >>> for batch in ParquetBatches("data/criteo/train", batch_size=4096, shuffle_buffer=1 << 18):
+        ...     out = ranker(batch)
+
+    Args:
+        path: a split directory (or one file) whose `schema.json` is in it or in its parent.
+        batch_size: rows per batch.
+        shuffle_buffer: rows permuted together; 0 keeps the stored order.
+        seed: seeds the shuffle; epoch e uses seed + e (see `set_epoch`).
+        rank: this process's rank.
+        world_size: number of ranks sharing the data.
+        drop_last: drop the final short batch.
+        labels: read the schema's labels (False for unlabeled rows to predict).
+        schema: overrides the schema found beside the data.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 4096,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        labels: bool = True,
+        schema: Schema | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size} must be >= 1")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer {shuffle_buffer} must be >= 0")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+        self.schema = schema if schema is not None else find_schema(path)
+        if self.schema.sequences:
+            raise ValueError(
+                f"{path}: sequence features {[s.name for s in self.schema.sequences]} are not read "
+                "by this version of ParquetBatches"
+            )
+        self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
+        self.drop_last, self.labels = drop_last, labels
+        self.path = Path(path)
+        self.files = parquet_files(path)
+        self._columns = [n for n, _ in (self.schema if labels else self.schema.without_labels()).columns()]
+        self._pieces = self._rank_pieces(rank, world_size)
+        self.num_rows = sum(p.stop - p.start for p in self._pieces)
+        self._epoch = 0
+
+    def _rank_pieces(self, rank: int, world_size: int) -> list[_Piece]:
+        groups: list[tuple[int, int, int]] = []  # (file, row group, rows)
+        for i, f in enumerate(self.files):
+            pf = open_parquet(f)
+            self.schema.check_arrow(pf.schema_arrow, where=str(f), labels=self.labels)
+            groups += [(i, g, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups)]
+        total = sum(n for *_, n in groups)
+        lo, hi = rank * total // world_size, (rank + 1) * total // world_size
+        pieces, offset = [], 0
+        for i, g, n in groups:
+            start, stop = max(lo, offset), min(hi, offset + n)
+            if start < stop:
+                pieces.append(_Piece(i, g, start - offset, stop - offset))
+            offset += n
+        return pieces
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the next iteration shuffle with seed + epoch."""
+        self._epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_rows, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[Batch]:
+        rng = np.random.default_rng(self.seed + self._epoch)
+        pieces = list(self._pieces)
+        if self.shuffle_buffer:
+            pieces = [pieces[i] for i in rng.permutation(len(pieces))]
+        files: dict[int, pq.ParquetFile] = {}
+        buffer: list[pa.Table] = []
+        rows = 0
+        for piece in pieces:
+            pf = files.get(piece.file) or files.setdefault(piece.file, open_parquet(self.files[piece.file]))
+            table = self._read(pf, piece)
+            buffer.append(table)
+            rows += table.num_rows
+            if rows >= max(self.shuffle_buffer, self.batch_size):
+                carry = yield from self._emit(pa.concat_tables(buffer), rng, final=False)
+                buffer, rows = [carry], carry.num_rows
+        if rows:
+            yield from self._emit(pa.concat_tables(buffer), rng, final=True)
+
+    def _read(self, pf: pq.ParquetFile, piece: _Piece) -> pa.Table:
+        try:
+            table = pf.read_row_group(piece.row_group, columns=self._columns)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(
+                f"{self.files[piece.file]}: row group {piece.row_group} cannot be read ({e})"
+            ) from e
+        for name in self._columns:
+            if table.column(name).null_count:
+                raise ValueError(
+                    f"{self.files[piece.file]}: column {name!r} has "
+                    f"{table.column(name).null_count} null values in row group {piece.row_group}; "
+                    "expected none"
+                )
+        return table.slice(piece.start, piece.stop - piece.start)
+
+    def _emit(self, table: pa.Table, rng: np.random.Generator, final: bool) -> Iterator[Batch]:
+        """Yields the full batches of `table` (and the short last one if `final`); returns the rest."""
+        n = table.num_rows
+        cols = _Columns(self.schema, table, str(self.path), self.labels)
+        order = rng.permutation(n) if self.shuffle_buffer else None
+        full = n - n % self.batch_size
+        for s in range(0, full, self.batch_size):
+            yield cols.batch(
+                slice(s, s + self.batch_size) if order is None else order[s : s + self.batch_size]
+            )
+        if full == n:
+            return table.slice(n)
+        if final:
+            if not self.drop_last:
+                yield cols.batch(slice(full, n) if order is None else order[full:])
+            return table.slice(n)
+        return table.slice(full) if order is None else table.take(order[full:])
+
+
+class _Columns:
+    """A table's columns as numpy arrays, feature-major, ready to slice into batches."""
+
+    def __init__(self, s: Schema, table: pa.Table, where: str, labels: bool) -> None:
+        self.keys = list(s.sparse_keys)
+        n = table.num_rows
+        self.dense = (
+            np.stack([_np(table, f.name) for f in s.dense], axis=1).astype(np.float32, copy=False)
+            if s.dense
+            else np.zeros((n, 0), dtype=np.float32)
+        )  # (N, n_dense)
+        self.ids = (
+            np.stack([_np(table, f.name) for f in s.categorical])
+            if s.categorical
+            else np.zeros((0, n), dtype=np.int64)
+        )  # (F, N)
+        if n and len(self.keys):
+            low, high = self.ids.min(axis=1), self.ids.max(axis=1)
+            limits = np.array([f.num_embeddings for f in s.categorical], dtype=np.int64)
+            bad = np.flatnonzero((low < 0) | (high >= limits))
+            if bad.size:
+                f = s.categorical[int(bad[0])]
+                raise ValueError(
+                    f"{where}: column {f.name!r} holds ids in [{low[bad[0]]}, "
+                    f"{high[bad[0]]}], expected [0, {f.num_embeddings}) from schema.json"
+                )
+        self.labels: dict[str, np.ndarray] = {}
+        for lab in s.labels if labels else ():
+            y = _np(table, lab.name)
+            if n and (y.min() < 0 or y.max() > 1):
+                raise ValueError(
+                    f"{where}: label column {lab.name!r} holds "
+                    f"{int(y[(y < 0) | (y > 1)][0])}, expected 0 or 1"
+                )
+            self.labels[lab.task] = y
+
+    def batch(self, rows: slice | np.ndarray) -> Batch:
+        dense = torch.from_numpy(np.ascontiguousarray(self.dense[rows]))
+        values = torch.from_numpy(np.ascontiguousarray(self.ids[:, rows]).reshape(-1))
+        b = dense.shape[0]
+        sparse = KeyedJaggedTensor(
+            keys=self.keys,
+            values=values,
+            lengths=torch.ones(len(self.keys) * b, dtype=torch.int32),
+            stride=b,
+        )
+        labels = {t: torch.from_numpy(y[rows].astype(np.float32)) for t, y in self.labels.items()}
+        return Batch(dense=dense, sparse=sparse, labels=labels)
+
+
+def table_batches(table: pa.Table, schema: Schema, batch_size: int, labels: bool = True) -> Iterator[Batch]:
+    """An in-memory arrow table (with the schema's columns) as `Batch`es in row order."""
+    schema.check_arrow(table.schema, where="table", labels=labels)
+    for name, _ in (schema if labels else schema.without_labels()).columns():
+        if table.column(name).null_count:
+            raise ValueError(
+                f"table: column {name!r} has {table.column(name).null_count} nulls; expected none"
+            )
+    cols = _Columns(schema, table, "table", labels)
+    for s in range(0, table.num_rows, batch_size):
+        yield cols.batch(slice(s, min(s + batch_size, table.num_rows)))
+
+
+def _np(table: pa.Table, name: str) -> np.ndarray:
+    col = table.column(name)
+    return col.chunk(0).to_numpy() if col.num_chunks == 1 else col.to_numpy()
+
+
+def prefetch(iterable: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """Runs `iterable` in a background thread, `depth` items ahead (arrow and torch release the GIL,
+    so reading overlaps with compute). Errors in the thread are raised here."""
+    q: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((False, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    thread = threading.Thread(target=work, daemon=True, name="prefetch")
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,254 @@
+"""The schema of a parquet dataset: which columns are features, of what kind, and which are labels.
+
+A dataset directory holds its `schema.json`, so the data describes itself. The TorchRec table configs
+are derived from the schema: one table per categorical feature unless several features name the same
+`table` (a behaviour sequence shares its table with its target field).
+
+Example:
+    >>> schema = Schema(
+    ...     dense=(DenseFeature("I1"),),
+    ...     categorical=(CategoricalFeature("C1", num_embeddings=100),),
+    ...     labels=(Label("label", task="ctr"),),
+    ... )
+    >>> Schema.from_json(schema.to_json()) == schema
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from torchrec import EmbeddingBagConfig
+
+SCHEMA_FILE = "schema.json"
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or not set(name) <= _NAME_CHARS:
+        raise ValueError(f"{kind} name {name!r}: expected letters, digits and '_' only")
+
+
+@dataclass(frozen=True)
+class DenseFeature:
+    """A float32 column, already transformed (e.g. log1p of a count)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        _check_name("dense feature", self.name)
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """An int64 column of ids in [0, num_embeddings); one id per row.
+
+    Args:
+        name: the parquet column and the KeyedJaggedTensor key.
+        num_embeddings: rows of the table (ids must be below it).
+        table: the embedding table's name; features naming the same table share it. Defaults to
+            the feature name.
+    """
+
+    name: str
+    num_embeddings: int
+    table: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("categorical feature", self.name)
+        if self.num_embeddings < 1:
+            raise ValueError(f"feature {self.name}: num_embeddings {self.num_embeddings} must be >= 1")
+        if not self.table:
+            object.__setattr__(self, "table", self.name)
+        _check_name("table", self.table)
+
+
+@dataclass(frozen=True)
+class SequenceFeature:
+    """A `list<int64>` column of ids (a behaviour history, most recent last), at most `max_len` used.
+
+    Args:
+        name: the parquet column and the KeyedJaggedTensor key.
+        num_embeddings: rows of the table.
+        max_len: the reader keeps the most recent `max_len` ids of longer lists.
+        table: the table shared with the target field (e.g. `item_id` for `hist_item_id`).
+    """
+
+    name: str
+    num_embeddings: int
+    max_len: int
+    table: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("sequence feature", self.name)
+        if self.num_embeddings < 1 or self.max_len < 1:
+            raise ValueError(
+                f"sequence {self.name}: num_embeddings {self.num_embeddings} and max_len "
+                f"{self.max_len} must be >= 1"
+            )
+        if not self.table:
+            object.__setattr__(self, "table", self.name)
+        _check_name("table", self.table)
+
+
+@dataclass(frozen=True)
+class Label:
+    """A 0/1 label column and the task it trains (`ctr`, `cvr`, ...)."""
+
+    name: str
+    task: str
+
+    def __post_init__(self) -> None:
+        _check_name("label", self.name)
+        _check_name("task", self.task)
+
+
+_ARROW_TYPES = {
+    "dense": pa.float32(),
+    "categorical": pa.int64(),
+    "sequence": pa.list_(pa.int64()),
+    "label": pa.int8(),
+}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Features and labels of a dataset, in column order.
+
+    Args:
+        dense: float32 features, in the order of the dense tensor's columns.
+        categorical: single-id features, in the order of the embedded fields.
+        sequences: list-of-id features.
+        labels: one per task.
+    """
+
+    dense: tuple[DenseFeature, ...] = ()
+    categorical: tuple[CategoricalFeature, ...] = ()
+    sequences: tuple[SequenceFeature, ...] = ()
+    labels: tuple[Label, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        names = [c for c, _ in self.columns()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"schema: column names {dupes} appear more than once")
+        tasks = [lab.task for lab in self.labels]
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"schema: tasks {tasks} must be distinct")
+        sizes: dict[str, int] = {}
+        for f in (*self.categorical, *self.sequences):
+            if sizes.setdefault(f.table, f.num_embeddings) != f.num_embeddings:
+                raise ValueError(
+                    f"table {f.table}: features sharing it disagree on num_embeddings "
+                    f"({sizes[f.table]} and {f.num_embeddings} for {f.name})"
+                )
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(lab.task for lab in self.labels)
+
+    @property
+    def sparse_keys(self) -> tuple[str, ...]:
+        """Keys of the batch's KeyedJaggedTensor: categorical features, then sequences."""
+        return tuple(f.name for f in (*self.categorical, *self.sequences))
+
+    def columns(self) -> list[tuple[str, pa.DataType]]:
+        """(name, arrow type) of every column the schema describes."""
+        return (
+            [(f.name, _ARROW_TYPES["dense"]) for f in self.dense]
+            + [(f.name, _ARROW_TYPES["categorical"]) for f in self.categorical]
+            + [(f.name, _ARROW_TYPES["sequence"]) for f in self.sequences]
+            + [(lab.name, _ARROW_TYPES["label"]) for lab in self.labels]
+        )
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(n, t, nullable=False) for n, t in self.columns()])
+
+    def without_labels(self) -> Schema:
+        return Schema(self.dense, self.categorical, self.sequences, ())
+
+    def tables(self) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Table name -> (num_embeddings, names of the features looked up in it), in schema order."""
+        out: dict[str, tuple[int, tuple[str, ...]]] = {}
+        for f in (*self.categorical, *self.sequences):
+            n, names = out.get(f.table, (f.num_embeddings, ()))
+            out[f.table] = (n, (*names, f.name))
+        return out
+
+    def table_configs(self, embedding_dim: int) -> list[EmbeddingBagConfig]:
+        """TorchRec configs of the tables, one per distinct `table`, sum-pooled over its features.
+
+        A sequence feature's table is listed with the sequence among its features; the embedding
+        arch decides how sequence ids are looked up (pooled per id, see `rankers.embedding`).
+        """
+        from torchrec import EmbeddingBagConfig, PoolingType
+
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim {embedding_dim} must be >= 1")
+        return [
+            EmbeddingBagConfig(
+                name=name,
+                num_embeddings=n,
+                embedding_dim=embedding_dim,
+                feature_names=list(names),
+                pooling=PoolingType.SUM,
+            )
+            for name, (n, names) in self.tables().items()
+        ]
+
+    def check_arrow(self, arrow_schema: pa.Schema, where: str, labels: bool = True) -> None:
+        """Raises ValueError naming `where` and the column if `arrow_schema` lacks a column or
+        holds it with another type."""
+        wanted = self.columns() if labels else self.without_labels().columns()
+        for name, typ in wanted:
+            idx = arrow_schema.get_field_index(name)
+            if idx < 0:
+                raise ValueError(f"{where}: missing column {name!r} (expected {typ} from schema.json)")
+            got = arrow_schema.field(idx).type
+            if got != typ and not (pa.types.is_list(got) and pa.types.is_list(typ)):
+                raise ValueError(f"{where}: column {name!r} has type {got}, expected {typ}")
+            if pa.types.is_list(typ) and got.value_type != typ.value_type:
+                raise ValueError(f"{where}: column {name!r} has type {got}, expected {typ}")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "dense": [asdict(f) for f in self.dense],
+                "categorical": [asdict(f) for f in self.categorical],
+                "sequences": [asdict(f) for f in self.sequences],
+                "labels": [asdict(lab) for lab in self.labels],
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "schema") -> Schema:
+        try:
+            d = json.loads(text)
+            return cls(
+                dense=tuple(DenseFeature(**f) for f in d.get("dense", [])),
+                categorical=tuple(CategoricalFeature(**f) for f in d.get("categorical", [])),
+                sequences=tuple(SequenceFeature(**f) for f in d.get("sequences", [])),
+                labels=tuple(Label(**f) for f in d.get("labels", [])),
+            )
+        except (json.JSONDecodeError, TypeError, AttributeError) as e:
+            raise ValueError(f"{where}: not a valid schema ({e})") from e
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / SCHEMA_FILE
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Schema:
+        """Loads `schema.json` from `directory` (a dataset, a split of one, or a checkpoint)."""
+        path = Path(directory) / SCHEMA_FILE
+        if not path.is_file():
+            raise ValueError(f"{directory}: no {SCHEMA_FILE} found (expected a dataset directory)")
+        return cls.from_json(path.read_text(), where=str(path))

@@ -1,0 +1,297 @@
+"""Seeded synthetic Criteo-shaped data from a known teacher, so the best achievable AUC is known.
+
+Rows have 13 integer counts (I1..I13) and 26 categorical fields (C1..C26) with Zipf-like value
+frequencies and Criteo-like missing rates. The teacher's logit is
+
+    z = b + sum_f w_f[c_f] + sum_j a_j * t(x_j) + sum_(f,g) <u_f[c_f], u_g[c_g]> + h * t(x_1) * w'_f1[c_f1]
+
+with per-value field effects w, a linear term in t(x) = sign(x) log1p(|x|) (0 when missing), rank-4
+pairwise interactions between chosen field pairs, and one dense-by-categorical interaction. Every
+value, missing included, has its own effect. Labels are Bernoulli(sigmoid(z)) and every row carries
+its true probability `teacher_p`, so the teacher's AUC and LogLoss on any split are the best any
+model can reach there.
+
+Rows are generated in chunks seeded by (seed, chunk index): any size streams in bounded memory and
+the same seed gives the same rows whatever the chunking of the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from tqdm import tqdm
+
+from features.dataset import DatasetWriter
+from features.schema import CategoricalFeature, DenseFeature, Label, Schema
+
+log = logging.getLogger(__name__)
+
+N_DENSE, N_CAT = 13, 26
+# Criteo Kaggle cardinalities of C1..C26, capped by `max_vocab`.
+CRITEO_CARDINALITIES = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)  # fmt: skip
+# Approximate missing rates in the Criteo Kaggle training data.
+DENSE_MISSING = (0.45, 0.0, 0.21, 0.22, 0.03, 0.22, 0.04, 0.0, 0.04, 0.45, 0.04, 0.77, 0.22)
+CAT_MISSING = (0, 0, 0.03, 0.03, 0, 0.12, 0, 0, 0, 0, 0, 0.03, 0, 0, 0, 0.03, 0, 0, 0.44, 0.44,
+               0.03, 0.76, 0, 0.03, 0.44, 0.44)  # fmt: skip
+CHUNK_ROWS = 262_144
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Shape and teacher of the synthetic data."""
+
+    rows: int = 200_000  # total rows over all splits
+    seed: int = 0  # seeds the teacher and the rows
+    max_vocab: int = 100_000  # caps each field's cardinality (Criteo's reach 10M)
+    zipf: float = 1.2  # value frequency ~ 1 / rank^zipf
+    field_scale: float = 0.8  # std of per-value field effects, spread over fields
+    n_pairs: int = 8  # field pairs with a rank-4 interaction
+    pair_scale: float = 0.2  # std of each interaction term
+    tail_rank: float = 100.0  # value effects shrink beyond about this frequency rank
+    min_count: int = 1  # values seen fewer times in the train split map to the shared rare id 1
+    target_ctr: float = 0.22  # the bias is set so the mean probability is about this
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/valid/test by row order (rows are iid)
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError(f"rows {self.rows} must be >= 1")
+        if self.max_vocab < 2:
+            raise ValueError(f"max_vocab {self.max_vocab} must be >= 2")
+        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-9:
+            raise ValueError(f"split {self.split}: expected three fractions >= 0 summing to 1")
+        if self.min_count < 1:
+            raise ValueError(f"min_count {self.min_count} must be >= 1")
+        if not 0 < self.target_ctr < 1:
+            raise ValueError(f"target_ctr {self.target_ctr} must be in (0, 1)")
+
+    @property
+    def cardinalities(self) -> tuple[int, ...]:
+        return tuple(min(c, self.max_vocab) for c in CRITEO_CARDINALITIES)
+
+
+class Teacher:
+    """The ground-truth model: draws rows and their true click probabilities."""
+
+    def __init__(self, config: SyntheticConfig) -> None:
+        self.config = config
+        rng = np.random.default_rng([config.seed, 0])
+        card = config.cardinalities
+        # Inverse-CDF tables for Zipf-like sampling of value ranks.
+        self.cdfs = [np.cumsum(1.0 / np.arange(1, v + 1) ** config.zipf) for v in card]
+        self.cdfs = [c / c[-1] for c in self.cdfs]
+        importance = rng.uniform(0.2, 1.0, N_CAT)
+        scale = config.field_scale * importance / np.sqrt(np.mean(importance**2) * N_CAT / 4)
+        # Index 0 of each table is the effect of "missing"; 1..V the values by frequency rank.
+        # Effects shrink along the long tail (std ~ (1 + rank / tail_rank)^-1/2): rare values sit
+        # closer to the field's mean, as empirical-Bayes estimates of real rare values do.
+        self.w = [
+            rng.normal(0, s, v + 1)
+            * np.concatenate([[1.0], (1 + np.arange(1, v + 1) / config.tail_rank) ** -0.5])
+            for s, v in zip(scale, card, strict=True)
+        ]
+        self.a = rng.normal(0, 0.15, N_DENSE)
+        self.mu = rng.uniform(0.0, 3.0, N_DENSE)
+        self.sigma = rng.uniform(0.5, 1.5, N_DENSE)
+        self.pairs = [tuple(rng.choice(N_CAT, 2, replace=False)) for _ in range(config.n_pairs)]
+        self.u = {
+            f: rng.normal(0, np.sqrt(config.pair_scale / 2), (card[f] + 1, 4))
+            for f in sorted({f for p in self.pairs for f in p})
+        }
+        self.h, self.h_field = 0.3, int(rng.integers(N_CAT))
+        self.wh = rng.normal(0, 1.0, card[self.h_field] + 1)
+        self.bias = 0.0
+        probe = self.draw(min(100_000, max(config.rows, 10_000)), chunk=-1)[2]
+        # Bisection on the bias so the mean probability matches target_ctr.
+        lo, hi = -10.0, 10.0
+        for _ in range(50):
+            self.bias = (lo + hi) / 2
+            lo, hi = (
+                (self.bias, hi) if _sigmoid(probe + self.bias).mean() < config.target_ctr else (lo, self.bias)
+            )
+
+    def draw(self, n: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """n rows of chunk `chunk`: counts (n, 13) float64 with NaN for missing, categorical ranks
+        (26, n) int64 with 0 for missing and 1..V for values, and the teacher's logits (n,)."""
+        rng = np.random.default_rng([self.config.seed, 1, chunk + 1])
+        x = np.floor(np.exp(rng.normal(self.mu, self.sigma, (n, N_DENSE)))) - 1  # counts from -1
+        x[rng.random((n, N_DENSE)) < np.array(DENSE_MISSING)] = np.nan
+        c = np.empty((N_CAT, n), dtype=np.int64)
+        for f in range(N_CAT):
+            c[f] = np.searchsorted(self.cdfs[f], rng.random(n), side="right") + 1
+            c[f][rng.random(n) < CAT_MISSING[f]] = 0
+        t = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x)))
+        z = self.bias + (t - self.mu) @ self.a
+        for f in range(N_CAT):
+            z += self.w[f][c[f]]
+        for f, g in self.pairs:
+            z += np.einsum("nk,nk->n", self.u[f][c[f]], self.u[g][c[g]])
+        z += self.h * (t[:, 0] - self.mu[0]) * self.wh[c[self.h_field]] / 2
+        return x, c, z
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yields (first row, counts, ranks, true probabilities, labels) chunk by chunk."""
+        for i, start in enumerate(range(0, self.config.rows, CHUNK_ROWS)):
+            n = min(CHUNK_ROWS, self.config.rows - start)
+            x, c, z = self.draw(n, chunk=i)
+            p = _sigmoid(z)
+            y = (np.random.default_rng([self.config.seed, 2, i]).random(n) < p).astype(np.int8)
+            yield start, x, c, p, y
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def synthetic_schema(config: SyntheticConfig) -> Schema:
+    return Schema(
+        dense=tuple(DenseFeature(f"I{j + 1}") for j in range(N_DENSE)),
+        categorical=tuple(
+            CategoricalFeature(f"C{f + 1}", num_embeddings=v + 2) for f, v in enumerate(config.cardinalities)
+        ),
+        labels=(Label("label", task="ctr"),),
+    )
+
+
+def _split_of_rows(config: SyntheticConfig) -> list[tuple[str, int, int]]:
+    n_train = round(config.rows * config.split[0])
+    n_valid = round(config.rows * config.split[1])
+    return [
+        ("train", 0, n_train),
+        ("valid", n_train, n_train + n_valid),
+        ("test", n_train + n_valid, config.rows),
+    ]
+
+
+def write_synthetic(
+    out: str | Path,
+    config: SyntheticConfig = SyntheticConfig(),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Writes a parquet dataset of `config.rows` teacher rows, split by row order.
+
+    Ids follow the Criteo converter's convention: 0 missing, 1 rare (values seen fewer than
+    `min_count` times in the train split), 2.. values by frequency rank. Dense columns hold sign(x) log1p(|x|), 0 for missing. Besides the schema's
+    columns each row holds `teacher_p`, its true probability; dataset.json records the teacher's
+    AUC and LogLoss per split.
+    """
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    teacher = Teacher(config)
+    schema = synthetic_schema(config)
+    splits = _split_of_rows(config)
+    kept = _frequent_values(teacher, splits[0][2]) if config.min_count > 1 else None
+    per_split: dict[str, list[np.ndarray]] = {s: [] for s, *_ in splits}
+    t0 = time.perf_counter()
+    with (
+        DatasetWriter(out, schema, overwrite=overwrite) as writer,
+        tqdm(total=config.rows, unit="rows", unit_scale=True, desc="synthetic", disable=not progress) as bar,
+    ):
+        for start, x, c, p, y in teacher.chunks():
+            cols = {"label": pa.array(y)}
+            t = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
+            cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
+            ids = np.where(c > 0, c + 1, 0)  # (26, n)
+            if kept is not None:
+                ids = np.where((c > 0) & ~np.take_along_axis(kept, c, axis=1), 1, ids)
+            cols |= {f"C{f + 1}": pa.array(ids[f]) for f in range(N_CAT)}
+            cols["teacher_p"] = pa.array(p)
+            table = pa.table(cols)
+            for name, lo, hi in splits:
+                a, b = max(lo, start) - start, min(hi, start + len(y)) - start
+                if a < b:
+                    writer.write(name, table.slice(a, b - a))
+                    per_split[name].append(np.stack([p[a:b], y[a:b]]))
+            bar.update(len(y))
+        teacher_metrics = {}
+        for name, parts in per_split.items():
+            if parts:
+                p, y = np.concatenate(parts, axis=1)
+                two = len(np.unique(y)) == 2
+                teacher_metrics[name] = {
+                    "auc": float(roc_auc_score(y, p)) if two else None,
+                    "logloss": float(log_loss(y, p, labels=[0, 1])),
+                    "rows": len(y),
+                    "ctr": float(y.mean()),
+                }
+        seconds = time.perf_counter() - t0
+        return writer.commit(
+            {
+                "converter": "synthetic",
+                "config": asdict(config),
+                "teacher": teacher_metrics,
+                "rows_per_s": config.rows / seconds,
+            }
+        )
+
+
+def _frequent_values(teacher: Teacher, n_train: int) -> np.ndarray:
+    """(26, max V + 1) bool: whether each value rank occurs at least min_count times in the first
+    n_train rows (one extra pass of the generator over the training rows)."""
+    card = teacher.config.cardinalities
+    counts = np.zeros((N_CAT, max(card) + 1), dtype=np.int64)
+    for start, _, c, _, _ in teacher.chunks():
+        if start >= n_train:
+            break
+        c = c[:, : n_train - start]
+        for f in range(N_CAT):
+            counts[f, : card[f] + 1] += np.bincount(c[f], minlength=card[f] + 1)
+    return counts >= teacher.config.min_count
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex8(v: np.ndarray) -> pa.Array:
+    """uint32 -> 8-digit lowercase hex strings (as Criteo's hashed values), vectorised."""
+    shifts = np.arange(28, -1, -4, dtype=np.uint32)
+    digits = _HEX[(v[:, None] >> shifts) & 0xF]  # (n, 8) uint8
+    return pa.array(digits.view("S8").ravel()).cast(pa.string())
+
+
+def write_synthetic_tsv(
+    path: str | Path, config: SyntheticConfig = SyntheticConfig(), progress: bool = True
+) -> Path:
+    """Writes the same rows as Criteo Kaggle TSV (label, I1..I13, C1..C26; blank when missing),
+    categorical values as 8-digit hex hashes, for converter tests and benchmarks. The true
+    probabilities go to `<path>.teacher_p.npy` in row order."""
+    teacher = Teacher(config)
+    path = Path(path)
+    probs = []
+    opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    salt = np.random.default_rng([config.seed, 3]).integers(1, 2**31, N_CAT, dtype=np.uint64)
+    with (
+        pa.OSFile(str(path), "wb") as sink,
+        tqdm(
+            total=config.rows, unit="rows", unit_scale=True, desc="synthetic tsv", disable=not progress
+        ) as bar,
+    ):
+        for _, x, c, p, y in teacher.chunks():
+            cols = {"label": pa.array(y)}
+            cols |= {
+                f"I{j + 1}": pa.array(x[:, j], mask=np.isnan(x[:, j])).cast(pa.int64())
+                for j in range(N_DENSE)
+            }
+            for f in range(N_CAT):
+                hashed = (
+                    (c[f].astype(np.uint64) * np.uint64(2654435761) + salt[f]) & np.uint64(0xFFFFFFFF)
+                ).astype(np.uint32)
+                cols[f"C{f + 1}"] = pc.if_else(
+                    pa.array(c[f] == 0), pa.scalar(None, pa.string()), _hex8(hashed)
+                )
+            pacsv.write_csv(pa.table(cols), sink, write_options=opts)
+            probs.append(p)
+            bar.update(len(y))
+    np.save(str(path) + ".teacher_p.npy", np.concatenate(probs))
+    return path

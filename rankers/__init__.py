@@ -1,0 +1,1 @@
+"""CTR/CVR ranking on TorchRec embedding tables with interchangeable interaction backbones."""

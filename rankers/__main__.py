@@ -1,0 +1,3 @@
+from rankers.cli import main
+
+raise SystemExit(main())

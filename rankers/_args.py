@@ -1,0 +1,87 @@
+"""A CLI flag for every field of a config dataclass, and configs built back from the flags.
+
+`--hidden-units 256,128` sets the tuple field `hidden_units`; booleans take `--batch-norm` /
+`--no-batch-norm`. Flags left unset keep the dataclass default, or the value from a TOML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def _is_tuple(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple or tp is tuple
+
+
+def _parser_for(tp: Any, name: str) -> Any:
+    if _is_tuple(tp):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        item = args[0] if args else str
+
+        def parse(text: str) -> tuple:
+            try:
+                return tuple(item(v) for v in text.split(",") if v.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"--{name}: {text!r} is not a comma-separated list of {item.__name__}"
+                ) from None
+
+        return parse
+    return tp
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Adds `--field-name` for each field of the dataclass `cls` (default: unset, so the TOML file or
+    the dataclass default applies)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = hints[f.name]
+        if isinstance(tp, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"default {default!r}"
+        if tp is bool:
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif tp in (int, float, str) or _is_tuple(tp):
+            group.add_argument(flag, dest=f.name, type=_parser_for(tp, f.name), default=None, help=help_text)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    """`cls(**values)`: values from `base` (e.g. a TOML table) overridden by the flags that were set."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (base or {}).items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {unknown}; expected some of {sorted(names)}")
+    values |= {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return cls(**values)
+
+
+def flags_set(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields of `cls` given by `base` or by flags, as a dict (for configs stored as dicts)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {k: v for k, v in (base or {}).items() if k in names}
+    return out | {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    """The tables of a TOML config file ({} without one); ValueError naming the file otherwise."""
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the TOML config ({e})") from e

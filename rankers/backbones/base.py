@@ -1,0 +1,92 @@
+"""What every backbone shares: its input (`Embedded`), its output and its constructor's contract.
+
+Notation: B batch, F categorical fields, D embedding dim, L sequence length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from features.schema import Schema
+
+
+class Sequence(NamedTuple):
+    """An embedded behaviour sequence: values (B, L, D) and mask (B, L), True where real."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class Embedded:
+    """What the embedding tables hand to a backbone.
+
+    Attributes:
+        dense: (B, n_dense) float32.
+        fields: (B, F, D), one pooled vector per categorical feature, in `field_names` order.
+        field_names: the F feature names.
+        sequences: sequence name -> Sequence.
+    """
+
+    dense: torch.Tensor
+    fields: torch.Tensor
+    field_names: tuple[str, ...]
+    sequences: dict[str, Sequence] = field(default_factory=dict)
+
+
+class BackboneOutput(NamedTuple):
+    """Logits (B,) per task, and an auxiliary loss (e.g. DIEN's) or None."""
+
+    logits: dict[str, torch.Tensor]
+    aux_loss: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The shapes a backbone is built for, derived from the schema and the embedding dim.
+
+    Attributes:
+        n_dense: columns of `Embedded.dense`.
+        field_names: the F categorical fields, in order.
+        embedding_dim: D.
+        sequences: sequence name -> (target field sharing its table, max length L).
+    """
+
+    n_dense: int
+    field_names: tuple[str, ...]
+    embedding_dim: int
+    sequences: tuple[tuple[str, str, int], ...] = ()
+
+    @classmethod
+    def from_schema(cls, schema: Schema, embedding_dim: int) -> InputSpec:
+        table_field = {f.table: f.name for f in schema.categorical}
+        return cls(
+            n_dense=len(schema.dense),
+            field_names=tuple(f.name for f in schema.categorical),
+            embedding_dim=embedding_dim,
+            sequences=tuple((s.name, table_field.get(s.table, ""), s.max_len) for s in schema.sequences),
+        )
+
+
+class Backbone(nn.Module):
+    """The interface every model implements: `Embedded` in, logits per task out.
+
+    Subclasses set `config_class` (a frozen dataclass) and take `(spec, config, tasks)`. They never
+    see a KeyedJaggedTensor, never call `.to()`, and hold no loss or optimizer.
+    """
+
+    config_class: ClassVar[type]
+    tasks: tuple[str, ...]
+
+    def __init__(self, tasks: tuple[str, ...]) -> None:
+        super().__init__()
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks {tasks}: expected one or more distinct task names")
+        self.tasks = tuple(tasks)
+
+    def forward(self, x: Embedded) -> BackboneOutput:
+        raise NotImplementedError

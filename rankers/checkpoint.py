@@ -1,0 +1,88 @@
+"""A checkpoint directory: everything a Predictor needs, and nothing outside it.
+
+    out/
+      schema.json     the dataset's schema (features and tasks)
+      config.json     {"ranker": RankerConfig, "train": TrainConfig, "data": path, "prior": {...}}
+      weights/        torch.distributed.checkpoint files of the model's state dict
+      metrics.json    training history and the final valid/test metrics
+
+Weights are written to a temporary sibling and renamed into place, so an interrupted save leaves
+the previous weights readable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+from features.schema import SCHEMA_FILE, Schema
+
+CONFIG_FILE, WEIGHTS_DIR, METRICS_FILE = "config.json", "weights", "metrics.json"
+REQUIRED = (SCHEMA_FILE, CONFIG_FILE, f"{WEIGHTS_DIR}/.metadata")
+
+
+class CheckpointDir:
+    """Reads and writes the files of one checkpoint directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def write_config(
+        self, schema: Schema, ranker_config: Any, train_config: Any, data: Path, prior: dict
+    ) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        schema.save(self.path)
+        config = {
+            "ranker": ranker_config.to_dict(),
+            "train": asdict(train_config),
+            "data": str(data),
+            "prior": prior,
+        }
+        (self.path / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+
+    def save_weights(self, model: nn.Module) -> None:
+        tmp, old = self.path / f".{WEIGHTS_DIR}.partial", self.path / f".{WEIGHTS_DIR}.old"
+        final = self.path / WEIGHTS_DIR
+        shutil.rmtree(tmp, ignore_errors=True)
+        dcp.save(model.state_dict(), checkpoint_id=str(tmp))
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+
+    def load_weights(self, model: nn.Module, no_dist: bool = False) -> None:
+        state = model.state_dict()
+        dcp.load(state, checkpoint_id=str(self.path / WEIGHTS_DIR), no_dist=no_dist)
+        model.load_state_dict(state)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        (self.path / METRICS_FILE).write_text(json.dumps(metrics, indent=1, default=float))
+
+    def check(self) -> None:
+        """ValueError naming the first file a complete checkpoint directory lacks."""
+        if not self.path.is_dir():
+            raise ValueError(f"{self.path}: not a directory (expected a checkpoint directory)")
+        for name in REQUIRED:
+            if not (self.path / name).exists():
+                raise ValueError(
+                    f"{self.path}: missing {name} (expected a checkpoint written by `rankers train`)"
+                )
+
+    def config(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.path / CONFIG_FILE}: not valid JSON ({e})") from e
+
+    def metrics(self) -> dict[str, Any]:
+        path = self.path / METRICS_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}

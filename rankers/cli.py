@@ -1,0 +1,248 @@
+"""`rankers`: one entry point with subcommands.
+
+rankers convert criteo train.txt --out data/criteo --min-count 10
+rankers convert synthetic --out data/synth --rows 1000000
+rankers train --data data/criteo --out runs/mlp --backbone mlp --hidden-units 256,128
+rankers evaluate --checkpoint runs/mlp [--data data/criteo/test]
+rankers predict --checkpoint runs/mlp --data data/new/test --out preds.parquet
+rankers demo --out build/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rankers._args import add_dataclass_flags, dataclass_from_args, flags_set, read_toml
+from rankers.backbones import BACKBONES
+from rankers.metrics import markdown_table
+
+log = logging.getLogger("rankers")
+
+
+def _convert_criteo(args: argparse.Namespace) -> None:
+    from features.criteo import CriteoConfig, convert_criteo
+
+    if args.vocabulary_from and args.split is None:
+        args.split = (0.0, 0.0, 1.0)  # rows mapped with an existing vocabulary are new rows to score
+    config = dataclass_from_args(CriteoConfig, args)
+    out = convert_criteo(args.inputs, args.out, config, args.vocabulary_from, args.overwrite, progress=True)
+    _print_dataset(out)
+
+
+def _convert_synthetic(args: argparse.Namespace) -> None:
+    from features.synthetic import SyntheticConfig, write_synthetic, write_synthetic_tsv
+
+    config = dataclass_from_args(SyntheticConfig, args)
+    if args.tsv:
+        path = write_synthetic_tsv(args.out, config)
+        print(
+            f"wrote {config.rows:,} Criteo-format rows to {path} (true probabilities in {path}.teacher_p.npy)"
+        )
+        return
+    _print_dataset(write_synthetic(args.out, config, overwrite=args.overwrite))
+
+
+def _print_dataset(out: Path) -> None:
+    from features.dataset import dataset_info
+
+    info = dataset_info(out)
+    rows = [{"split": s, "rows": n} for s, n in info.get("rows", {}).items()]
+    print(f"\nwrote {out}\n\n" + markdown_table(rows, ["split", "rows"]))
+    if "rows_per_s" in info:
+        print(f"\n{info['rows_per_s']:,.0f} rows/s")
+
+
+def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> Any:
+    from rankers.ranker import RankerConfig
+
+    ranker = dict(toml.get("ranker", {}))
+    backbone = args.backbone or ranker.get("backbone", "mlp")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}, expected one of {sorted(BACKBONES)}")
+    config_class = BACKBONES[backbone].config_class
+    chosen = flags_set(config_class, args, toml.get("backbone"))
+    others = {k for cls in BACKBONES.values() for k in flags_set(cls.config_class, args) if k not in chosen}
+    if others:
+        raise ValueError(
+            f"flags {sorted('--' + k.replace('_', '-') for k in others)} do not apply to {backbone!r}"
+        )
+    return RankerConfig(
+        backbone=backbone,
+        embedding_dim=args.embedding_dim or ranker.get("embedding_dim", 16),
+        backbone_config=chosen,
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from rankers.train import TrainConfig, train
+
+    toml = read_toml(args.config)
+    ranker_config = _ranker_config(args, toml)
+    config = dataclass_from_args(TrainConfig, args, toml.get("train"))
+    result = train(args.data, args.out, ranker_config, config)
+    print(f"\ncheckpoint: {args.out} (best epoch {result['best_epoch']})\n")
+    print(results_table(result, ranker_config.backbone))
+
+
+def results_table(result: dict[str, Any], model: str) -> str:
+    """AUC/LogLoss per split and task, with the constant prior and (synthetic data) the teacher."""
+    rows = []
+    for split in ("valid", "test"):
+        for task, m in result.get(split, {}).items():
+            rows.append(
+                {"model": model, "split": split, "task": task, "AUC": m["auc"], "LogLoss": m["logloss"]}
+            )
+            rows.append(
+                {
+                    "model": "constant prior",
+                    "split": split,
+                    "task": task,
+                    "AUC": 0.5,
+                    "LogLoss": m.get("prior_logloss"),
+                }
+            )
+            teacher = result.get("teacher", {}).get(split)
+            if teacher:
+                rows.append(
+                    {
+                        "model": "teacher (best achievable)",
+                        "split": split,
+                        "task": task,
+                        "AUC": teacher["auc"],
+                        "LogLoss": teacher["logloss"],
+                    }
+                )
+                if m["auc"] is not None and teacher["auc"]:
+                    rows[-3]["lift vs teacher"] = (m["auc"] - 0.5) / (teacher["auc"] - 0.5)
+    return markdown_table(rows, ["model", "split", "task", "AUC", "LogLoss", "lift vs teacher"])
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from features.dataset import dataset_info
+    from rankers.predictor import Predictor
+
+    predictor = Predictor.load(args.checkpoint)
+    data = (
+        Path(args.data)
+        if args.data
+        else Path(json.loads((Path(args.checkpoint) / "config.json").read_text())["data"]) / "test"
+    )
+    metrics = predictor.evaluate(data)
+    result: dict[str, Any] = {"test": metrics}
+    teacher = dataset_info(data.parent).get("teacher", {})
+    if teacher.get(data.name):
+        result["teacher"] = {"test": teacher[data.name]}
+    print(f"{data}\n\n" + results_table(result, "checkpoint"))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rankers.predictor import Predictor
+
+    predictor = Predictor.load(args.checkpoint)
+    probs = predictor.predict_proba(args.data)
+    table = pa.table({f"p_{t}": p for t, p in probs.items()})
+    pq.write_table(table, args.out)
+    print(f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from features.synthetic import SyntheticConfig, write_synthetic
+    from rankers.ranker import RankerConfig
+    from rankers.train import TrainConfig, train
+
+    out = Path(args.out)
+    data = out / "synthetic"
+    print(f"1/3 synthetic Criteo-shaped data from a known teacher -> {data}")
+    write_synthetic(data, SyntheticConfig(rows=args.rows, min_count=10), overwrite=args.overwrite)
+    print(f"2/3 training the MLP baseline -> {out / 'mlp'}")
+    ranker_config = RankerConfig(backbone="mlp", embedding_dim=16)
+    result = train(
+        data, out / "mlp", ranker_config, TrainConfig(epochs=3, batch_size=1024, embedding_lr=0.02)
+    )
+    print("3/3 evaluation (test rows never seen in training or early stopping)\n")
+    print(results_table(result, "mlp"))
+    print("\n(bidding replay: comes with the bidding issue; see README)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from features.criteo import CriteoConfig
+    from features.synthetic import SyntheticConfig
+    from rankers.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="rankers", description="CTR/CVR ranking on TorchRec embeddings")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    convert = sub.add_parser("convert", help="raw logs -> parquet dataset").add_subparsers(
+        dest="source", required=True
+    )
+    p = convert.add_parser("criteo", help="Criteo TSV/CSV -> parquet")
+    p.add_argument("inputs", nargs="+", help="Criteo files (TSV without header, or CSV/TSV with one)")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--vocabulary-from", help="map with this dataset's vocabularies (new rows to score)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_dataclass_flags(p, CriteoConfig)
+    p.set_defaults(func=_convert_criteo)
+
+    p = convert.add_parser("synthetic", help="teacher-generated Criteo-shaped data")
+    p.add_argument("--out", required=True, help="dataset directory (or TSV file with --tsv)")
+    p.add_argument("--tsv", action="store_true", help="write Criteo-format TSV instead of parquet")
+    p.add_argument("--overwrite", action="store_true")
+    add_dataclass_flags(p, SyntheticConfig)
+    p.set_defaults(func=_convert_synthetic)
+
+    p = sub.add_parser("train", help="train a ranker on a dataset's train split")
+    p.add_argument("--data", required=True, help="dataset directory with train/ (valid/, test/ optional)")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), help="default mlp")
+    p.add_argument("--embedding-dim", type=int, help="default 16")
+    p.add_argument("--config", help="TOML file with [train], [ranker] and [backbone] tables; flags override")
+    add_dataclass_flags(p, TrainConfig)
+    seen: set[str] = set()
+    for cls in BACKBONES.values():
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        add_dataclass_flags(p, cls.config_class, skip=tuple(seen))
+        seen |= names
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="AUC/LogLoss of a checkpoint on labeled rows")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="split directory or parquet file (default: the training data's test split)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="probabilities per task for new rows")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="split directory or parquet file")
+    p.add_argument("--out", required=True, help="parquet file to write (one column p_<task> per task)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("demo", help="synthetic data -> train -> evaluate, with the teacher's best AUC")
+    p.add_argument("--out", default="build/demo")
+    p.add_argument("--rows", type=int, default=250_000, help="rows in all (80%% train)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.func(args)
+    except ValueError as e:
+        print(f"rankers: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,91 @@
+"""`Predictor`: a trained ranker loaded from its checkpoint directory alone, for new rows.
+
+Example:
+    >>> predictor = Predictor.load("runs/mlp")
+    >>> predictor.predict_proba("data/criteo/test")      # {"ctr": array of shape (N,)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from features.batch import Batch
+from features.reader import ParquetBatches, table_batches
+from features.schema import Schema
+from rankers.checkpoint import CheckpointDir
+from rankers.metrics import binary_metrics
+from rankers.ranker import Ranker, RankerConfig, build_ranker
+from rankers.train import predict
+
+Rows = str | Path | pa.Table | Batch
+
+
+class Predictor:
+    """Probabilities per task from a checkpoint directory written by `rankers train`.
+
+    The tables are plain (unsharded) EmbeddingBagCollections on CPU: inference needs no
+    backward, so the fused kernels' advantage does not apply.
+
+    Args:
+        ranker: the model, in eval mode.
+        schema: the training data's schema (labels included).
+        prior: training base rate per task, for the constant-prior baseline.
+    """
+
+    def __init__(self, ranker: Ranker, schema: Schema, prior: dict[str, float] | None = None) -> None:
+        self.ranker = ranker.eval()
+        self.schema = schema
+        self.prior = prior or {}
+        self.tasks = ranker.tasks
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        """Loads schema.json, config.json and the weights of `path` (and nothing else)."""
+        ckpt = CheckpointDir(path)
+        ckpt.check()
+        schema = Schema.load(ckpt.path)
+        config = ckpt.config()
+        try:
+            ranker_config = RankerConfig.from_dict(config["ranker"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{ckpt.path}/config.json: no valid 'ranker' entry ({e})") from e
+        from rankers._quiet import quiet_torchrec
+
+        quiet_torchrec()
+        ranker = build_ranker(schema, ranker_config, device=torch.device("cpu"))
+        ckpt.load_weights(ranker, no_dist=True)
+        return cls(ranker, schema, config.get("prior"))
+
+    def _batches(self, rows: Rows, batch_size: int, labels: bool) -> Iterable[Batch]:
+        if isinstance(rows, Batch):
+            return [rows]
+        if isinstance(rows, pa.Table):
+            return table_batches(rows, self.schema, batch_size, labels=labels)
+        if isinstance(rows, (str, Path)):
+            return ParquetBatches(rows, batch_size, labels=labels, schema=self.schema)
+        raise TypeError(
+            f"rows of type {type(rows).__name__}: expected a parquet path, a pyarrow Table or a Batch"
+        )
+
+    def predict_proba(self, rows: Rows, batch_size: int = 65_536) -> dict[str, np.ndarray]:
+        """Probability per task for every row, in row order. Label columns are not needed."""
+        probs, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
+        return probs
+
+    def evaluate(self, rows: Rows, batch_size: int = 65_536) -> dict[str, dict[str, Any]]:
+        """AUC, LogLoss and the prior's LogLoss per task on labeled rows."""
+        probs, labels = predict(self.ranker, self._batches(rows, batch_size, labels=True))
+        return {t: binary_metrics(labels[t], probs[t], self.prior.get(t)) for t in labels if t in probs}
+
+    def iter_proba(self, rows: Rows, batch_size: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
+        """Like `predict_proba`, one dict per batch, for inputs larger than memory."""
+        with torch.no_grad():
+            for batch in self._batches(rows, batch_size, labels=False):
+                out = self.ranker(batch)
+                yield {t: torch.sigmoid(v).numpy() for t, v in out.logits.items()}

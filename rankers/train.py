@@ -1,0 +1,265 @@
+"""Training: tables sharded by DistributedModelParallel with fused rowwise Adagrad, dense Adam,
+evaluation every epoch, early stopping on validation AUC, and the best checkpoint kept.
+
+Even in one process the tables go through DMP with TorchRec's fused kernel: an unsharded
+EmbeddingBagCollection produces dense gradients for whole tables and was measured an order of
+magnitude slower on CPU (../shared/TORCHREC_CPU.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from features.batch import Batch
+from features.dataset import dataset_info
+from features.reader import ParquetBatches, find_schema, parquet_files, prefetch
+from features.schema import Schema
+from rankers import checkpoint
+from rankers.distributed import shard_ranker, single_process_group
+from rankers.metrics import binary_metrics
+from rankers.ranker import Ranker, RankerConfig, build_ranker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the model itself is a RankerConfig)."""
+
+    epochs: int = 10  # upper bound; early stopping usually ends sooner
+    batch_size: int = 4096  # training rows per step
+    lr: float = 1e-3  # Adam learning rate of the dense parameters
+    weight_decay: float = 0.0  # Adam weight decay of the dense parameters
+    embedding_lr: float = 0.05  # fused rowwise Adagrad learning rate of the tables
+    patience: int = 2  # stop after this many epochs without a better validation AUC; 0 = never
+    lr_decay: float = 0.1  # on an epoch without a better validation AUC: back to the best weights, lrs x this
+    monitor: str = ""  # task whose validation AUC is monitored; "" = the first task
+    shuffle_buffer: int = 262_144  # rows permuted together when reading the training split
+    seed: int = 0  # seeds the weights and the shuffle
+    eval_batch_size: int = 16_384  # rows per evaluation step
+    threads: int = 0  # torch intra-op threads; 0 keeps the current setting (OMP_NUM_THREADS)
+    max_steps: int = 0  # stop after this many steps in all (0 = no limit); for benchmarks
+    progress: bool = True  # progress bars with loss and examples/s
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must be >= 1")
+        for name in ("lr", "embedding_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} {getattr(self, name)} must be > 0")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay {self.lr_decay} must be in (0, 1]")
+        if self.patience < 0 or self.threads < 0 or self.max_steps < 0 or self.shuffle_buffer < 0:
+            raise ValueError("patience, threads, max_steps and shuffle_buffer must be >= 0")
+
+
+def split_path(data: str | Path, split: str) -> Path | None:
+    """`data/split` if it holds rows, else None."""
+    path = Path(data) / split
+    if not path.is_dir():
+        return None
+    files = parquet_files(path)
+    return path if sum(pq.ParquetFile(f).metadata.num_rows for f in files) else None
+
+
+def label_prior(path: Path, schema: Schema) -> dict[str, float]:
+    """Mean of each label column over a split: the constant-prior baseline's prediction."""
+    sums, rows = dict.fromkeys(schema.tasks, 0.0), 0
+    for f in parquet_files(path):
+        table = pq.read_table(f, columns=[lab.name for lab in schema.labels])
+        rows += table.num_rows
+        for lab in schema.labels:
+            sums[lab.task] += float(np.asarray(table.column(lab.name)).sum())
+    return {t: s / rows for t, s in sums.items()}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval"
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Probabilities and labels per task over `batches` (model put in eval mode and back)."""
+    was_training = model.training
+    model.eval()
+    probs: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[np.ndarray]] = {}
+    batches = list(batches) if not hasattr(batches, "__len__") else batches
+    with tqdm(total=len(batches), unit="batch", desc=desc, disable=not progress, leave=False) as bar:  # type: ignore[arg-type]
+        for batch in prefetch(batches):
+            out = model(batch)
+            for t, logit in out.logits.items():
+                probs.setdefault(t, []).append(torch.sigmoid(logit.float()).numpy())
+            for t, y in batch.labels.items():
+                labels.setdefault(t, []).append(y.numpy())
+            bar.update()
+    model.train(was_training)
+    return {t: np.concatenate(v) for t, v in probs.items()}, {t: np.concatenate(v) for t, v in labels.items()}
+
+
+def evaluate_batches(
+    model: nn.Module,
+    batches: ParquetBatches,
+    prior: dict[str, float],
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, dict[str, Any]]:
+    """AUC, LogLoss and the prior's LogLoss per task."""
+    probs, labels = predict(model, batches, progress=progress, desc=desc)
+    return {t: binary_metrics(labels[t], probs[t], prior.get(t)) for t in labels if t in probs}
+
+
+def _epoch(
+    model: nn.Module,
+    ranker: Ranker,
+    optimizer: torch.optim.Optimizer,
+    batches: ParquetBatches,
+    epoch: int,
+    config: TrainConfig,
+    steps_left: int,
+) -> dict[str, float]:
+    """One pass over the training split; returns mean loss, steps and steady examples/s."""
+    batches.set_epoch(epoch)
+    total = min(len(batches), steps_left) if steps_left else len(batches)
+    warm_steps = min(10, total // 5)
+    loss_sum, steps, rows, t_warm, rows_warm = torch.zeros(()), 0, 0, time.perf_counter(), 0
+    with tqdm(
+        total=total, unit="step", desc=f"epoch {epoch + 1}", disable=not config.progress, dynamic_ncols=True
+    ) as bar:
+        for batch in prefetch(batches):
+            optimizer.zero_grad()
+            out = model(batch)
+            loss, _ = ranker.loss(out, batch.labels)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            steps += 1
+            rows += len(batch)
+            if steps == warm_steps:
+                t_warm, rows_warm = time.perf_counter(), rows
+            if steps % 20 == 0 or steps == total:
+                mean = float(loss_sum) / steps
+                if not math.isfinite(mean):
+                    raise FloatingPointError(
+                        f"training loss became {mean} at epoch {epoch + 1}, step {steps}"
+                    )
+                rate = (rows - rows_warm) / max(time.perf_counter() - t_warm, 1e-9)
+                bar.set_postfix(loss=f"{mean:.4f}", ex_per_s=f"{rate:,.0f}", refresh=False)
+                bar.update(steps - bar.n)
+            if steps >= total:
+                break
+    seconds = time.perf_counter() - t_warm
+    return {
+        "loss": float(loss_sum) / max(steps, 1),
+        "steps": steps,
+        "examples_per_s": (rows - rows_warm) / seconds if seconds > 0 and rows > rows_warm else float("nan"),
+    }
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    ranker_config: RankerConfig = RankerConfig(),
+    config: TrainConfig = TrainConfig(),
+) -> dict[str, Any]:
+    """Trains on `data/train`, early-stops on `data/valid`, evaluates the best weights on
+    `data/test`, and leaves a checkpoint directory at `out` (see rankers.checkpoint).
+
+    Returns:
+        The metrics written to `out/metrics.json`: per-epoch history, best epoch, valid and test
+        metrics per task, the prior, and the teacher's figures for synthetic data.
+    """
+    from rankers._quiet import quiet_torchrec
+
+    quiet_torchrec()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data, out = Path(data), Path(out)
+    schema = find_schema(data / "train")
+    monitor = config.monitor or schema.tasks[0]
+    if monitor not in schema.tasks:
+        raise ValueError(f"monitor task {monitor!r} is not among the dataset's tasks {schema.tasks}")
+    train_path = split_path(data, "train")
+    if train_path is None:
+        raise ValueError(f"{data}/train: no training rows")
+    valid_path, test_path = split_path(data, "valid"), split_path(data, "test")
+    prior = label_prior(train_path, schema)
+
+    torch.manual_seed(config.seed)
+    single_process_group()
+    ranker = build_ranker(schema, ranker_config, device=torch.device("meta"))
+    model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr)
+
+    reader = ParquetBatches(train_path, config.batch_size, config.shuffle_buffer, config.seed, schema=schema)
+    readers = {
+        name: ParquetBatches(path, config.eval_batch_size, schema=schema)
+        for name, path in (("valid", valid_path), ("test", test_path))
+        if path is not None
+    }
+    ckpt = checkpoint.CheckpointDir(out)
+    ckpt.write_config(schema, ranker_config, config, data, prior)
+    history: list[dict[str, Any]] = []
+    best_auc, best_epoch, steps_done = -1.0, -1, 0
+    for epoch in range(config.epochs):
+        steps_left = config.max_steps - steps_done if config.max_steps else 0
+        stats = _epoch(model, ranker, optimizer, reader, epoch, config, steps_left)
+        steps_done += int(stats["steps"])
+        row: dict[str, Any] = {"epoch": epoch + 1, **stats}
+        if "valid" in readers:
+            row["valid"] = evaluate_batches(model, readers["valid"], prior, config.progress, "valid")
+            auc = row["valid"][monitor]["auc"]
+            log.info("epoch %d: loss %.4f, valid %s AUC %s", epoch + 1, stats["loss"], monitor, auc)
+            if auc is not None and auc > best_auc:
+                best_auc, best_epoch = auc, epoch + 1
+                ckpt.save_weights(model)
+            elif best_epoch > 0 and config.lr_decay < 1:
+                # Reduce on plateau, restarting from the best weights: the validation AUC of CTR
+                # models usually peaks within an epoch or two, then the tables overfit.
+                ckpt.load_weights(model)
+                for group in optimizer.param_groups:
+                    group["lr"] *= config.lr_decay
+        else:  # no validation rows: the last epoch is the one kept
+            best_epoch = epoch + 1
+            ckpt.save_weights(model)
+        history.append(row)
+        if config.progress:
+            valid = row.get("valid", {}).get(monitor, {})
+            tqdm.write(
+                f"epoch {epoch + 1}: train loss {stats['loss']:.4f}, {stats['examples_per_s']:,.0f} ex/s"
+                + (f", valid AUC {valid.get('auc'):.4f} LogLoss {valid.get('logloss'):.4f}" if valid else "")
+            )
+        if config.max_steps and steps_done >= config.max_steps:
+            break
+        if "valid" in readers and config.patience and epoch + 1 - best_epoch >= config.patience:
+            break
+    if best_epoch < 0:  # validation AUC never defined (one class): keep the last weights
+        best_epoch = len(history)
+        ckpt.save_weights(model)
+    ckpt.load_weights(model)
+    result: dict[str, Any] = {
+        "history": history,
+        "best_epoch": best_epoch,
+        "prior": prior,
+        "monitor": monitor,
+    }
+    for name, r in readers.items():
+        result[name] = evaluate_batches(model, r, prior, config.progress, name)
+    teacher = dataset_info(data).get("teacher")
+    if teacher:
+        result["teacher"] = teacher
+    result["train_config"] = asdict(config)
+    ckpt.write_metrics(result)
+    log.info("trained %s: %s", ranker_config.backbone, json.dumps(result.get("test", {})))
+    return result
