@@ -34,7 +34,8 @@ ROW_GROUP_ROWS = 131_072
 class DatasetWriter:
     """Appends arrow tables to the splits of a new dataset; `commit` publishes it.
 
-    Use as a context manager: an exception inside the block removes the temporary directory.
+    Use as a context manager: leaving the block without `commit` (an exception, say) removes the
+    temporary directory.
 
     Args:
         out: the dataset directory to create.
@@ -65,6 +66,7 @@ class DatasetWriter:
         self._file_rows = {s: 0 for s in splits}
         self._parts = {s: 0 for s in splits}
         self._pending: dict[str, list[pa.Table]] = {s: [] for s in splits}
+        self._committed = False
         for s in splits:
             (self.tmp / s).mkdir()
 
@@ -74,7 +76,7 @@ class DatasetWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is not None:
+        if exc_type is not None or not self._committed:  # leaving without commit() discards the rows
             self.abort()
 
     def write(self, split: str, table: pa.Table) -> None:
@@ -137,6 +139,7 @@ class DatasetWriter:
             shutil.rmtree(old)
         else:
             self.tmp.rename(self.out)
+        self._committed = True
         return self.out
 
     def abort(self) -> None:

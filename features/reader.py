@@ -12,12 +12,9 @@ buffer move on to the next, so only the final batch of an epoch can be short.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +23,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.batch import Batch
+from features.dataset import DATASET_FILE
 from features.schema import SCHEMA_FILE, Schema
-
-T = TypeVar("T")
 
 
 def find_schema(path: str | Path) -> Schema:
@@ -47,6 +43,8 @@ def parquet_files(path: str | Path) -> list[Path]:
         return [p]
     if not p.is_dir():
         raise ValueError(f"{path}: no such file or directory")
+    if (p / DATASET_FILE).is_file():
+        raise ValueError(f"{path} is a whole dataset; expected one split of it, such as {p / 'train'}")
     files = sorted(p.rglob("*.parquet"))
     if not files:
         raise ValueError(f"{path}: no .parquet files in it")
@@ -253,6 +251,8 @@ class _Columns:
 
 def table_batches(table: pa.Table, schema: Schema, batch_size: int, labels: bool = True) -> Iterator[Batch]:
     """An in-memory arrow table (with the schema's columns) as `Batch`es in row order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be >= 1")
     schema.check_arrow(table.schema, where="table", labels=labels)
     for name, _ in (schema if labels else schema.without_labels()).columns():
         if table.column(name).null_count:
@@ -267,38 +267,3 @@ def table_batches(table: pa.Table, schema: Schema, batch_size: int, labels: bool
 def _np(table: pa.Table, name: str) -> np.ndarray:
     col = table.column(name)
     return col.chunk(0).to_numpy() if col.num_chunks == 1 else col.to_numpy()
-
-
-def prefetch(iterable: Iterable[T], depth: int = 4) -> Iterator[T]:
-    """Runs `iterable` in a background thread, `depth` items ahead (arrow and torch release the GIL,
-    so reading overlaps with compute). Errors in the thread are raised here."""
-    q: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in iterable:
-                if stop.is_set():
-                    return
-                q.put((True, item))
-            q.put((False, None))
-        except BaseException as e:  # handed to the consumer
-            q.put((False, e))
-
-    thread = threading.Thread(target=work, daemon=True, name="prefetch")
-    thread.start()
-    try:
-        while True:
-            ok, item = q.get()
-            if not ok:
-                if isinstance(item, BaseException):
-                    raise item
-                return
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)

@@ -62,8 +62,10 @@ class CategoricalFeature:
 
     def __post_init__(self) -> None:
         _check_name("categorical feature", self.name)
-        if self.num_embeddings < 1:
-            raise ValueError(f"feature {self.name}: num_embeddings {self.num_embeddings} must be >= 1")
+        if type(self.num_embeddings) is not int or self.num_embeddings < 1:
+            raise ValueError(
+                f"feature {self.name}: num_embeddings {self.num_embeddings!r} must be an integer >= 1"
+            )
         if not self.table:
             object.__setattr__(self, "table", self.name)
         _check_name("table", self.table)
@@ -87,7 +89,8 @@ class SequenceFeature:
 
     def __post_init__(self) -> None:
         _check_name("sequence feature", self.name)
-        if self.num_embeddings < 1 or self.max_len < 1:
+        ints = type(self.num_embeddings) is int and type(self.max_len) is int
+        if not ints or self.num_embeddings < 1 or self.max_len < 1:
             raise ValueError(
                 f"sequence {self.name}: num_embeddings {self.num_embeddings} and max_len "
                 f"{self.max_len} must be >= 1"
@@ -237,7 +240,7 @@ class Schema:
                 sequences=tuple(SequenceFeature(**f) for f in d.get("sequences", [])),
                 labels=tuple(Label(**f) for f in d.get("labels", [])),
             )
-        except (json.JSONDecodeError, TypeError, AttributeError) as e:
+        except (ValueError, TypeError, AttributeError) as e:  # ValueError: JSON or a field's check
             raise ValueError(f"{where}: not a valid schema ({e})") from e
 
     def save(self, directory: str | Path) -> Path:

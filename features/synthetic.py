@@ -111,7 +111,7 @@ class Teacher:
         self.h, self.h_field = 0.3, int(rng.integers(N_CAT))
         self.wh = rng.normal(0, 1.0, card[self.h_field] + 1)
         self.bias = 0.0
-        probe = self.draw(min(100_000, max(config.rows, 10_000)), chunk=-1)[2]
+        probe = self.draw(100_000, chunk=-1)[2]  # fixed size: the bias must not depend on `rows`
         # Bisection on the bias so the mean probability matches target_ctr.
         lo, hi = -10.0, 10.0
         for _ in range(50):
@@ -182,8 +182,9 @@ def write_synthetic(
     """Writes a parquet dataset of `config.rows` teacher rows, split by row order.
 
     Ids follow the Criteo converter's convention: 0 missing, 1 rare (values seen fewer than
-    `min_count` times in the train split), 2.. values by frequency rank. Dense columns hold sign(x) log1p(|x|), 0 for missing. Besides the schema's
-    columns each row holds `teacher_p`, its true probability; dataset.json records the teacher's
+    `min_count` times in the train split; values never seen there too), 2.. values by frequency
+    rank. Dense columns hold sign(x) log1p(|x|), 0 for missing. Besides the schema's columns
+    each row holds `teacher_p`, its true probability; dataset.json records the teacher's
     AUC and LogLoss per split.
     """
     from sklearn.metrics import log_loss, roc_auc_score
@@ -191,7 +192,7 @@ def write_synthetic(
     teacher = Teacher(config)
     schema = synthetic_schema(config)
     splits = _split_of_rows(config)
-    kept = _frequent_values(teacher, splits[0][2]) if config.min_count > 1 else None
+    kept = _frequent_values(teacher, splits[0][2])  # as the converter: unseen in train -> rare id
     per_split: dict[str, list[np.ndarray]] = {s: [] for s, *_ in splits}
     t0 = time.perf_counter()
     with (
@@ -203,8 +204,7 @@ def write_synthetic(
             t = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
             cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
             ids = np.where(c > 0, c + 1, 0)  # (26, n)
-            if kept is not None:
-                ids = np.where((c > 0) & ~np.take_along_axis(kept, c, axis=1), 1, ids)
+            ids = np.where((c > 0) & ~np.take_along_axis(kept, c, axis=1), 1, ids)
             cols |= {f"C{f + 1}": pa.array(ids[f]) for f in range(N_CAT)}
             cols["teacher_p"] = pa.array(p)
             table = pa.table(cols)

@@ -39,6 +39,9 @@ def shard_ranker(
     fused kernel, updated by rowwise Adagrad inside the backward pass; the dense parameters get
     Adam. Returns the wrapped model and one optimizer over both.
     """
+    from rankers._quiet import quiet_torchrec
+
+    quiet_torchrec()
     world = dist.get_world_size()
     # Register the fused optimizer before wrapping: a fused table without one trains with SGD.
     # No weight decay on the tables: fbgemm-gpu-cpu 1.8.0's rowwise Adagrad CPU kernel was measured

@@ -1,0 +1,145 @@
+"""Quality: test AUC/LogLoss of the MLP on the real Criteo sample and on teacher data.
+
+    .venv/bin/python benchmarks/quality.py [--seeds 5] [--synthetic-seeds 3]
+
+Criteo head10k (../shared/data, read in place): rows in file order, the first 7,200 train, the next
+800 validate (early stopping), the last 2,000 test; values seen fewer than 10 times in train share
+the rare id. Synthetic: 250,000 teacher rows (200,000 train), the teacher's AUC beside the model's.
+Appends JSON lines to benchmarks/results.jsonl and rewrites benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import SHARED_DATA, load_average, record
+from benchmarks.readme import write_readme
+from features.criteo import CriteoConfig, convert_criteo
+from features.synthetic import SyntheticConfig, write_synthetic
+from rankers.ranker import RankerConfig
+from rankers.train import TrainConfig, train
+
+CRITEO_TRAIN = TrainConfig(epochs=10, batch_size=256, embedding_lr=0.02, progress=False)
+SYNTHETIC_TRAIN = TrainConfig(epochs=3, batch_size=1024, embedding_lr=0.02, progress=False)
+
+
+def _logistic_regression(data: Path) -> dict[str, float]:
+    """Reference: scikit-learn logistic regression on one-hot ids and the dense columns."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.preprocessing import OneHotEncoder
+
+    def xy(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = pq.read_table(data / split).to_pandas()
+        cats = [c for c in t.columns if c.startswith("C")]
+        dense = [c for c in t.columns if c.startswith("I")]
+        return t[cats].to_numpy(), t[dense].to_numpy(), t["label"].to_numpy()
+
+    c_train, d_train, y_train = xy("train")
+    c_test, d_test, y_test = xy("test")
+    enc = OneHotEncoder(handle_unknown="ignore").fit(c_train)
+    from scipy.sparse import hstack
+
+    model = LogisticRegression(C=0.1, max_iter=2000).fit(hstack([enc.transform(c_train), d_train]), y_train)
+    p = model.predict_proba(hstack([enc.transform(c_test), d_test]))[:, 1]
+    return {"auc": float(roc_auc_score(y_test, p)), "logloss": float(log_loss(y_test, p))}
+
+
+def criteo(seeds: int, work: Path, command: str, run: str) -> None:
+    data = convert_criteo(
+        SHARED_DATA / "criteo" / "train_head10k.tsv",
+        work / "criteo",
+        CriteoConfig(min_count=10, split=(0.72, 0.08, 0.2), split_by="order"),
+        progress=False,
+    )
+    common = {
+        "dataset": "criteo_head10k",
+        "split": "first 8k (7.2k train, 0.8k valid) / last 2k test",
+        "run": run,
+    }
+    for seed in range(seeds):
+        config = TrainConfig(**{**CRITEO_TRAIN.__dict__, "seed": seed})
+        result = train(data, work / f"criteo_mlp_{seed}", RankerConfig(backbone="mlp"), config)
+        test = result["test"]["ctr"]
+        print(f"criteo mlp seed {seed}: AUC {test['auc']:.4f} LogLoss {test['logloss']:.4f}", flush=True)
+        record(
+            {
+                **common,
+                "model": "mlp",
+                "seed": seed,
+                "auc": test["auc"],
+                "logloss": test["logloss"],
+                "prior_logloss": test["prior_logloss"],
+                "best_epoch": result["best_epoch"],
+                "config": {"train": config.__dict__, "ranker": RankerConfig().to_dict()},
+            },
+            command,
+        )
+    lr = _logistic_regression(data)
+    print(f"criteo logistic regression: {lr}", flush=True)
+    record({**common, "model": "logistic regression (sklearn, one-hot)", "seed": 0, **lr}, command)
+
+
+def synthetic(seeds: int, work: Path, command: str, run: str) -> None:
+    data = write_synthetic(work / "synthetic", SyntheticConfig(rows=250_000, min_count=10), progress=False)
+    common = {"dataset": "synthetic_250k", "split": "200k train / 25k valid / 25k test", "run": run}
+    for seed in range(seeds):
+        config = TrainConfig(**{**SYNTHETIC_TRAIN.__dict__, "seed": seed})
+        result = train(data, work / f"syn_mlp_{seed}", RankerConfig(backbone="mlp"), config)
+        test, teacher = result["test"]["ctr"], result["teacher"]["test"]
+        lift = (test["auc"] - 0.5) / (teacher["auc"] - 0.5)
+        print(
+            f"synthetic mlp seed {seed}: AUC {test['auc']:.4f} "
+            f"(teacher {teacher['auc']:.4f}, lift {lift:.3f})"
+        )
+        record(
+            {
+                **common,
+                "model": "mlp",
+                "seed": seed,
+                "auc": test["auc"],
+                "logloss": test["logloss"],
+                "prior_logloss": test["prior_logloss"],
+                "teacher_auc": teacher["auc"],
+                "teacher_logloss": teacher["logloss"],
+                "lift": lift,
+                "best_epoch": result["best_epoch"],
+                "config": {"train": config.__dict__, "ranker": RankerConfig().to_dict()},
+            },
+            command,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds on Criteo head10k")
+    parser.add_argument(
+        "--synthetic-seeds", type=int, default=3, help="seeds on the synthetic data (0 skips)"
+    )
+    args = parser.parse_args()
+    command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
+    run = f"quality-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    print(f"load average before: {load_average():.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        criteo(args.seeds, Path(tmp), command, run)
+        if args.synthetic_seeds:
+            synthetic(args.synthetic_seeds, Path(tmp), command, run)
+    print(f"load average after: {load_average():.2f}")
+    write_readme()
+
+
+if __name__ == "__main__":
+    main()

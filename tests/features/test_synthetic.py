@@ -1,0 +1,202 @@
+"""Tests of the synthetic teacher data: seeding, calibration, missing rates, rare ids, the TSV form.
+
+Datasets have 20,000 rows (16,000 train, 2,000 valid, 2,000 test); tolerances are 5 standard
+errors of the statistic at that size, so a correct generator fails them with probability < 1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+import features.synthetic
+from features.criteo import CriteoConfig, convert_criteo
+from features.dataset import dataset_info
+from features.schema import Schema
+from features.synthetic import (
+    CAT_MISSING,
+    DENSE_MISSING,
+    N_CAT,
+    N_DENSE,
+    SyntheticConfig,
+    Teacher,
+    synthetic_schema,
+    write_synthetic,
+    write_synthetic_tsv,
+)
+
+ROWS = 20_000
+SPLITS = ("train", "valid", "test")
+
+
+def _write(out: Path, **kw: object) -> Path:
+    return write_synthetic(out, SyntheticConfig(rows=ROWS, **kw), progress=False)
+
+
+def _all(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(out / s) for s in SPLITS])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write(tmp_path_factory.mktemp("syn") / "seed0")
+
+
+def test_same_seed_same_rows_other_seed_other_rows(data: Path, tmp_path: Path) -> None:
+    again = _write(tmp_path / "again")
+    for s in SPLITS:
+        assert pq.read_table(again / s).equals(pq.read_table(data / s)), s
+    other = _write(tmp_path / "other", seed=1)
+    a, b = pq.read_table(data / "train"), pq.read_table(other / "train")
+    assert a.num_rows == b.num_rows == 16_000
+    assert not a.equals(b)
+    assert not np.array_equal(a["teacher_p"].to_numpy(), b["teacher_p"].to_numpy())
+    assert not np.array_equal(a["C1"].to_numpy(), b["C1"].to_numpy())
+
+
+def test_layout_schema_and_split_sizes(data: Path) -> None:
+    config = SyntheticConfig(rows=ROWS)
+    assert Schema.load(data) == synthetic_schema(config)
+    info = dataset_info(data)
+    assert info["rows"] == {"train": 16_000, "valid": 2_000, "test": 2_000}
+    assert info["converter"] == "synthetic" and info["config"]["rows"] == ROWS
+    table = _all(data)
+    assert table.num_rows == ROWS
+    schema = synthetic_schema(config)
+    schema.check_arrow(table.schema, where="synthetic")
+    for f in schema.categorical:
+        ids = table[f.name].to_numpy()
+        assert ids.min() >= 0 and ids.max() < f.num_embeddings, f.name
+        train_ids = pq.read_table(data / "train", columns=[f.name])[f.name].to_numpy()
+        assert 1 not in train_ids, f.name  # min_count 1: every train value has its own id
+
+
+def test_teacher_p_is_calibrated_and_explains_the_labels(data: Path) -> None:
+    table = _all(data)
+    p = table["teacher_p"].to_numpy()
+    y = table["label"].to_numpy()
+    assert table.schema.field("teacher_p").type == pa.float64()
+    assert ((p > 0) & (p < 1)).all()
+    # The bias is fit on a 100,000-row probe; the mean here has standard error std(p)/sqrt(n) plus
+    # the probe's std(p)/sqrt(1e5).
+    se = p.std() * math.sqrt(1 / ROWS + 1 / 100_000)
+    assert abs(p.mean() - 0.22) < 5 * se + 1e-3, (p.mean(), se)
+    # Given p, the number of positives has variance sum p(1 - p).
+    assert abs(y.sum() - p.sum()) < 5 * math.sqrt((p * (1 - p)).sum()), (y.mean(), p.mean())
+    assert p.std() > 0.05  # the teacher separates rows; a constant p would make this test vacuous
+
+
+def test_target_ctr_moves_the_mean() -> None:
+    config = SyntheticConfig(rows=ROWS, target_ctr=0.05)
+    p = np.concatenate([c[3] for c in Teacher(config).chunks()])
+    se = p.std() * math.sqrt(1 / ROWS + 1 / 100_000)
+    assert abs(p.mean() - 0.05) < 5 * se + 1e-3, (p.mean(), se)
+
+
+def test_recorded_teacher_metrics_match_the_stored_columns(data: Path) -> None:
+    teacher = dataset_info(data)["teacher"]
+    for s in SPLITS:
+        t = pq.read_table(data / s)
+        y, p = t["label"].to_numpy(), t["teacher_p"].to_numpy()
+        assert teacher[s]["rows"] == t.num_rows
+        assert teacher[s]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert teacher[s]["logloss"] == pytest.approx(log_loss(y, p), abs=1e-12)
+        assert teacher[s]["ctr"] == pytest.approx(y.mean(), abs=1e-12)
+    assert 0.6 < teacher["test"]["auc"] < 0.95
+
+
+def test_missing_rates(data: Path) -> None:
+    table = _all(data)
+    n = table.num_rows
+    for f in (2, 5, 18, 21, 0):  # C3 0.03, C6 0.12, C19 0.44, C22 0.76, C1 never
+        rate = (table[f"C{f + 1}"].to_numpy() == 0).mean()
+        want = CAT_MISSING[f]
+        assert abs(rate - want) <= 5 * math.sqrt(want * (1 - want) / n), (f, rate, want)
+    x = np.concatenate([c[1] for c in Teacher(SyntheticConfig(rows=ROWS)).chunks()])
+    assert x.shape == (ROWS, N_DENSE)
+    for j in (0, 1, 11):  # I1 0.45, I2 never, I12 0.77
+        rate = np.isnan(x[:, j]).mean()
+        want = DENSE_MISSING[j]
+        assert abs(rate - want) <= 5 * math.sqrt(want * (1 - want) / ROWS), (j, rate, want)
+    # Missing counts are stored as 0.0, so the share of zeros is at least the missing rate.
+    assert (table["I12"].to_numpy() == 0).mean() >= np.isnan(x[:, 11]).mean()
+
+
+def test_min_count_maps_rare_train_values_to_id_1(tmp_path: Path) -> None:
+    out = _write(tmp_path / "mc", min_count=10)
+    train = pq.read_table(out / "train")
+    plain = pq.read_table(_write(tmp_path / "mc1") / "train")
+    for f in range(N_CAT):
+        ids = train[f"C{f + 1}"].to_numpy()
+        counts = np.bincount(ids)
+        assert not ((counts[2:] > 0) & (counts[2:] < 10)).any(), f
+        before = plain[f"C{f + 1}"].to_numpy()
+        kept = (ids == before) | (ids == 1)
+        assert kept.all(), f  # ids are only ever replaced by the rare id
+        assert (ids == 0).sum() == (before == 0).sum(), f
+    rare = sum(int((train[f"C{f + 1}"].to_numpy() == 1).sum()) for f in range(N_CAT))
+    assert rare > 0
+    assert (train["C3"].to_numpy() == 1).any()  # a 10,131-value field has a long tail
+    for s in ("valid", "test"):  # values unseen in train are rare there too
+        table = pq.read_table(out / s)
+        train_ids = set(train["C3"].to_numpy().tolist())
+        assert set(table["C3"].to_numpy().tolist()) <= train_ids | {0, 1}
+
+
+def test_tsv_converts_with_the_criteo_converter(tmp_path: Path) -> None:
+    rows = 5_000
+    config = SyntheticConfig(rows=rows, seed=7)
+    tsv = write_synthetic_tsv(tmp_path / "syn.tsv", config, progress=False)
+    lines = tsv.read_text().splitlines()
+    assert len(lines) == rows
+    assert all(line.count("\t") == 39 for line in lines)
+    p = np.load(str(tsv) + ".teacher_p.npy")
+    assert p.shape == (rows,) and ((p > 0) & (p < 1)).all()
+    chunks = list(Teacher(config).chunks())
+    np.testing.assert_array_equal(p, np.concatenate([c[3] for c in chunks]))
+    y = np.concatenate([c[4] for c in chunks])
+    assert [int(line.split("\t", 1)[0]) for line in lines] == y.tolist()
+    x = np.concatenate([c[1] for c in chunks])
+    blank = np.array([[f == "" for f in line.split("\t")[1:14]] for line in lines])
+    np.testing.assert_array_equal(blank, np.isnan(x))
+    out = convert_criteo(
+        tsv, tmp_path / "conv", CriteoConfig(split=(0.8, 0.0, 0.2), split_by="order"), progress=False
+    )
+    assert dataset_info(out)["rows"] == {"train": 4_000, "valid": 0, "test": 1_000}
+    parquet = write_synthetic(tmp_path / "pq", config, progress=False)
+    converted = pq.read_table(out / "train")
+    direct = pq.read_table(parquet / "train")
+    assert converted["label"].equals(direct["label"])
+    for j in range(1, N_DENSE + 1):  # the same sign(x) log1p(|x|) transform, 0 when missing
+        np.testing.assert_allclose(converted[f"I{j}"].to_numpy(), direct[f"I{j}"].to_numpy(), rtol=1e-6)
+    for f in range(1, N_CAT + 1):  # same missing rows; ids renumbered by train count, same partition
+        a, b = converted[f"C{f}"].to_numpy(), direct[f"C{f}"].to_numpy()
+        np.testing.assert_array_equal(a == 0, b == 0)
+        pairs = len(set(zip(a.tolist(), b.tolist(), strict=True)))
+        assert pairs == len(set(a.tolist())) == len(set(b.tolist())), f
+
+
+@pytest.mark.parametrize("chunk_rows", [1_000, 4_096])
+def test_rows_of_n_are_a_prefix_of_rows_of_2n(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+) -> None:
+    monkeypatch.setattr(features.synthetic, "CHUNK_ROWS", chunk_rows)
+    n = 3 * chunk_rows
+    short = list(Teacher(SyntheticConfig(rows=n)).chunks())
+    long = list(Teacher(SyntheticConfig(rows=2 * n)).chunks())
+    assert [c[0] for c in short] == [0, chunk_rows, 2 * chunk_rows]
+    assert len(long) == 6
+    for a, b in zip(short, long, strict=False):
+        for u, v in zip(a[1:], b[1:], strict=True):
+            np.testing.assert_array_equal(u, v)
+    small = _all(write_synthetic(tmp_path / "n", SyntheticConfig(rows=n), progress=False))
+    big = _all(write_synthetic(tmp_path / "2n", SyntheticConfig(rows=2 * n), progress=False))
+    # Ids of values unseen in a split's train rows depend on the train rows, so compare the rest.
+    raw = ["label", "teacher_p", *(f"I{j}" for j in range(1, 14))]
+    assert small.select(raw).equals(big.slice(0, n).select(raw))

@@ -1,0 +1,104 @@
+"""The `rankers` command line, run in-process through `main`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rankers.cli import main
+from tests.conftest import shared_file
+
+
+@pytest.mark.shared_data
+def test_convert_train_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = shared_file("criteo/train_head10k.tsv")
+    data, ckpt = tmp_path / "data", tmp_path / "ckpt"
+    args = [
+        "convert",
+        "criteo",
+        str(src),
+        "--out",
+        str(data),
+        "--min-count",
+        "10",
+        "--split",
+        "0.72,0.08,0.2",
+    ]
+    assert main([*args, "--split-by", "order"]) == 0
+    assert "| train | 7,200 |" in capsys.readouterr().out
+
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(ckpt),
+                "--epochs",
+                "1",
+                "--hidden-units",
+                "16,8",
+                "--batch-size",
+                "512",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| mlp | test | ctr |" in out and "| constant prior | test | ctr |" in out
+
+    assert main(["evaluate", "--checkpoint", str(ckpt)]) == 0
+    assert "| checkpoint | test | ctr |" in capsys.readouterr().out
+
+    # New unlabeled rows mapped with the training vocabularies, then scored.
+    new = tmp_path / "new"
+    unlabeled = shared_file("criteo/test_unlabeled_head10k.tsv")
+    assert main(["convert", "criteo", str(unlabeled), "--out", str(new), "--vocabulary-from", str(data)]) == 0
+    preds = tmp_path / "p.parquet"
+    assert main(["predict", "--checkpoint", str(ckpt), "--data", str(new / "test"), "--out", str(preds)]) == 0
+    table = pq.read_table(preds)
+    assert table.column_names == ["p_ctr"] and table.num_rows == 10_000
+
+
+def test_errors_are_one_line_naming_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "none: not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--backbone", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--hidden-units", "a,b"])
+    assert "hidden-units" in capsys.readouterr().err
+
+
+def test_toml_config_sets_fields_and_flags_override(synthetic_small: Path, tmp_path: Path) -> None:
+    import json
+
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nepochs = 1\nmax_steps = 2\nprogress = false\n[backbone]\nhidden_units = [8]\n")
+    ckpt = tmp_path / "ck"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synthetic_small),
+                "--out",
+                str(ckpt),
+                "--config",
+                str(toml),
+                "--dropout",
+                "0.1",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["ranker"]["backbone_config"] == {"hidden_units": [8], "dropout": 0.1, "batch_norm": False}
+    assert config["train"]["max_steps"] == 2
+    toml.write_text("[train]\nepoch = 1\n")
+    assert main(["train", "--data", str(synthetic_small), "--out", str(ckpt), "--config", str(toml)]) == 2
