@@ -41,10 +41,14 @@ def _logistic_regression(data: Path) -> dict[str, float]:
     from sklearn.preprocessing import OneHotEncoder
 
     def xy(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        t = pq.read_table(data / split).to_pandas()
-        cats = [c for c in t.columns if c.startswith("C")]
-        dense = [c for c in t.columns if c.startswith("I")]
-        return t[cats].to_numpy(), t[dense].to_numpy(), t["label"].to_numpy()
+        t = pq.read_table(data / split)
+        cats = [c for c in t.column_names if c.startswith("C")]
+        dense = [c for c in t.column_names if c.startswith("I")]
+
+        def cols(names: list[str]) -> np.ndarray:
+            return np.stack([t[c].to_numpy() for c in names], axis=1)
+
+        return cols(cats), cols(dense), t["label"].to_numpy()
 
     c_train, d_train, y_train = xy("train")
     c_test, d_test, y_test = xy("test")

@@ -96,22 +96,24 @@ REFERENCE = {
 
 
 def _throughput(rows: list[dict[str, Any]]) -> str:
-    table = []
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        what = r["benchmark"] + (
-            f" (shuffle buffer {r['shuffle_buffer']:,})" if "shuffle_buffer" in r else ""
-        )
-        figure = (
-            f"{r['rows_per_s']:,.0f} rows/s"
-            if "rows_per_s" in r
-            else f"{r['examples_per_s']:,.0f} examples/s"
-        )
+        key = r["benchmark"] + (f" (shuffle buffer {r['shuffle_buffer']:,})" if "shuffle_buffer" in r else "")
+        groups[key].append(r)
+    table = []
+    for what, rs in groups.items():
+        unit, field = ("rows/s", "rows_per_s") if "rows_per_s" in rs[0] else ("examples/s", "examples_per_s")
+        values = sorted(r[field] for r in rs)
+        figure = f"{statistics.median(values):,.0f} {unit}"
+        if len(values) > 1:
+            figure += f" (median of {len(values)}: {', '.join(f'{v:,.0f}' for v in values)})"
+        loads = f"{min(r['load_before'] for r in rs):.2f} / {max(r.get('load_after', 0.0) for r in rs):.2f}"
         table.append(
             {
                 "benchmark": what,
                 "figure": figure,
-                "reference": REFERENCE.get(r["benchmark"], ""),
-                "load before/after": f"{r['load_before']:.2f} / {r.get('load_after', float('nan')):.2f}",
+                "reference": REFERENCE.get(rs[0]["benchmark"], ""),
+                "load before/after": loads,
             }
         )
     cols = ["benchmark", "figure", "reference", "load before/after"]

@@ -76,6 +76,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3, help="training measurements (median reported)")
     parser.add_argument("--only", choices=["reader", "convert", "train"], action="append")
     args = parser.parse_args()
     only = set(args.only or ["reader", "convert", "train"])
@@ -131,38 +132,41 @@ def main() -> None:
             )
         if "train" in only:
             torch.set_num_threads(2)
-            load = load_average()
-            bare = bare_step_examples_per_s(data)
-            print(f"bare DMP step: {bare:,.0f} examples/s", flush=True)
-            record(
-                {
-                    **common,
-                    "benchmark": "train_bare_step",
-                    "model": "mlp",
-                    "examples_per_s": bare,
-                    "load_before": load,
-                    "load_after": load_average(),
-                    "config": MLP.to_dict(),
-                },
-                command,
-            )
-            load = load_average()
             tc = TrainConfig(epochs=1, batch_size=4096, threads=2, progress=False)
-            result = train(data, work / "ckpt", MLP, tc)
-            rate = result["history"][0]["examples_per_s"]
-            print(f"training loop (reader, DMP, fused Adagrad, Adam): {rate:,.0f} examples/s", flush=True)
-            record(
-                {
-                    **common,
-                    "benchmark": "train",
-                    "model": "mlp",
-                    "examples_per_s": rate,
-                    "load_before": load,
-                    "load_after": load_average(),
-                    "config": {"ranker": MLP.to_dict(), "train": tc.__dict__},
-                },
-                command,
-            )
+            for i in range(args.repeats):  # interleaved, so drifts of the host show in both
+                load = load_average()
+                bare = bare_step_examples_per_s(data)
+                print(f"bare DMP step: {bare:,.0f} examples/s", flush=True)
+                record(
+                    {
+                        **common,
+                        "benchmark": "train_bare_step",
+                        "model": "mlp",
+                        "examples_per_s": bare,
+                        "repeat": i,
+                        "load_before": load,
+                        "load_after": load_average(),
+                        "config": MLP.to_dict(),
+                    },
+                    command,
+                )
+                load = load_average()
+                result = train(data, work / "ckpt", MLP, tc)
+                rate = result["history"][0]["examples_per_s"]
+                print(f"training loop (reader, DMP, fused Adagrad, Adam): {rate:,.0f} examples/s", flush=True)
+                record(
+                    {
+                        **common,
+                        "benchmark": "train",
+                        "model": "mlp",
+                        "examples_per_s": rate,
+                        "repeat": i,
+                        "load_before": load,
+                        "load_after": load_average(),
+                        "config": {"ranker": MLP.to_dict(), "train": tc.__dict__},
+                    },
+                    command,
+                )
     write_readme()
 
 
