@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,37 @@ def _logistic_regression(data: Path) -> dict[str, float]:
     return {"auc": float(roc_auc_score(y_test, p)), "logloss": float(log_loss(y_test, p))}
 
 
+def _seeds(data: Path, base: TrainConfig, seeds: int, common: dict, command: str, work: Path) -> None:
+    """Trains the MLP once per seed and records its test metrics (and the teacher's, if known)."""
+    for seed in range(seeds):
+        config = replace(base, seed=seed)
+        result = train(data, work / f"{common['dataset']}_mlp_{seed}", RankerConfig(backbone="mlp"), config)
+        test = result["test"]["ctr"]
+        row = {
+            **common,
+            "model": "mlp",
+            "seed": seed,
+            "auc": test["auc"],
+            "logloss": test["logloss"],
+            "prior_logloss": test["prior_logloss"],
+            "best_epoch": result["best_epoch"],
+            "config": {"train": asdict(config), "ranker": RankerConfig().to_dict()},
+        }
+        if "teacher" in result:
+            teacher = result["teacher"]["test"]
+            row |= {
+                "teacher_auc": teacher["auc"],
+                "teacher_logloss": teacher["logloss"],
+                "lift": (test["auc"] - 0.5) / (teacher["auc"] - 0.5),
+            }
+        print(
+            f"{common['dataset']} mlp seed {seed}: AUC {test['auc']:.4f} LogLoss {test['logloss']:.4f}"
+            + (f" lift vs teacher {row['lift']:.3f}" if "lift" in row else ""),
+            flush=True,
+        )
+        record(row, command)
+
+
 def criteo(seeds: int, work: Path, command: str, run: str) -> None:
     data = convert_criteo(
         SHARED_DATA / "criteo" / "train_head10k.tsv",
@@ -67,29 +99,9 @@ def criteo(seeds: int, work: Path, command: str, run: str) -> None:
         CriteoConfig(min_count=10, split=(0.72, 0.08, 0.2), split_by="order"),
         progress=False,
     )
-    common = {
-        "dataset": "criteo_head10k",
-        "split": "first 8k (7.2k train, 0.8k valid) / last 2k test",
-        "run": run,
-    }
-    for seed in range(seeds):
-        config = TrainConfig(**{**CRITEO_TRAIN.__dict__, "seed": seed})
-        result = train(data, work / f"criteo_mlp_{seed}", RankerConfig(backbone="mlp"), config)
-        test = result["test"]["ctr"]
-        print(f"criteo mlp seed {seed}: AUC {test['auc']:.4f} LogLoss {test['logloss']:.4f}", flush=True)
-        record(
-            {
-                **common,
-                "model": "mlp",
-                "seed": seed,
-                "auc": test["auc"],
-                "logloss": test["logloss"],
-                "prior_logloss": test["prior_logloss"],
-                "best_epoch": result["best_epoch"],
-                "config": {"train": config.__dict__, "ranker": RankerConfig().to_dict()},
-            },
-            command,
-        )
+    split = "first 8k (7.2k train, 0.8k valid) / last 2k test"
+    common = {"dataset": "criteo_head10k", "split": split, "run": run}
+    _seeds(data, CRITEO_TRAIN, seeds, common, command, work)
     lr = _logistic_regression(data)
     print(f"criteo logistic regression: {lr}", flush=True)
     record({**common, "model": "logistic regression (sklearn, one-hot)", "seed": 0, **lr}, command)
@@ -98,31 +110,7 @@ def criteo(seeds: int, work: Path, command: str, run: str) -> None:
 def synthetic(seeds: int, work: Path, command: str, run: str) -> None:
     data = write_synthetic(work / "synthetic", SyntheticConfig(rows=250_000, min_count=10), progress=False)
     common = {"dataset": "synthetic_250k", "split": "200k train / 25k valid / 25k test", "run": run}
-    for seed in range(seeds):
-        config = TrainConfig(**{**SYNTHETIC_TRAIN.__dict__, "seed": seed})
-        result = train(data, work / f"syn_mlp_{seed}", RankerConfig(backbone="mlp"), config)
-        test, teacher = result["test"]["ctr"], result["teacher"]["test"]
-        lift = (test["auc"] - 0.5) / (teacher["auc"] - 0.5)
-        print(
-            f"synthetic mlp seed {seed}: AUC {test['auc']:.4f} "
-            f"(teacher {teacher['auc']:.4f}, lift {lift:.3f})"
-        )
-        record(
-            {
-                **common,
-                "model": "mlp",
-                "seed": seed,
-                "auc": test["auc"],
-                "logloss": test["logloss"],
-                "prior_logloss": test["prior_logloss"],
-                "teacher_auc": teacher["auc"],
-                "teacher_logloss": teacher["logloss"],
-                "lift": lift,
-                "best_epoch": result["best_epoch"],
-                "config": {"train": config.__dict__, "ranker": RankerConfig().to_dict()},
-            },
-            command,
-        )
+    _seeds(data, SYNTHETIC_TRAIN, seeds, common, command, work)
 
 
 def main() -> None:
