@@ -1,4 +1,4 @@
-# Two commands: `make demo` (set up, then train/evaluate on synthetic data and replay bids) and
+# Two commands: `make demo` (set up, then train and evaluate on synthetic data) and
 # `make test` (set up, then the test suite). Set-up is idempotent: a stamp file records that the
 # environment matches setup.cfg/constraints.txt, so a second run starts at once.
 #   GPU=1 make ...   takes the CUDA builds (torch 2.13.0 and fbgemm-gpu 1.8.0 from PyPI) instead of

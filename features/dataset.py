@@ -16,6 +16,7 @@ like a finished dataset, and an existing dataset is never overwritten unless ask
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,7 +40,8 @@ class DatasetWriter:
 
     Args:
         out: the dataset directory to create.
-        schema: columns every written table must hold (extra columns are kept too).
+        schema: the columns written tables should hold (extra columns are kept too); the writer does
+            not check them, `ParquetBatches` does when the data is read.
         splits: split names (sub-directories); a split that receives no rows is still created.
         overwrite: replace an existing `out` (only at commit, after everything was written).
         rows_per_file: rows per parquet file before a new part is started.
@@ -54,6 +56,8 @@ class DatasetWriter:
         rows_per_file: int = 4_194_304,
     ) -> None:
         self.out = Path(out)
+        if rows_per_file < 1:
+            raise ValueError(f"rows_per_file {rows_per_file} must be >= 1")
         if self.out.exists() and not overwrite:
             raise ValueError(f"{self.out} already exists (pass overwrite=True / --overwrite to replace it)")
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +65,9 @@ class DatasetWriter:
         self.rows_per_file = rows_per_file
         self.overwrite = overwrite
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; the dataset should not be
         self.rows = {s: 0 for s in splits}
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._file_rows = {s: 0 for s in splits}

@@ -1,8 +1,8 @@
 """`ParquetBatches`: streams a parquet dataset as `Batch`es, vectorised, sharded by rank.
 
-Rows are split between ranks as contiguous, equal ranges of the dataset's global row order
-(rank r of W reads rows [r*N//W, (r+1)*N//W)), so ranks never overlap and no row is lost. Only
-the row groups that overlap a rank's range are read.
+Rows are split between ranks as contiguous ranges of the dataset's global row order (rank r of W
+reads rows [r*N//W, (r+1)*N//W), so sizes differ by at most one row), so ranks never overlap and no
+row is lost. Only the row groups that overlap a rank's range are read.
 
 Shuffling (when `shuffle_buffer` > 0): each epoch visits the rank's row groups in a seeded random
 order and permutes rows inside a buffer of at least `shuffle_buffer` rows: a window shuffle, as
@@ -124,9 +124,9 @@ class ParquetBatches:
     def _rank_pieces(self, rank: int, world_size: int) -> list[_Piece]:
         groups: list[tuple[int, int, int]] = []  # (file, row group, rows)
         for i, f in enumerate(self.files):
-            pf = open_parquet(f)
-            self.schema.check_arrow(pf.schema_arrow, where=str(f), labels=self.labels)
-            groups += [(i, g, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups)]
+            with open_parquet(f) as pf:
+                self.schema.check_arrow(pf.schema_arrow, where=str(f), labels=self.labels)
+                groups += [(i, g, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups)]
         total = sum(n for *_, n in groups)
         lo, hi = rank * total // world_size, (rank + 1) * total // world_size
         pieces, offset = [], 0
@@ -153,14 +153,19 @@ class ParquetBatches:
         files: dict[int, pq.ParquetFile] = {}
         buffer: list[pa.Table] = []
         rows = 0
-        for piece in pieces:
-            pf = files.get(piece.file) or files.setdefault(piece.file, open_parquet(self.files[piece.file]))
-            table = self._read(pf, piece)
-            buffer.append(table)
-            rows += table.num_rows
-            if rows >= max(self.shuffle_buffer, self.batch_size):
-                carry = yield from self._emit(pa.concat_tables(buffer), rng, final=False)
-                buffer, rows = [carry], carry.num_rows
+        try:
+            for piece in pieces:
+                if piece.file not in files:
+                    files[piece.file] = open_parquet(self.files[piece.file])
+                table = self._read(files[piece.file], piece)
+                buffer.append(table)
+                rows += table.num_rows
+                if rows >= max(self.shuffle_buffer, self.batch_size):
+                    carry = yield from self._emit(pa.concat_tables(buffer), rng, final=False)
+                    buffer, rows = [carry], carry.num_rows
+        finally:
+            for pf in files.values():
+                pf.close()
         if rows:
             yield from self._emit(pa.concat_tables(buffer), rng, final=True)
 
@@ -210,6 +215,12 @@ class _Columns:
             if s.dense
             else np.zeros((n, 0), dtype=np.float32)
         )  # (N, n_dense)
+        finite = np.isfinite(self.dense).all(axis=0)
+        if not finite.all():
+            name = s.dense[int(np.flatnonzero(~finite)[0])].name
+            raise ValueError(
+                f"{where}: dense column {name!r} holds NaN or infinite values, expected finite floats"
+            )
         # Shuffled batches gather whole rows of a row-major (N, F) array, 8x faster than gathering
         # from F columns; in-order batches slice a feature-major (F, N) array, which stacks faster.
         self.row_major = row_major

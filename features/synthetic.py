@@ -11,8 +11,9 @@ value, missing included, has its own effect. Labels are Bernoulli(sigmoid(z)) an
 its true probability `teacher_p`, so the teacher's AUC and LogLoss on any split are the best any
 model can reach there.
 
-Rows are generated in chunks seeded by (seed, chunk index): any size streams in bounded memory and
-the same seed gives the same rows whatever the chunking of the consumer.
+Rows are generated in chunks seeded by (seed, chunk index), so the same seed gives the same rows
+whatever the consumer does, and memory stays bounded but for the teacher's metrics, which keep 5
+bytes a row (p as float32, the label as int8): 10M rows need about 50 MB.
 """
 
 from __future__ import annotations
@@ -187,67 +188,72 @@ def write_synthetic(
     each row holds `teacher_p`, its true probability; dataset.json records the teacher's
     AUC and LogLoss per split.
     """
-    from sklearn.metrics import log_loss, roc_auc_score
-
     teacher = Teacher(config)
-    schema = synthetic_schema(config)
     splits = _split_of_rows(config)
     kept = _frequent_values(teacher, splits[0][2])  # as the converter: unseen in train -> rare id
-    per_split: dict[str, list[np.ndarray]] = {s: [] for s, *_ in splits}
+    # The teacher's metrics need every row's p and y: 5 bytes a row (float32, int8).
+    per_split: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {s: [] for s, *_ in splits}
     t0 = time.perf_counter()
     with (
-        DatasetWriter(out, schema, overwrite=overwrite) as writer,
+        DatasetWriter(out, synthetic_schema(config), overwrite=overwrite) as writer,
         tqdm(total=config.rows, unit="rows", unit_scale=True, desc="synthetic", disable=not progress) as bar,
     ):
         for start, x, c, p, y in teacher.chunks():
-            cols = {"label": pa.array(y)}
-            t = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
-            cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
-            ids = np.where(c > 0, c + 1, 0)  # (26, n)
-            ids = np.where((c > 0) & ~np.take_along_axis(kept, c, axis=1), 1, ids)
-            cols |= {f"C{f + 1}": pa.array(ids[f]) for f in range(N_CAT)}
-            cols["teacher_p"] = pa.array(p)
-            table = pa.table(cols)
+            table = _chunk_table(x, c, p, y, kept)
             for name, lo, hi in splits:
                 a, b = max(lo, start) - start, min(hi, start + len(y)) - start
                 if a < b:
                     writer.write(name, table.slice(a, b - a))
-                    per_split[name].append(np.stack([p[a:b], y[a:b]]))
+                    per_split[name].append((p[a:b].astype(np.float32), y[a:b]))
             bar.update(len(y))
-        teacher_metrics = {}
-        for name, parts in per_split.items():
-            if parts:
-                p, y = np.concatenate(parts, axis=1)
-                two = len(np.unique(y)) == 2
-                teacher_metrics[name] = {
-                    "auc": float(roc_auc_score(y, p)) if two else None,
-                    "logloss": float(log_loss(y, p, labels=[0, 1])),
-                    "rows": len(y),
-                    "ctr": float(y.mean()),
-                }
-        seconds = time.perf_counter() - t0
-        return writer.commit(
-            {
-                "converter": "synthetic",
-                "config": asdict(config),
-                "teacher": teacher_metrics,
-                "rows_per_s": config.rows / seconds,
-            }
-        )
+        info = {
+            "converter": "synthetic",
+            "config": asdict(config),
+            "teacher": {name: _metrics(parts) for name, parts in per_split.items() if parts},
+            "rows_per_s": config.rows / (time.perf_counter() - t0),
+        }
+        return writer.commit(info)
 
 
-def _frequent_values(teacher: Teacher, n_train: int) -> np.ndarray:
-    """(26, max V + 1) bool: whether each value rank occurs at least min_count times in the first
-    n_train rows (one extra pass of the generator over the training rows)."""
+def _chunk_table(
+    x: np.ndarray, c: np.ndarray, p: np.ndarray, y: np.ndarray, kept: list[np.ndarray]
+) -> pa.Table:
+    """One chunk of teacher rows as the dataset's columns plus `teacher_p`."""
+    cols = {"label": pa.array(y)}
+    t = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
+    cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
+    for f in range(N_CAT):
+        # rank r -> id r + 1 (id 1 is the rare id); missing (rank 0) -> id 0
+        cols[f"C{f + 1}"] = pa.array(np.where(c[f] == 0, 0, np.where(kept[f][c[f]], c[f] + 1, 1)))
+    cols["teacher_p"] = pa.array(p)
+    return pa.table(cols)
+
+
+def _metrics(parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int | None]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    p = np.concatenate([a for a, _ in parts]).astype(np.float64)
+    y = np.concatenate([b for _, b in parts])
+    return {
+        "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
+        "logloss": float(log_loss(y, p, labels=[0, 1])),
+        "rows": len(y),
+        "ctr": float(y.mean()),
+    }
+
+
+def _frequent_values(teacher: Teacher, n_train: int) -> list[np.ndarray]:
+    """Per field, a bool per value rank (0 = missing): whether it occurs at least min_count times
+    in the first n_train rows (one extra pass of the generator over the training rows)."""
     card = teacher.config.cardinalities
-    counts = np.zeros((N_CAT, max(card) + 1), dtype=np.int64)
+    counts = [np.zeros(v + 1, dtype=np.int64) for v in card]
     for start, _, c, _, _ in teacher.chunks():
         if start >= n_train:
             break
         c = c[:, : n_train - start]
         for f in range(N_CAT):
-            counts[f, : card[f] + 1] += np.bincount(c[f], minlength=card[f] + 1)
-    return counts >= teacher.config.min_count
+            counts[f] += np.bincount(c[f], minlength=card[f] + 1)
+    return [n >= teacher.config.min_count for n in counts]
 
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -268,7 +274,9 @@ def write_synthetic_tsv(
     probabilities go to `<path>.teacher_p.npy` in row order."""
     teacher = Teacher(config)
     path = Path(path)
-    probs = []
+    probs = np.lib.format.open_memmap(
+        str(path) + ".teacher_p.npy", mode="w+", dtype=np.float64, shape=(config.rows,)
+    )
     opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     salt = np.random.default_rng([config.seed, 3]).integers(1, 2**31, N_CAT, dtype=np.uint64)
     with (
@@ -277,7 +285,7 @@ def write_synthetic_tsv(
             total=config.rows, unit="rows", unit_scale=True, desc="synthetic tsv", disable=not progress
         ) as bar,
     ):
-        for _, x, c, p, y in teacher.chunks():
+        for start, x, c, p, y in teacher.chunks():
             cols = {"label": pa.array(y)}
             cols |= {
                 f"I{j + 1}": pa.array(x[:, j], mask=np.isnan(x[:, j])).cast(pa.int64())
@@ -291,7 +299,7 @@ def write_synthetic_tsv(
                     pa.array(c[f] == 0), pa.scalar(None, pa.string()), _hex8(hashed)
                 )
             pacsv.write_csv(pa.table(cols), sink, write_options=opts)
-            probs.append(p)
+            probs[start : start + len(p)] = p
             bar.update(len(y))
-    np.save(str(path) + ".teacher_p.npy", np.concatenate(probs))
+    probs.flush()
     return path

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_LOGGERS = ("torchrec", "torch.fx._symbolic_trace", "torch.distributed")
 
 
-def quiet_torchrec() -> None:
-    """Filters the warnings TorchRec and torch.distributed print on every DMP set-up (planner
-    topology notes, storage estimates, fx-tracing notes, deprecations); real errors still raise."""
-    for name in (
-        "torchrec.distributed.planner",
-        "torchrec.distributed",
-        "torch.fx._symbolic_trace",
-        "torchrec",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"torchrec(\.|$)")
-        warnings.filterwarnings("ignore", category=category, module=r"torch\.distributed(\.|$)")
-    warnings.filterwarnings("ignore", message=r".*is_fx_tracing.*")
-    warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated.*")
+@contextmanager
+def quiet_torchrec() -> Iterator[None]:
+    """Within the block, hides the warnings TorchRec and torch.distributed print on every DMP
+    set-up (planner topology notes, storage estimates, fx-tracing notes, deprecations); errors
+    still raise and log. Logger levels and warning filters are restored afterwards."""
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"torchrec(\.|$)")
+            warnings.filterwarnings("ignore", category=category, module=r"torch\.distributed(\.|$)")
+        warnings.filterwarnings("ignore", message=r".*is_fx_tracing.*")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)

@@ -6,8 +6,8 @@
       weights/        torch.distributed.checkpoint files of the model's state dict
       metrics.json    training history and the final valid/test metrics
 
-Weights are written to a temporary sibling and renamed into place, so an interrupted save leaves
-the previous weights readable.
+Weights are written to a temporary sibling and renamed into place; a save interrupted between
+the two renames leaves the previous weights as `.weights.old`, which loading falls back to.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from features.schema import SCHEMA_FILE, Schema
 
+if TYPE_CHECKING:
+    from rankers.ranker import RankerConfig
+    from rankers.train import TrainConfig
+
 CONFIG_FILE, WEIGHTS_DIR, METRICS_FILE = "config.json", "weights", "metrics.json"
-REQUIRED = (SCHEMA_FILE, CONFIG_FILE, f"{WEIGHTS_DIR}/.metadata")
+OLD_WEIGHTS = f".{WEIGHTS_DIR}.old"
 
 
 class CheckpointDir:
@@ -33,10 +37,28 @@ class CheckpointDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> CheckpointDir:
+        """An empty checkpoint directory at `path`; an existing non-empty one only with `overwrite`."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            if not overwrite:
+                raise ValueError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
     def write_config(
-        self, schema: Schema, ranker_config: Any, train_config: Any, data: Path, prior: dict
+        self,
+        schema: Schema,
+        ranker_config: RankerConfig,
+        train_config: TrainConfig,
+        data: Path,
+        prior: dict[str, float],
     ) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         schema.save(self.path)
         config = {
             "ranker": ranker_config.to_dict(),
@@ -47,7 +69,7 @@ class CheckpointDir:
         (self.path / CONFIG_FILE).write_text(json.dumps(config, indent=1))
 
     def save_weights(self, model: nn.Module) -> None:
-        tmp, old = self.path / f".{WEIGHTS_DIR}.partial", self.path / f".{WEIGHTS_DIR}.old"
+        tmp, old = self.path / f".{WEIGHTS_DIR}.partial", self.path / OLD_WEIGHTS
         final = self.path / WEIGHTS_DIR
         shutil.rmtree(tmp, ignore_errors=True)
         dcp.save(model.state_dict(), checkpoint_id=str(tmp))
@@ -59,9 +81,19 @@ class CheckpointDir:
         else:
             tmp.rename(final)
 
+    def weights_dir(self) -> Path | None:
+        """The complete weights: `weights/`, or `.weights.old` after a save cut between renames."""
+        for name in (WEIGHTS_DIR, OLD_WEIGHTS):
+            if (self.path / name / ".metadata").is_file():
+                return self.path / name
+        return None
+
     def load_weights(self, model: nn.Module, no_dist: bool = False) -> None:
+        weights = self.weights_dir()
+        if weights is None:
+            raise ValueError(f"{self.path}: missing {WEIGHTS_DIR}/.metadata (no saved weights)")
         state = model.state_dict()
-        dcp.load(state, checkpoint_id=str(self.path / WEIGHTS_DIR), no_dist=no_dist)
+        dcp.load(state, checkpoint_id=str(weights), no_dist=no_dist)
         model.load_state_dict(state)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
@@ -71,11 +103,13 @@ class CheckpointDir:
         """ValueError naming the first file a complete checkpoint directory lacks."""
         if not self.path.is_dir():
             raise ValueError(f"{self.path}: not a directory (expected a checkpoint directory)")
-        for name in REQUIRED:
-            if not (self.path / name).exists():
+        for name in (SCHEMA_FILE, CONFIG_FILE):
+            if not (self.path / name).is_file():
                 raise ValueError(
                     f"{self.path}: missing {name} (expected a checkpoint written by `rankers train`)"
                 )
+        if self.weights_dir() is None:
+            raise ValueError(f"{self.path}: missing {WEIGHTS_DIR}/.metadata (no saved weights)")
 
     def config(self) -> dict[str, Any]:
         try:

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rankers._args import add_dataclass_flags, dataclass_from_args, flags_set, read_toml
+from rankers._quiet import quiet_torchrec
 from rankers.backbones import BACKBONES
 from rankers.metrics import markdown_table
+
+if TYPE_CHECKING:
+    from rankers.ranker import RankerConfig
 
 log = logging.getLogger("rankers")
 
@@ -59,15 +62,21 @@ def _print_dataset(out: Path) -> None:
         print(f"\n{info['rows_per_s']:,.0f} rows/s")
 
 
-def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> Any:
+def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> RankerConfig:
+    """The model from flags over the TOML file's [ranker] and [backbone] tables."""
     from rankers.ranker import RankerConfig
 
     ranker = dict(toml.get("ranker", {}))
+    unknown = sorted(set(ranker) - {"backbone", "embedding_dim", "task_weights"})
+    if unknown:
+        raise ValueError(
+            f"[ranker] table: unknown keys {unknown}; expected backbone, embedding_dim, task_weights"
+        )
     backbone = args.backbone or ranker.get("backbone", "mlp")
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}, expected one of {sorted(BACKBONES)}")
-    config_class = BACKBONES[backbone].config_class
-    chosen = flags_set(config_class, args, toml.get("backbone"))
+    # Every key of the [backbone] table goes on, so RankerConfig names the ones it does not know.
+    chosen = dict(toml.get("backbone", {})) | flags_set(BACKBONES[backbone].config_class, args)
     others = {k for cls in BACKBONES.values() for k in flags_set(cls.config_class, args) if k not in chosen}
     if others:
         raise ValueError(
@@ -75,8 +84,11 @@ def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> Any:
         )
     return RankerConfig(
         backbone=backbone,
-        embedding_dim=args.embedding_dim or ranker.get("embedding_dim", 16),
+        embedding_dim=args.embedding_dim
+        if args.embedding_dim is not None
+        else ranker.get("embedding_dim", 16),
         backbone_config=chosen,
+        task_weights=tuple((str(t), float(w)) for t, w in dict(ranker.get("task_weights", {})).items()),
     )
 
 
@@ -86,15 +98,15 @@ def _train(args: argparse.Namespace) -> None:
     toml = read_toml(args.config)
     ranker_config = _ranker_config(args, toml)
     config = dataclass_from_args(TrainConfig, args, toml.get("train"))
-    result = train(args.data, args.out, ranker_config, config)
+    result = train(args.data, args.out, ranker_config, config, overwrite=args.overwrite)
     print(f"\ncheckpoint: {args.out} (best epoch {result['best_epoch']})\n")
     print(results_table(result, ranker_config.backbone))
 
 
-def results_table(result: dict[str, Any], model: str) -> str:
+def results_table(result: dict[str, Any], model: str, splits: tuple[str, ...] = ("valid", "test")) -> str:
     """AUC/LogLoss per split and task, with the constant prior and (synthetic data) the teacher."""
     rows = []
-    for split in ("valid", "test"):
+    for split in splits:
         for task, m in result.get(split, {}).items():
             rows.append(
                 {"model": model, "split": split, "task": task, "AUC": m["auc"], "LogLoss": m["logloss"]}
@@ -119,27 +131,24 @@ def results_table(result: dict[str, Any], model: str) -> str:
                         "LogLoss": teacher["logloss"],
                     }
                 )
-                if m["auc"] is not None and teacher["auc"]:
+                if m["auc"] is not None and teacher["auc"] and teacher["auc"] != 0.5:
                     rows[-3]["lift vs teacher"] = (m["auc"] - 0.5) / (teacher["auc"] - 0.5)
     return markdown_table(rows, ["model", "split", "task", "AUC", "LogLoss", "lift vs teacher"])
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from features.dataset import dataset_info
+    from rankers.checkpoint import CheckpointDir
     from rankers.predictor import Predictor
 
     predictor = Predictor.load(args.checkpoint)
-    data = (
-        Path(args.data)
-        if args.data
-        else Path(json.loads((Path(args.checkpoint) / "config.json").read_text())["data"]) / "test"
-    )
-    metrics = predictor.evaluate(data)
-    result: dict[str, Any] = {"test": metrics}
+    data = Path(args.data) if args.data else Path(CheckpointDir(args.checkpoint).config()["data"]) / "test"
+    split = data.name if data.name in ("train", "valid", "test") else "rows"
+    result: dict[str, Any] = {split: predictor.evaluate(data)}
     teacher = dataset_info(data.parent).get("teacher", {})
     if teacher.get(data.name):
-        result["teacher"] = {"test": teacher[data.name]}
-    print(f"{data}\n\n" + results_table(result, "checkpoint"))
+        result["teacher"] = {split: teacher[data.name]}
+    print(f"{data}\n\n" + results_table(result, "checkpoint", splits=(split,)))
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -166,9 +175,8 @@ def _demo(args: argparse.Namespace) -> None:
     write_synthetic(data, SyntheticConfig(rows=args.rows, min_count=10), overwrite=args.overwrite)
     print(f"2/3 training the MLP baseline -> {out / 'mlp'}")
     ranker_config = RankerConfig(backbone="mlp", embedding_dim=16)
-    result = train(
-        data, out / "mlp", ranker_config, TrainConfig(epochs=3, batch_size=1024, embedding_lr=0.02)
-    )
+    config = TrainConfig(epochs=3, batch_size=1024, embedding_lr=0.02)
+    result = train(data, out / "mlp", ranker_config, config, overwrite=args.overwrite)
     print("3/3 evaluation (test rows never seen in training or early stopping)\n")
     print(results_table(result, "mlp"))
     print("\n(bidding replay: comes with the bidding issue; see README)")
@@ -180,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rankers.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="rankers", description="CTR/CVR ranking on TorchRec embeddings")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     convert = sub.add_parser("convert", help="raw logs -> parquet dataset").add_subparsers(
@@ -207,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=sorted(BACKBONES), help="default mlp")
     p.add_argument("--embedding-dim", type=int, help="default 16")
     p.add_argument("--config", help="TOML file with [train], [ranker] and [backbone] tables; flags override")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing checkpoint directory at --out"
+    )
     add_dataclass_flags(p, TrainConfig)
     seen: set[str] = set()
     for cls in BACKBONES.values():
@@ -237,12 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # Epoch summaries (rankers.train logs them at INFO) are part of the CLI's output, on stderr
+    # beside the progress bars.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("rankers")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        args.func(args)
+        with quiet_torchrec():
+            args.func(args)
     except ValueError as e:
         print(f"rankers: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        logger.removeHandler(handler)
     return 0

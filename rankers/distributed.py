@@ -19,6 +19,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from rankers._quiet import quiet_torchrec
 from rankers.ranker import Ranker
 
 
@@ -39,9 +40,13 @@ def shard_ranker(
     fused kernel, updated by rowwise Adagrad inside the backward pass; the dense parameters get
     Adam. Returns the wrapped model and one optimizer over both.
     """
-    from rankers._quiet import quiet_torchrec
+    with quiet_torchrec():
+        return _shard(ranker, lr, weight_decay, embedding_lr)
 
-    quiet_torchrec()
+
+def _shard(
+    ranker: Ranker, lr: float, weight_decay: float, embedding_lr: float
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     world = dist.get_world_size()
     # Register the fused optimizer before wrapping: a fused table without one trains with SGD.
     # No weight decay on the tables: fbgemm-gpu-cpu 1.8.0's rowwise Adagrad CPU kernel was measured

@@ -16,8 +16,9 @@ import pyarrow as pa
 import torch
 
 from features.batch import Batch
-from features.reader import ParquetBatches, table_batches
+from features.reader import ParquetBatches, find_schema, table_batches
 from features.schema import Schema
+from rankers._quiet import quiet_torchrec
 from rankers.checkpoint import CheckpointDir
 from rankers.metrics import binary_metrics
 from rankers.ranker import Ranker, RankerConfig, build_ranker
@@ -55,11 +56,9 @@ class Predictor:
             ranker_config = RankerConfig.from_dict(config["ranker"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"{ckpt.path}/config.json: no valid 'ranker' entry ({e})") from e
-        from rankers._quiet import quiet_torchrec
-
-        quiet_torchrec()
-        ranker = build_ranker(schema, ranker_config, device=torch.device("cpu"))
-        ckpt.load_weights(ranker, no_dist=True)
+        with quiet_torchrec():
+            ranker = build_ranker(schema, ranker_config, device=torch.device("cpu"))
+            ckpt.load_weights(ranker, no_dist=True)
         return cls(ranker, schema, config.get("prior"))
 
     def _batches(self, rows: Rows, batch_size: int, labels: bool) -> Iterable[Batch]:
@@ -68,19 +67,35 @@ class Predictor:
         if isinstance(rows, pa.Table):
             return table_batches(rows, self.schema, batch_size, labels=labels)
         if isinstance(rows, (str, Path)):
+            self._check_features(Path(rows))
             return ParquetBatches(rows, batch_size, labels=labels, schema=self.schema)
         raise TypeError(
             f"rows of type {type(rows).__name__}: expected a parquet path, a pyarrow Table or a Batch"
         )
 
+    def _check_features(self, path: Path) -> None:
+        """Data converted with other vocabularies would score silently wrong: compare the data's own
+        schema.json (if it has one) with the checkpoint's features."""
+        try:
+            theirs = find_schema(path)
+        except ValueError:
+            return  # no schema beside the data: its columns are checked against ours when read
+        if theirs.without_labels() != self.schema.without_labels():
+            raise ValueError(
+                f"{path}: its schema.json describes other features than the checkpoint's "
+                "(convert new rows with --vocabulary-from the training dataset)"
+            )
+
     def predict_proba(self, rows: Rows, batch_size: int = 65_536) -> dict[str, np.ndarray]:
         """Probability per task for every row, in row order. Label columns are not needed."""
         probs, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
-        return probs
+        return {t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}
 
     def evaluate(self, rows: Rows, batch_size: int = 65_536) -> dict[str, dict[str, Any]]:
         """AUC, LogLoss and the prior's LogLoss per task on labeled rows."""
         probs, labels = predict(self.ranker, self._batches(rows, batch_size, labels=True))
+        if not labels:
+            raise ValueError(f"{_describe(rows)}: no labeled rows to evaluate")
         return {t: binary_metrics(labels[t], probs[t], self.prior.get(t)) for t in labels if t in probs}
 
     def iter_proba(self, rows: Rows, batch_size: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
@@ -89,3 +104,7 @@ class Predictor:
             for batch in self._batches(rows, batch_size, labels=False):
                 out = self.ranker(batch)
                 yield {t: torch.sigmoid(v).numpy() for t, v in out.logits.items()}
+
+
+def _describe(rows: Rows) -> str:
+    return str(rows) if isinstance(rows, (str, Path)) else type(rows).__name__

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -22,25 +22,35 @@ class RankerConfig:
 
     backbone: str = "mlp"  # a key of BACKBONES
     embedding_dim: int = 16  # D of every table
-    backbone_config: dict[str, Any] = field(default_factory=dict)  # fields of the backbone's config
+    # Fields of the backbone's config as (name, value) pairs; a dict is accepted and converted.
+    backbone_config: tuple[tuple[str, Any], ...] = ()
     task_weights: tuple[tuple[str, float], ...] = ()  # loss weight per task; 1 for tasks not named
 
     def __post_init__(self) -> None:
         backbone_class(self.backbone)  # raises on an unknown name
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim {self.embedding_dim} must be >= 1")
+        if type(self.embedding_dim) is not int or self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim {self.embedding_dim!r} must be an integer >= 1")
+        items = (
+            self.backbone_config.items() if isinstance(self.backbone_config, dict) else self.backbone_config
+        )
+        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
+        object.__setattr__(self, "backbone_config", frozen)
+        for task, weight in self.task_weights:
+            if not weight >= 0 or weight == float("inf"):
+                raise ValueError(f"task weight {weight!r} for {task!r} must be finite and >= 0")
         self.make_backbone_config()
 
     def make_backbone_config(self) -> Any:
         """The backbone's config dataclass from `backbone_config` (lists become tuples)."""
         cls = backbone_class(self.backbone).config_class
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(self.backbone_config) - known)
+        given = dict(self.backbone_config)
+        unknown = sorted(set(given) - known)
         if unknown:
             raise ValueError(
                 f"backbone {self.backbone!r} has no config fields {unknown}; expected {sorted(known)}"
             )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.backbone_config.items()})
+        return cls(**given)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,6 +83,11 @@ class Ranker(nn.Module):
         self.embedding = embedding
         self.backbone = backbone
         self.tasks = backbone.tasks
+        unknown = sorted(set(task_weights) - set(self.tasks))
+        if unknown:
+            raise ValueError(
+                f"task weights name tasks {unknown} the model does not have; its tasks: {self.tasks}"
+            )
         self.task_weights = {t: float(task_weights.get(t, 1.0)) for t in self.tasks}
 
     def forward(self, batch: Batch) -> BackboneOutput:

@@ -8,7 +8,6 @@ magnitude slower on CPU (../shared/TORCHREC_CPU.md).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from features.batch import Batch
 from features.dataset import dataset_info
-from features.reader import ParquetBatches, find_schema, parquet_files
+from features.reader import ParquetBatches, find_schema, open_parquet, parquet_files
 from features.schema import Schema
 from rankers import checkpoint
 from rankers.distributed import shard_ranker, single_process_group
@@ -63,6 +62,8 @@ class TrainConfig:
                 raise ValueError(f"{name} {getattr(self, name)} must be > 0")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay {self.lr_decay} must be in (0, 1]")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay {self.weight_decay} must be >= 0")
         if self.patience < 0 or self.threads < 0 or self.max_steps < 0 or self.shuffle_buffer < 0:
             raise ValueError("patience, threads, max_steps and shuffle_buffer must be >= 0")
 
@@ -72,8 +73,7 @@ def split_path(data: str | Path, split: str) -> Path | None:
     path = Path(data) / split
     if not path.is_dir():
         return None
-    files = parquet_files(path)
-    return path if sum(pq.ParquetFile(f).metadata.num_rows for f in files) else None
+    return path if sum(open_parquet(f).metadata.num_rows for f in parquet_files(path)) else None
 
 
 def label_prior(path: Path, schema: Schema) -> dict[str, float]:
@@ -146,6 +146,10 @@ def _epoch(
             loss, _ = ranker.loss(out, batch.labels)
             loss.backward()
             optimizer.step()
+            if not torch.isfinite(loss):  # before the next step: the fused tables updated once only
+                raise FloatingPointError(
+                    f"training loss became {float(loss)} at epoch {epoch + 1}, step {steps + 1}"
+                )
             loss_sum += loss.detach()
             steps += 1
             rows += len(batch)
@@ -153,10 +157,6 @@ def _epoch(
                 t_warm, rows_warm = time.perf_counter(), rows
             if steps % 20 == 0 or steps == total:
                 mean = float(loss_sum) / steps
-                if not math.isfinite(mean):
-                    raise FloatingPointError(
-                        f"training loss became {mean} at epoch {epoch + 1}, step {steps}"
-                    )
                 rate = (rows - rows_warm) / max(time.perf_counter() - t_warm, 1e-9)
                 bar.set_postfix(loss=f"{mean:.4f}", ex_per_s=f"{rate:,.0f}", refresh=False)
                 bar.update(steps - bar.n)
@@ -170,98 +170,121 @@ def _epoch(
     }
 
 
+class _BestWeights:
+    """Early stopping with reduce-on-plateau on the validation AUC.
+
+    An epoch with a better AUC saves its weights. An epoch without one restores the best weights
+    and multiplies every learning rate by `lr_decay` (the validation AUC of CTR models usually
+    peaks within an epoch or two, then the tables overfit); optimizer state (Adam moments, Adagrad
+    accumulators) is kept. Training stops after `patience` such epochs. Without a defined AUC (no
+    validation rows, or one class only) the last epoch's weights are kept and nothing stops early.
+    """
+
+    def __init__(self, ckpt: checkpoint.CheckpointDir, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 config: TrainConfig) -> None:  # fmt: skip
+        self.ckpt, self.model, self.optimizer, self.config = ckpt, model, optimizer, config
+        self.best_auc, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
+
+    def end_epoch(self, epoch: int, auc: float | None) -> bool:
+        """Saves or restores weights after `epoch` (1-based); True when training should stop."""
+        if auc is None or auc > self.best_auc:
+            self.best_auc = self.best_auc if auc is None else auc
+            self.best_epoch, self.bad_epochs = epoch, 0
+            self.ckpt.save_weights(self.model)
+            return False
+        self.bad_epochs += 1
+        if self.config.lr_decay < 1:
+            self.ckpt.load_weights(self.model)
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.config.lr_decay
+        return bool(self.config.patience) and self.bad_epochs >= self.config.patience
+
+
+def _readers(
+    data: Path, schema: Schema, config: TrainConfig
+) -> tuple[ParquetBatches, dict[str, ParquetBatches]]:
+    """The shuffled training reader and the evaluation readers of the splits that hold rows."""
+    train_path = split_path(data, "train")
+    if train_path is None:
+        raise ValueError(f"{data}/train: no training rows")
+    reader = ParquetBatches(train_path, config.batch_size, config.shuffle_buffer, config.seed, schema=schema)
+    # Drop each epoch's short last batch (one row would break batch norm); shuffling varies it.
+    reader.drop_last = reader.num_rows >= config.batch_size
+    evals = {s: ParquetBatches(p, config.eval_batch_size, schema=schema) for s in ("valid", "test")
+             if (p := split_path(data, s)) is not None}  # fmt: skip
+    return reader, evals
+
+
 def train(
     data: str | Path,
     out: str | Path,
     ranker_config: RankerConfig = RankerConfig(),
     config: TrainConfig = TrainConfig(),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Trains on `data/train`, early-stops on `data/valid`, evaluates the best weights on
     `data/test`, and leaves a checkpoint directory at `out` (see rankers.checkpoint).
+
+    Args:
+        data: a dataset directory with `train/` and optionally `valid/`, `test/`.
+        out: the checkpoint directory to create; an existing one is replaced only with `overwrite`.
+        ranker_config: the model.
+        config: how to train it.
+        overwrite: replace an existing checkpoint directory at `out`.
 
     Returns:
         The metrics written to `out/metrics.json`: per-epoch history, best epoch, valid and test
         metrics per task, the prior, and the teacher's figures for synthetic data.
     """
-    from rankers._quiet import quiet_torchrec
-
-    quiet_torchrec()
     if config.threads:
         torch.set_num_threads(config.threads)
-    data, out = Path(data), Path(out)
+    data = Path(data)
     schema = find_schema(data / "train")
     monitor = config.monitor or schema.tasks[0]
     if monitor not in schema.tasks:
         raise ValueError(f"monitor task {monitor!r} is not among the dataset's tasks {schema.tasks}")
-    train_path = split_path(data, "train")
-    if train_path is None:
-        raise ValueError(f"{data}/train: no training rows")
-    valid_path, test_path = split_path(data, "valid"), split_path(data, "test")
-    prior = label_prior(train_path, schema)
+    reader, evals = _readers(data, schema, config)
+    prior = label_prior(reader.path, schema)
+    ckpt = checkpoint.CheckpointDir.create(out, overwrite)
 
     torch.manual_seed(config.seed)
     single_process_group()
     ranker = build_ranker(schema, ranker_config, device=torch.device("meta"))
     model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr)
-
-    reader = ParquetBatches(train_path, config.batch_size, config.shuffle_buffer, config.seed, schema=schema)
-    readers = {
-        name: ParquetBatches(path, config.eval_batch_size, schema=schema)
-        for name, path in (("valid", valid_path), ("test", test_path))
-        if path is not None
-    }
-    ckpt = checkpoint.CheckpointDir(out)
     ckpt.write_config(schema, ranker_config, config, data, prior)
+    best = _BestWeights(ckpt, model, optimizer, config)
     history: list[dict[str, Any]] = []
-    best_auc, best_epoch, steps_done = -1.0, -1, 0
+    steps_done = 0
     for epoch in range(config.epochs):
         steps_left = config.max_steps - steps_done if config.max_steps else 0
         stats = _epoch(model, ranker, optimizer, reader, epoch, config, steps_left)
         steps_done += int(stats["steps"])
         row: dict[str, Any] = {"epoch": epoch + 1, **stats}
-        if "valid" in readers:
-            row["valid"] = evaluate_batches(model, readers["valid"], prior, config.progress, "valid")
-            auc = row["valid"][monitor]["auc"]
-            log.info("epoch %d: loss %.4f, valid %s AUC %s", epoch + 1, stats["loss"], monitor, auc)
-            if auc is not None and auc > best_auc:
-                best_auc, best_epoch = auc, epoch + 1
-                ckpt.save_weights(model)
-            elif best_epoch > 0 and config.lr_decay < 1:
-                # Reduce on plateau, restarting from the best weights: the validation AUC of CTR
-                # models usually peaks within an epoch or two, then the tables overfit.
-                ckpt.load_weights(model)
-                for group in optimizer.param_groups:
-                    group["lr"] *= config.lr_decay
-        else:  # no validation rows: the last epoch is the one kept
-            best_epoch = epoch + 1
-            ckpt.save_weights(model)
+        auc, summary = (
+            None,
+            f"epoch {epoch + 1}: train loss {stats['loss']:.4f} ({stats['examples_per_s']:,.0f} ex/s)",
+        )
+        if "valid" in evals:
+            row["valid"] = evaluate_batches(model, evals["valid"], prior, config.progress, "valid")
+            auc, logloss = row["valid"][monitor]["auc"], row["valid"][monitor]["logloss"]
+            summary += f", valid {monitor} AUC {'-' if auc is None else f'{auc:.4f}'} LogLoss {logloss:.4f}"
+        log.info(summary)
         history.append(row)
-        if config.progress:
-            valid = row.get("valid", {}).get(monitor, {})
-            tqdm.write(
-                f"epoch {epoch + 1}: train loss {stats['loss']:.4f}, {stats['examples_per_s']:,.0f} ex/s"
-                + (f", valid AUC {valid.get('auc'):.4f} LogLoss {valid.get('logloss'):.4f}" if valid else "")
-            )
-        if config.max_steps and steps_done >= config.max_steps:
+        stop = best.end_epoch(epoch + 1, auc)
+        if stop or (config.max_steps and steps_done >= config.max_steps):
             break
-        if "valid" in readers and config.patience and epoch + 1 - best_epoch >= config.patience:
-            break
-    if best_epoch < 0:  # validation AUC never defined (one class): keep the last weights
-        best_epoch = len(history)
-        ckpt.save_weights(model)
     ckpt.load_weights(model)
     result: dict[str, Any] = {
         "history": history,
-        "best_epoch": best_epoch,
+        "best_epoch": best.best_epoch,
         "prior": prior,
         "monitor": monitor,
     }
-    for name, r in readers.items():
+    for name, r in evals.items():
         result[name] = evaluate_batches(model, r, prior, config.progress, name)
     teacher = dataset_info(data).get("teacher")
     if teacher:
         result["teacher"] = teacher
     result["train_config"] = asdict(config)
     ckpt.write_metrics(result)
-    log.info("trained %s: %s", ranker_config.backbone, json.dumps(result.get("test", {})))
     return result

@@ -280,6 +280,11 @@ def _bad(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Pa
         c1[99] = 7 if case == "id too big" else -1
         path = _dataset(tmp_path / "d", monkeypatch, table=_replace_column(good, "c1", pa.array(c1)))
         return path, (str(path), "'c1'", "[0, 7)")
+    if case in ("nan", "inf"):
+        x1 = good["x1"].to_numpy().copy()
+        x1[42] = np.nan if case == "nan" else np.inf
+        path = _dataset(tmp_path / "d", monkeypatch, table=_replace_column(good, "x1", pa.array(x1)))
+        return path, (str(path), "'x1'", "NaN or infinite")
     if case == "label 2":
         click = good["click"].to_numpy().copy()
         click[60] = 2
@@ -318,6 +323,8 @@ BAD = [
     "nulls",
     "id too big",
     "negative id",
+    "nan",
+    "inf",
     "label 2",
     "not parquet",
     "truncated",

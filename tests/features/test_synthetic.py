@@ -105,8 +105,9 @@ def test_recorded_teacher_metrics_match_the_stored_columns(data: Path) -> None:
         t = pq.read_table(data / s)
         y, p = t["label"].to_numpy(), t["teacher_p"].to_numpy()
         assert teacher[s]["rows"] == t.num_rows
-        assert teacher[s]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
-        assert teacher[s]["logloss"] == pytest.approx(log_loss(y, p), abs=1e-12)
+        # The recorded metrics are computed from p kept as float32 (5 bytes a row): 1e-6 apart.
+        assert teacher[s]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+        assert teacher[s]["logloss"] == pytest.approx(log_loss(y, p), abs=1e-6)
         assert teacher[s]["ctr"] == pytest.approx(y.mean(), abs=1e-12)
     assert 0.6 < teacher["test"]["auc"] < 0.95
 

@@ -137,3 +137,91 @@ def test_train_config_rejects_bad_values() -> None:
 def test_monitor_must_be_a_task(synthetic_small: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cvr"):
         train(synthetic_small, tmp_path / "ck", RankerConfig(), TrainConfig(monitor="cvr", progress=False))
+
+
+def _copy_with(src: Path, dst: Path, split: str, column: str, value: int) -> Path:
+    """A copy of a dataset with one column of one split set to a constant."""
+    import pyarrow as pa
+
+    shutil.copytree(src, dst)
+    for f in (dst / split).glob("*.parquet"):
+        t = pq.read_table(f)
+        i = t.schema.get_field_index(column)
+        pq.write_table(
+            t.set_column(i, column, pa.array(np.full(t.num_rows, value), t.schema.field(i).type)), f
+        )
+    return dst
+
+
+def test_one_class_validation_keeps_the_last_epoch(synthetic_small: Path, tmp_path: Path) -> None:
+    data = _copy_with(synthetic_small, tmp_path / "data", "valid", "label", 0)
+    result = train(data, tmp_path / "ck", RankerConfig(), TrainConfig(epochs=2, patience=1, progress=True))
+    assert result["valid"]["ctr"]["auc"] is None  # undefined with one class: nothing to stop on
+    assert len(result["history"]) == 2 and result["best_epoch"] == 2
+
+
+def test_short_last_batch_is_dropped_so_batch_norm_trains(synthetic_small: Path, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=1, batch_size=5333, progress=False)  # 16,000 rows = 3 x 5,333 + 1
+    ranker = RankerConfig(backbone_config={"batch_norm": True, "hidden_units": (8,)})
+    result = train(synthetic_small, tmp_path / "ck", ranker, config)
+    assert result["history"][0]["steps"] == 3
+
+
+def test_an_existing_checkpoint_is_replaced_only_when_asked(synthetic_small: Path, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=1, max_steps=1, progress=False)
+    train(synthetic_small, tmp_path / "ck", RankerConfig(), config)
+    before = (tmp_path / "ck" / "metrics.json").read_text()
+    with pytest.raises(ValueError, match="already exists"):
+        train(synthetic_small, tmp_path / "ck", RankerConfig(), config)
+    assert (tmp_path / "ck" / "metrics.json").read_text() == before
+    train(synthetic_small, tmp_path / "ck", RankerConfig(), config, overwrite=True)
+
+
+def test_a_save_cut_between_renames_still_loads(synthetic_small: Path, tmp_path: Path) -> None:
+    train(
+        synthetic_small, tmp_path / "ck", RankerConfig(), TrainConfig(epochs=1, max_steps=2, progress=False)
+    )
+    expected = Predictor.load(tmp_path / "ck").predict_proba(synthetic_small / "test")["ctr"]
+    (tmp_path / "ck" / "weights").rename(tmp_path / "ck" / ".weights.old")  # killed after the first rename
+    np.testing.assert_array_equal(
+        Predictor.load(tmp_path / "ck").predict_proba(synthetic_small / "test")["ctr"], expected
+    )
+
+
+@pytest.mark.shared_data
+def test_predictor_refuses_rows_mapped_with_other_vocabularies(
+    criteo_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from features.criteo import CriteoConfig, convert_criteo
+    from tests.conftest import shared_file
+
+    out, _ = criteo_run
+    other = convert_criteo(
+        shared_file("criteo/train_head10k.tsv"), tmp_path / "d", CriteoConfig(min_count=1), progress=False
+    )
+    with pytest.raises(ValueError, match=r"schema\.json describes other features"):
+        Predictor.load(out).predict_proba(other / "test")
+
+
+@pytest.mark.shared_data
+def test_predictor_on_no_rows_and_without_labels(criteo_run: tuple[Path, dict], criteo_8k_2k: Path) -> None:
+    out, _ = criteo_run
+    predictor = Predictor.load(out)
+    table = pq.read_table(criteo_8k_2k / "test")
+    empty = predictor.predict_proba(table.slice(0, 0))
+    assert list(empty) == ["ctr"] and empty["ctr"].shape == (0,)
+    with pytest.raises(ValueError, match="missing column 'label'"):
+        predictor.evaluate(table.drop(["label"]))
+    unlabeled = next(iter(ParquetBatches(criteo_8k_2k / "test", batch_size=10, labels=False)))
+    with pytest.raises(ValueError, match="Batch: no labeled rows"):
+        predictor.evaluate(unlabeled)
+
+
+def test_task_weights_must_name_tasks(synthetic_small: Path) -> None:
+    from features.schema import Schema
+    from rankers.ranker import build_ranker
+
+    with pytest.raises(ValueError, match="cvt"):
+        build_ranker(Schema.load(synthetic_small), RankerConfig(task_weights=(("cvt", 2.0),)))
+    with pytest.raises(ValueError, match="-1"):
+        RankerConfig(task_weights=(("ctr", -1.0),))
