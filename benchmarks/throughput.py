@@ -151,7 +151,7 @@ def main() -> None:
                     command,
                 )
                 load = load_average()
-                result = train(data, work / "ckpt", MLP, tc)
+                result = train(data, work / "ckpt", MLP, tc, overwrite=True)
                 rate = result["history"][0]["examples_per_s"]
                 print(f"training loop (reader, DMP, fused Adagrad, Adam): {rate:,.0f} examples/s", flush=True)
                 record(
