@@ -37,7 +37,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ buffer move on to the next, so only the final batch of an epoch can be short.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +185,9 @@ class ParquetBatches:
                 )
         return table.slice(piece.start, piece.stop - piece.start)
 
-    def _emit(self, table: pa.Table, rng: np.random.Generator, final: bool) -> Iterator[Batch]:
+    def _emit(
+        self, table: pa.Table, rng: np.random.Generator, final: bool
+    ) -> Generator[Batch, None, pa.Table]:
         """Yields the full batches of `table` (and the short last one if `final`); returns the rest."""
         n = table.num_rows
         cols = _Columns(self.schema, table, str(self.path), self.labels, row_major=bool(self.shuffle_buffer))
@@ -252,12 +254,13 @@ class _Columns:
 
     def batch(self, rows: slice | np.ndarray) -> Batch:
         if self.row_major:
-            dense, ids = np.take(self.dense, rows, axis=0), np.take(self.ids, rows, axis=0)
+            assert isinstance(rows, np.ndarray)  # shuffled batches are index arrays
+            rows_dense, ids = np.take(self.dense, rows, axis=0), np.take(self.ids, rows, axis=0)
             values = torch.from_numpy(ids.T.reshape(-1))  # (B, F) -> (F * B,) feature-major
         else:
-            dense = np.ascontiguousarray(self.dense[rows])
+            rows_dense = np.ascontiguousarray(self.dense[rows])
             values = torch.from_numpy(np.ascontiguousarray(self.ids[:, rows]).reshape(-1))  # (F * B,)
-        dense = torch.from_numpy(dense)
+        dense = torch.from_numpy(rows_dense)
         b = dense.shape[0]
         sparse = KeyedJaggedTensor(
             keys=self.keys,

@@ -145,7 +145,7 @@ class Schema:
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"schema: tasks {tasks} must be distinct")
         sizes: dict[str, int] = {}
-        for f in (*self.categorical, *self.sequences):
+        for f in self._sparse():
             if sizes.setdefault(f.table, f.num_embeddings) != f.num_embeddings:
                 raise ValueError(
                     f"table {f.table}: features sharing it disagree on num_embeddings "
@@ -156,10 +156,13 @@ class Schema:
     def tasks(self) -> tuple[str, ...]:
         return tuple(lab.task for lab in self.labels)
 
+    def _sparse(self) -> tuple[CategoricalFeature | SequenceFeature, ...]:
+        return (*self.categorical, *self.sequences)
+
     @property
     def sparse_keys(self) -> tuple[str, ...]:
         """Keys of the batch's KeyedJaggedTensor: categorical features, then sequences."""
-        return tuple(f.name for f in (*self.categorical, *self.sequences))
+        return tuple(f.name for f in self._sparse())
 
     def columns(self) -> list[tuple[str, pa.DataType]]:
         """(name, arrow type) of every column the schema describes."""
@@ -179,7 +182,7 @@ class Schema:
     def tables(self) -> dict[str, tuple[int, tuple[str, ...]]]:
         """Table name -> (num_embeddings, names of the features looked up in it), in schema order."""
         out: dict[str, tuple[int, tuple[str, ...]]] = {}
-        for f in (*self.categorical, *self.sequences):
+        for f in self._sparse():
             n, names = out.get(f.table, (f.num_embeddings, ()))
             out[f.table] = (n, (*names, f.name))
         return out

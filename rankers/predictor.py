@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ from rankers.metrics import binary_metrics
 from rankers.ranker import Ranker, RankerConfig, build_ranker
 from rankers.train import predict
 
-Rows = str | Path | pa.Table | Batch
+Rows: TypeAlias = str | Path | pa.Table | Batch
 
 
 class Predictor:

@@ -23,7 +23,7 @@ class RankerConfig:
     backbone: str = "mlp"  # a key of BACKBONES
     embedding_dim: int = 16  # D of every table
     # Fields of the backbone's config as (name, value) pairs; a dict is accepted and converted.
-    backbone_config: tuple[tuple[str, Any], ...] = ()
+    backbone_config: tuple[tuple[str, Any], ...] | dict[str, Any] = ()
     task_weights: tuple[tuple[str, float], ...] = ()  # loss weight per task; 1 for tasks not named
 
     def __post_init__(self) -> None:

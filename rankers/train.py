@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ def predict(
     model.eval()
     probs: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[np.ndarray]] = {}
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = len(batches) if isinstance(batches, Sized) else None
     with tqdm(total=total, unit="batch", desc=desc, disable=not progress, leave=False) as bar:
         for batch in batches:
             out = model(batch)

@@ -6,7 +6,7 @@ Notation: B batch, F categorical fields, D embedding dim, L sequence length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -77,16 +77,25 @@ class Backbone(nn.Module):
 
     Subclasses set `config_class` (a frozen dataclass) and take `(spec, config, tasks)`. They never
     see a KeyedJaggedTensor, never call `.to()`, and hold no loss or optimizer.
+
+    Args:
+        spec: the input shapes.
+        config: an instance of `config_class`.
+        tasks: the task names, one logit each.
     """
 
     config_class: ClassVar[type]
     tasks: tuple[str, ...]
 
-    def __init__(self, tasks: tuple[str, ...]) -> None:
+    def __init__(self, spec: InputSpec, config: Any, tasks: tuple[str, ...]) -> None:
         super().__init__()
         if not tasks or len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks {tasks}: expected one or more distinct task names")
-        self.tasks = tuple(tasks)
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.spec, self.config, self.tasks = spec, config, tuple(tasks)
 
     def forward(self, x: Embedded) -> BackboneOutput:
         raise NotImplementedError

@@ -59,8 +59,7 @@ class MLP(Backbone):
     def __init__(
         self, spec: InputSpec, config: MLPConfig = MLPConfig(), tasks: tuple[str, ...] = ("ctr",)
     ) -> None:
-        super().__init__(tasks)
-        self.config = config
+        super().__init__(spec, config, tasks)
         in_features = spec.n_dense + len(spec.field_names) * spec.embedding_dim
         self.mlp = MLPBlock(in_features, config.hidden_units, config.dropout, config.batch_norm)
         self.head = nn.Linear(self.mlp.out_features, len(self.tasks))
