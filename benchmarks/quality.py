@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import SHARED_DATA, load_average, record
 from benchmarks.readme import write_readme
 from features.criteo import CriteoConfig, convert_criteo
+from features.dataset import dataset_info
 from features.synthetic import SyntheticConfig, write_synthetic
 from rankers.ranker import RankerConfig
 from rankers.train import TrainConfig, train
@@ -111,6 +112,10 @@ def synthetic(seeds: int, work: Path, command: str, run: str) -> None:
     data = write_synthetic(work / "synthetic", SyntheticConfig(rows=250_000, min_count=10), progress=False)
     common = {"dataset": "synthetic_250k", "split": "200k train / 25k valid / 25k test", "run": run}
     _seeds(data, SYNTHETIC_TRAIN, seeds, common, command, work)
+    lr = _logistic_regression(data)
+    lr["lift"] = (lr["auc"] - 0.5) / (dataset_info(data)["teacher"]["test"]["auc"] - 0.5)
+    print(f"synthetic logistic regression: {lr}", flush=True)
+    record({**common, "model": "logistic regression (sklearn, one-hot)", "seed": 0, **lr}, command)
 
 
 def main() -> None:

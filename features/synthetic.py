@@ -7,9 +7,10 @@ frequencies and Criteo-like missing rates. The teacher's logit is
 
 with per-value field effects w, a linear term in t(x) = sign(x) log1p(|x|) (0 when missing), rank-4
 pairwise interactions between chosen field pairs, and one dense-by-categorical interaction. Every
-value, missing included, has its own effect. Labels are Bernoulli(sigmoid(z)) and every row carries
-its true probability `teacher_p`, so the teacher's AUC and LogLoss on any split are the best any
-model can reach there.
+value, missing included, has its own effect; effects (w and u alike) shrink along each field's long
+tail, so most of the signal sits on values frequent enough to be learned. Labels are
+Bernoulli(sigmoid(z)) and every row carries its true probability `teacher_p`, so the teacher's AUC
+and LogLoss on any split are the best any model can reach there.
 
 Rows are generated in chunks seeded by (seed, chunk index), so the same seed gives the same rows
 whatever the consumer does, and memory stays bounded but for the teacher's metrics, which keep 5
@@ -59,7 +60,7 @@ class SyntheticConfig:
     field_scale: float = 0.8  # std of per-value field effects, spread over fields
     n_pairs: int = 8  # field pairs with a rank-4 interaction
     pair_scale: float = 0.2  # std of each interaction term
-    tail_rank: float = 100.0  # value effects shrink beyond about this frequency rank
+    tail_rank: float = 100.0  # value effects (field and interaction) shrink beyond about this rank
     min_count: int = 1  # values seen fewer times in the train split map to the shared rare id 1
     target_ctr: float = 0.22  # the bias is set so the mean probability is about this
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/valid/test by row order (rows are iid)
@@ -95,18 +96,16 @@ class Teacher:
         scale = config.field_scale * importance / np.sqrt(np.mean(importance**2) * N_CAT / 4)
         # Index 0 of each table is the effect of "missing"; 1..V the values by frequency rank.
         # Effects shrink along the long tail (std ~ (1 + rank / tail_rank)^-1/2): rare values sit
-        # closer to the field's mean, as empirical-Bayes estimates of real rare values do.
-        self.w = [
-            rng.normal(0, s, v + 1)
-            * np.concatenate([[1.0], (1 + np.arange(1, v + 1) / config.tail_rank) ** -0.5])
-            for s, v in zip(scale, card, strict=True)
-        ]
+        # closer to the field's mean, as empirical-Bayes estimates of real rare values do. The
+        # interaction vectors u shrink the same way.
+        tail = [np.concatenate([[1.0], (1 + np.arange(1, v + 1) / config.tail_rank) ** -0.5]) for v in card]
+        self.w = [rng.normal(0, s, v + 1) * tail[f] for f, (s, v) in enumerate(zip(scale, card, strict=True))]
         self.a = rng.normal(0, 0.15, N_DENSE)
         self.mu = rng.uniform(0.0, 3.0, N_DENSE)
         self.sigma = rng.uniform(0.5, 1.5, N_DENSE)
         self.pairs = [tuple(rng.choice(N_CAT, 2, replace=False)) for _ in range(config.n_pairs)]
         self.u = {
-            f: rng.normal(0, np.sqrt(config.pair_scale / 2), (card[f] + 1, 4))
+            f: rng.normal(0, np.sqrt(config.pair_scale / 2), (card[f] + 1, 4)) * tail[f][:, None]
             for f in sorted({f for p in self.pairs for f in p})
         }
         self.h, self.h_field = 0.3, int(rng.integers(N_CAT))
