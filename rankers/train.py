@@ -144,12 +144,12 @@ def _epoch(
             optimizer.zero_grad()
             out = model(batch)
             loss, _ = ranker.loss(out, batch.labels)
-            loss.backward()
-            optimizer.step()
-            if not torch.isfinite(loss):  # before the next step: the fused tables updated once only
+            loss.backward()  # also updates the fused tables
+            if not torch.isfinite(loss):  # stop before Adam takes the step, and before any other
                 raise FloatingPointError(
                     f"training loss became {float(loss)} at epoch {epoch + 1}, step {steps + 1}"
                 )
+            optimizer.step()
             loss_sum += loss.detach()
             steps += 1
             rows += len(batch)
