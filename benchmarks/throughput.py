@@ -33,7 +33,7 @@ from features.schema import Schema
 from features.synthetic import SyntheticConfig, write_synthetic, write_synthetic_tsv
 from rankers.distributed import shard_ranker, single_process_group
 from rankers.ranker import RankerConfig, build_ranker
-from rankers.train import TrainConfig, train
+from rankers.train import TrainConfig, train, train_step
 
 MLP = RankerConfig(backbone="mlp", embedding_dim=16, backbone_config={"hidden_units": (256, 128)})
 
@@ -57,17 +57,11 @@ def bare_step_examples_per_s(data: Path, steps: int = 60) -> float:
     model, optimizer = shard_ranker(ranker, lr=1e-3, weight_decay=0.0, embedding_lr=0.05)
     batches = [b for _, b in zip(range(20), ParquetBatches(data / "train", batch_size=4096), strict=False)]
 
-    def step(batch) -> None:
-        optimizer.zero_grad()
-        loss, _ = ranker.loss(model(batch), batch.labels)
-        loss.backward()
-        optimizer.step()
-
     for b in batches[:5]:
-        step(b)
+        train_step(model, ranker, optimizer, b)
     t0 = time.perf_counter()
     for i in range(steps):
-        step(batches[i % len(batches)])
+        train_step(model, ranker, optimizer, batches[i % len(batches)])
     return steps * 4096 / (time.perf_counter() - t0)
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from features.batch import Batch
 from features.dataset import dataset_info
-from features.reader import ParquetBatches, find_schema, open_parquet, parquet_files
+from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
 from rankers import checkpoint
 from rankers.distributed import shard_ranker, single_process_group
@@ -66,14 +66,6 @@ class TrainConfig:
             raise ValueError(f"weight_decay {self.weight_decay} must be >= 0")
         if self.patience < 0 or self.threads < 0 or self.max_steps < 0 or self.shuffle_buffer < 0:
             raise ValueError("patience, threads, max_steps and shuffle_buffer must be >= 0")
-
-
-def split_path(data: str | Path, split: str) -> Path | None:
-    """`data/split` if it holds rows, else None."""
-    path = Path(data) / split
-    if not path.is_dir():
-        return None
-    return path if sum(open_parquet(f).metadata.num_rows for f in parquet_files(path)) else None
 
 
 def label_prior(path: Path, schema: Schema) -> dict[str, float]:
@@ -121,6 +113,19 @@ def evaluate_batches(
     return {t: binary_metrics(labels[t], probs[t], prior.get(t)) for t in labels if t in probs}
 
 
+def train_step(
+    model: nn.Module, ranker: Ranker, optimizer: torch.optim.Optimizer, batch: Batch, where: str = ""
+) -> torch.Tensor:
+    """One optimizer step on `batch`; returns the loss. The fused tables update inside backward."""
+    optimizer.zero_grad()
+    loss, _ = ranker.loss(model(batch), batch.labels)
+    loss.backward()
+    if not torch.isfinite(loss):  # stop before Adam takes the step, and before any other
+        raise FloatingPointError(f"training loss became {float(loss)} at {where or 'this step'}")
+    optimizer.step()
+    return loss
+
+
 def _epoch(
     model: nn.Module,
     ranker: Ranker,
@@ -141,15 +146,7 @@ def _epoch(
         # Batches are read in this thread: a prefetch thread was measured 20% slower on 2 cores
         # (it competes with torch's threads and the GIL); reading costs about 3 ms of a 40 ms step.
         for batch in batches:
-            optimizer.zero_grad()
-            out = model(batch)
-            loss, _ = ranker.loss(out, batch.labels)
-            loss.backward()  # also updates the fused tables
-            if not torch.isfinite(loss):  # stop before Adam takes the step, and before any other
-                raise FloatingPointError(
-                    f"training loss became {float(loss)} at epoch {epoch + 1}, step {steps + 1}"
-                )
-            optimizer.step()
+            loss = train_step(model, ranker, optimizer, batch, f"epoch {epoch + 1}, step {steps + 1}")
             loss_sum += loss.detach()
             steps += 1
             rows += len(batch)
@@ -180,8 +177,13 @@ class _BestWeights:
     validation rows, or one class only) the last epoch's weights are kept and nothing stops early.
     """
 
-    def __init__(self, ckpt: checkpoint.CheckpointDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 config: TrainConfig) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ckpt: checkpoint.CheckpointDir,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+    ) -> None:
         self.ckpt, self.model, self.optimizer, self.config = ckpt, model, optimizer, config
         self.best_auc, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
 
@@ -204,14 +206,19 @@ def _readers(
     data: Path, schema: Schema, config: TrainConfig
 ) -> tuple[ParquetBatches, dict[str, ParquetBatches]]:
     """The shuffled training reader and the evaluation readers of the splits that hold rows."""
-    train_path = split_path(data, "train")
-    if train_path is None:
+    reader = ParquetBatches(
+        data / "train", config.batch_size, config.shuffle_buffer, config.seed, schema=schema
+    )
+    if reader.num_rows == 0:
         raise ValueError(f"{data}/train: no training rows")
-    reader = ParquetBatches(train_path, config.batch_size, config.shuffle_buffer, config.seed, schema=schema)
     # Drop each epoch's short last batch (one row would break batch norm); shuffling varies it.
     reader.drop_last = reader.num_rows >= config.batch_size
-    evals = {s: ParquetBatches(p, config.eval_batch_size, schema=schema) for s in ("valid", "test")
-             if (p := split_path(data, s)) is not None}  # fmt: skip
+    evals = {}
+    for split in ("valid", "test"):
+        if (data / split).is_dir():
+            r = ParquetBatches(data / split, config.eval_batch_size, schema=schema)
+            if r.num_rows:
+                evals[split] = r
     return reader, evals
 
 
