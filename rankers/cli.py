@@ -3,6 +3,7 @@
 rankers convert criteo train.txt --out data/criteo --min-count 10
 rankers convert synthetic --out data/synth --rows 1000000
 rankers train --data data/criteo --out runs/mlp --backbone mlp --hidden-units 256,128
+rankers train --data data/criteo --out runs/finalmlp --backbone finalmlp_criteo_x1 --epochs 3
 rankers evaluate --checkpoint runs/mlp [--data data/criteo/test]
 rankers predict --checkpoint runs/mlp --data data/new/test --out preds.parquet
 rankers demo --out build/demo
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from rankers._args import add_dataclass_flags, dataclass_from_args, flags_set, read_toml
 from rankers._quiet import quiet_torchrec
-from rankers.backbones import BACKBONES
+from rankers.backbones import BACKBONES, PRESETS, backbone_class
 from rankers.metrics import markdown_table
 
 if TYPE_CHECKING:
@@ -63,32 +64,32 @@ def _print_dataset(out: Path) -> None:
 
 
 def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> RankerConfig:
-    """The model from flags over the TOML file's [ranker] and [backbone] tables."""
+    """The model from flags over the TOML file's [ranker] and [backbone] tables (and over the preset,
+    when the backbone names one)."""
     from rankers.ranker import RankerConfig
 
     ranker = dict(toml.get("ranker", {}))
-    unknown = sorted(set(ranker) - {"backbone", "embedding_dim", "task_weights"})
+    keys = {"backbone", "embedding_dim", "task_weights", "embedding_l2"}
+    unknown = sorted(set(ranker) - keys)
     if unknown:
-        raise ValueError(
-            f"[ranker] table: unknown keys {unknown}; expected backbone, embedding_dim, task_weights"
-        )
-    backbone = args.backbone or ranker.get("backbone", "mlp")
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}, expected one of {sorted(BACKBONES)}")
+        raise ValueError(f"[ranker] table: unknown keys {unknown}; expected some of {sorted(keys)}")
+    name = args.backbone or ranker.get("backbone", "mlp")
+    cls = backbone_class(name)  # raises naming the known backbones and presets
     # Every key of the [backbone] table goes on, so RankerConfig names the ones it does not know.
-    chosen = dict(toml.get("backbone", {})) | flags_set(BACKBONES[backbone].config_class, args)
-    others = {k for cls in BACKBONES.values() for k in flags_set(cls.config_class, args) if k not in chosen}
+    chosen = dict(toml.get("backbone", {})) | flags_set(cls.config_class, args)
+    others = {k for c in BACKBONES.values() for k in flags_set(c.config_class, args) if k not in chosen}
     if others:
         raise ValueError(
-            f"flags {sorted('--' + k.replace('_', '-') for k in others)} do not apply to {backbone!r}"
+            f"flags {sorted('--' + k.replace('_', '-') for k in others)} do not apply to {name!r}"
         )
+    dim = args.embedding_dim if args.embedding_dim is not None else ranker.get("embedding_dim")
+    l2 = args.embedding_l2 if args.embedding_l2 is not None else ranker.get("embedding_l2")
     return RankerConfig(
-        backbone=backbone,
-        embedding_dim=args.embedding_dim
-        if args.embedding_dim is not None
-        else ranker.get("embedding_dim", 16),
+        backbone=name,
+        embedding_dim=dim,
         backbone_config=chosen,
         task_weights=tuple((str(t), float(w)) for t, w in dict(ranker.get("task_weights", {})).items()),
+        embedding_l2=l2,
     )
 
 
@@ -97,10 +98,23 @@ def _train(args: argparse.Namespace) -> None:
 
     toml = read_toml(args.config)
     ranker_config = _ranker_config(args, toml)
-    config = dataclass_from_args(TrainConfig, args, toml.get("train"))
+    base = dict(toml.get("train", {}))
+    if ranker_config.preset:
+        preset = PRESETS[ranker_config.preset]()
+        base = dict(preset.train) | base
+        log.info(
+            "preset %s: %s with %s; published test AUC %.6f, LogLoss %.6f (data: %s)",
+            ranker_config.preset,
+            preset.backbone,
+            ", ".join(f"{k}={v}" for k, v in preset.train),
+            preset.published["auc"],
+            preset.published["logloss"],
+            preset.data,
+        )
+    config = dataclass_from_args(TrainConfig, args, base)
     result = train(args.data, args.out, ranker_config, config, overwrite=args.overwrite)
     print(f"\ncheckpoint: {args.out} (best epoch {result['best_epoch']})\n")
-    print(results_table(result, ranker_config.backbone))
+    print(results_table(result, ranker_config.preset or ranker_config.backbone))
 
 
 def results_table(result: dict[str, Any], model: str, splits: tuple[str, ...] = ("valid", "test")) -> str:
@@ -212,8 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a ranker on a dataset's train split")
     p.add_argument("--data", required=True, help="dataset directory with train/ (valid/, test/ optional)")
     p.add_argument("--out", required=True, help="checkpoint directory")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), help="default mlp")
-    p.add_argument("--embedding-dim", type=int, help="default 16")
+    p.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES) + sorted(PRESETS),
+        help="a backbone, or a preset (its model and training settings; flags override them); default mlp",
+    )
+    p.add_argument("--embedding-dim", type=int, help="default 16 (or the preset's)")
+    p.add_argument(
+        "--embedding-l2",
+        type=float,
+        help="L2 on the looked-up embedding vectors; default 0 (or the preset's)",
+    )
     p.add_argument("--config", help="TOML file with [train], [ranker] and [backbone] tables; flags override")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing checkpoint directory at --out"

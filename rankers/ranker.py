@@ -12,28 +12,50 @@ from torch.nn import functional as F
 
 from features.batch import Batch
 from features.schema import Schema
-from rankers.backbones import Backbone, BackboneOutput, InputSpec, backbone_class
+from rankers.backbones import PRESETS, Backbone, BackboneOutput, InputSpec, backbone_class
 from rankers.embedding import EmbeddingArch
 
 
 @dataclass(frozen=True)
 class RankerConfig:
-    """What to build: the backbone by name with its config, and the embedding dim."""
+    """What to build: the backbone by name with its config, and the embedding tables.
 
-    backbone: str = "mlp"  # a key of BACKBONES
-    embedding_dim: int = 16  # D of every table
+    `backbone` may name a preset (`PRESETS`, e.g. "finalmlp_criteo_x1"): its backbone, config,
+    embedding dim and embedding L2 are taken, and fields given here override them; `preset` then
+    records the name.
+    """
+
+    backbone: str = "mlp"  # a key of BACKBONES, or of PRESETS
+    embedding_dim: int | None = None  # D of every table; None: the preset's, else 16
     # Fields of the backbone's config as (name, value) pairs; a dict is accepted and converted.
     backbone_config: tuple[tuple[str, Any], ...] | dict[str, Any] = ()
     task_weights: tuple[tuple[str, float], ...] = ()  # loss weight per task; 1 for tasks not named
+    # L2 penalty on the embedding vectors each example looks up, lambda * sum ||e||^2 averaged over
+    # the batch (the tables' fused optimizer applies no weight decay); None: the preset's, else 0.
+    embedding_l2: float | None = None
+    preset: str = ""  # the preset this config came from ("" for none); set when `backbone` names one
 
     def __post_init__(self) -> None:
-        backbone_class(self.backbone)  # raises on an unknown name
-        if type(self.embedding_dim) is not int or self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim {self.embedding_dim!r} must be an integer >= 1")
-        items = (
+        items = dict(
             self.backbone_config.items() if isinstance(self.backbone_config, dict) else self.backbone_config
         )
-        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
+        dim, l2 = self.embedding_dim, self.embedding_l2
+        if self.backbone in PRESETS:
+            preset = PRESETS[self.backbone]()
+            items = asdict(preset.config) | items
+            dim = preset.embedding_dim if dim is None else dim
+            l2 = preset.embedding_l2 if l2 is None else l2
+            object.__setattr__(self, "preset", self.backbone)
+            object.__setattr__(self, "backbone", preset.backbone)
+        backbone_class(self.backbone)  # raises on an unknown name
+        dim, l2 = 16 if dim is None else dim, 0.0 if l2 is None else float(l2)
+        if type(dim) is not int or dim < 1:
+            raise ValueError(f"embedding_dim {dim!r} must be an integer >= 1")
+        if not 0 <= l2 < float("inf"):
+            raise ValueError(f"embedding_l2 {l2!r} must be finite and >= 0")
+        object.__setattr__(self, "embedding_dim", dim)
+        object.__setattr__(self, "embedding_l2", l2)
+        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
         object.__setattr__(self, "backbone_config", frozen)
         for task, weight in self.task_weights:
             if not weight >= 0 or weight == float("inf"):
@@ -64,6 +86,8 @@ class RankerConfig:
             embedding_dim=d["embedding_dim"],
             backbone_config=d.get("backbone_config", {}),
             task_weights=tuple((t, float(w)) for t, w in d.get("task_weights", ())),
+            embedding_l2=d.get("embedding_l2", 0.0),
+            preset=d.get("preset", ""),
         )
 
     def to_json(self) -> str:
@@ -78,9 +102,16 @@ class Ranker(nn.Module):
         >>> out = ranker(batch)            # BackboneOutput(logits={"ctr": (B,)}, aux_loss=None)
     """
 
-    def __init__(self, embedding: EmbeddingArch, backbone: Backbone, task_weights: dict[str, float]) -> None:
+    def __init__(
+        self,
+        embedding: EmbeddingArch,
+        backbone: Backbone,
+        task_weights: dict[str, float],
+        embedding_l2: float = 0.0,
+    ) -> None:
         super().__init__()
         self.embedding = embedding
+        self.embedding_l2 = embedding_l2
         self.backbone = backbone
         self.tasks = backbone.tasks
         unknown = sorted(set(task_weights) - set(self.tasks))
@@ -91,7 +122,14 @@ class Ranker(nn.Module):
         self.task_weights = {t: float(task_weights.get(t, 1.0)) for t in self.tasks}
 
     def forward(self, batch: Batch) -> BackboneOutput:
-        return self.backbone(self.embedding(batch.dense, batch.sparse))
+        x = self.embedding(batch.dense, batch.sparse)
+        out = self.backbone(x)
+        if self.training and self.embedding_l2:
+            # Only the vectors this batch looked up: the fused table optimizer never sees a penalty
+            # on whole tables (FuxiCTR's form), and rows absent from the batch get no gradient.
+            penalty = self.embedding_l2 * x.fields.square().sum() / x.fields.shape[0]
+            out = out._replace(aux_loss=penalty if out.aux_loss is None else out.aux_loss + penalty)
+        return out
 
     def loss(
         self, out: BackboneOutput, labels: dict[str, torch.Tensor]
@@ -114,9 +152,12 @@ def build_ranker(schema: Schema, config: RankerConfig, device: torch.device | No
     if not schema.tasks:
         raise ValueError("schema has no labels, so no tasks to train")
     cls = backbone_class(config.backbone)
-    backbone = cls(
-        InputSpec.from_schema(schema, config.embedding_dim), config.make_backbone_config(), schema.tasks
-    )
+    dim = config.embedding_dim
+    assert dim is not None  # RankerConfig resolves it
+    backbone = cls(InputSpec.from_schema(schema, dim), config.make_backbone_config(), schema.tasks)
     return Ranker(
-        EmbeddingArch(schema, config.embedding_dim, device=device), backbone, dict(config.task_weights)
+        EmbeddingArch(schema, dim, device=device),
+        backbone,
+        dict(config.task_weights),
+        embedding_l2=config.embedding_l2 or 0.0,
     )

@@ -39,7 +39,8 @@ class Embedded:
 
 
 class BackboneOutput(NamedTuple):
-    """Logits (B,) per task, and an auxiliary loss (e.g. DIEN's) or None."""
+    """Logits (B,) per task, and an auxiliary loss added to the task losses (DIEN's; the Ranker adds
+    its embedding L2 here) or None."""
 
     logits: dict[str, torch.Tensor]
     aux_loss: torch.Tensor | None = None
@@ -50,22 +51,26 @@ class InputSpec:
     """The shapes a backbone is built for, derived from the schema and the embedding dim.
 
     Attributes:
-        n_dense: columns of `Embedded.dense`.
+        dense_names: the columns of `Embedded.dense`, in order.
         field_names: the F categorical fields, in order.
         embedding_dim: D.
         sequences: sequence name -> (target field sharing its table, max length L).
     """
 
-    n_dense: int
+    dense_names: tuple[str, ...]
     field_names: tuple[str, ...]
     embedding_dim: int
     sequences: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.dense_names)
 
     @classmethod
     def from_schema(cls, schema: Schema, embedding_dim: int) -> InputSpec:
         table_field = {f.table: f.name for f in schema.categorical}
         return cls(
-            n_dense=len(schema.dense),
+            dense_names=tuple(f.name for f in schema.dense),
             field_names=tuple(f.name for f in schema.categorical),
             embedding_dim=embedding_dim,
             sequences=tuple((s.name, table_field.get(s.table, ""), s.max_len) for s in schema.sequences),
@@ -99,3 +104,29 @@ class Backbone(nn.Module):
 
     def forward(self, x: Embedded) -> BackboneOutput:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published configuration: the model, how it was trained, and what it scored.
+
+    Presets are plain zero-argument functions beside their backbone (`finalmlp_criteo_x1()`); their
+    names are accepted wherever a backbone name is (`RankerConfig(backbone=...)`, `--backbone`).
+
+    Attributes:
+        backbone: the registered backbone name.
+        config: that backbone's config.
+        embedding_dim: D.
+        embedding_l2: the embedding regularizer (see RankerConfig.embedding_l2).
+        train: TrainConfig fields as (name, value) pairs.
+        data: how the published run prepared its data.
+        published: the published test figures (auc, logloss, parameters).
+    """
+
+    backbone: str
+    config: Any
+    embedding_dim: int
+    embedding_l2: float
+    train: tuple[tuple[str, Any], ...]
+    data: str
+    published: dict[str, float]

@@ -50,7 +50,11 @@ class MLP(Backbone):
     """DNN over [dense, flattened field embeddings], one output logit per task.
 
     Example:
-        >>> spec = InputSpec(n_dense=13, field_names=tuple(f"C{i}" for i in range(26)), embedding_dim=16)
+        >>> spec = InputSpec(
+        ...     dense_names=tuple(f"I{i}" for i in range(1, 14)),
+        ...     field_names=tuple(f"C{i}" for i in range(1, 27)),
+        ...     embedding_dim=16,
+        ... )
         >>> model = MLP(spec, MLPConfig(hidden_units=(256, 128)))
     """
 

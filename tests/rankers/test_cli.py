@@ -102,3 +102,43 @@ def test_toml_config_sets_fields_and_flags_override(synthetic_small: Path, tmp_p
     assert config["train"]["max_steps"] == 2
     toml.write_text("[train]\nepoch = 1\n")
     assert main(["train", "--data", str(synthetic_small), "--out", str(ckpt), "--config", str(toml)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("backbone", "extra", "recorded"),
+    [
+        ("autoint", ["--attention-layers", "2", "--num-heads", "2", "--attention-dim", "8"], "autoint"),
+        ("autoint_plus", ["--dnn-units", "16"], "autoint_plus"),
+        ("finalmlp", ["--fs1-context", "I1,C3", "--num-heads", "4"], "finalmlp"),
+        # The preset's model at full size; its training settings, with these flags on top.
+        ("finalmlp_criteo_x1", ["--embedding-dim", "4"], "finalmlp"),
+    ],
+)
+def test_train_any_backbone_or_preset(
+    synthetic_small: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    backbone: str,
+    extra: list[str],
+    recorded: str,
+) -> None:
+    import json
+
+    ckpt = tmp_path / "ck"
+    args = ["train", "--data", str(synthetic_small), "--out", str(ckpt), "--backbone", backbone]
+    flags = ["--epochs", "1", "--max-steps", "3", "--batch-size", "256", "--no-progress", *extra]
+    assert main([*args, *flags]) == 0
+    assert f"| {backbone} | test | ctr |" in capsys.readouterr().out
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["ranker"]["backbone"] == recorded
+    if backbone == "finalmlp_criteo_x1":
+        assert config["ranker"]["preset"] == backbone and config["ranker"]["embedding_dim"] == 4
+        assert config["ranker"]["backbone_config"]["num_heads"] == 200
+        assert config["ranker"]["embedding_l2"] == 1e-5
+        assert config["train"]["lr_decay"] == 0.1 and config["train"]["batch_size"] == 256
+    assert main(["evaluate", "--checkpoint", str(ckpt)]) == 0
+
+
+def test_flags_of_another_backbone_are_refused(synthetic_small: Path, tmp_path: Path) -> None:
+    args = ["train", "--data", str(synthetic_small), "--out", str(tmp_path / "o"), "--backbone", "autoint"]
+    assert main([*args, "--fs1-context", "C1"]) == 2

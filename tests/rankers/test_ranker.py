@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -38,7 +40,7 @@ def test_mlp_config_rejects(bad: dict) -> None:
 
 
 def test_mlp_one_logit_per_task_from_dense_and_fields() -> None:
-    spec = InputSpec(n_dense=3, field_names=("a", "b"), embedding_dim=4)
+    spec = InputSpec(dense_names=("x", "y", "z"), field_names=("a", "b"), embedding_dim=4)
     model = MLP(spec, MLPConfig(hidden_units=(8,)), tasks=("ctr", "cvr")).eval()
     x = Embedded(dense=torch.randn(5, 3), fields=torch.randn(5, 2, 4), field_names=("a", "b"))
     out = model(x)
@@ -51,6 +53,8 @@ def test_mlp_one_logit_per_task_from_dense_and_fields() -> None:
 def test_registry_names_map_to_backbones() -> None:
     assert BACKBONES["mlp"] is MLP
     assert MLP.config_class is MLPConfig
+    assert backbone_class("finalmlp_criteo_x1") is BACKBONES["finalmlp"]
+    assert backbone_class("autoint_plus_criteo_x1") is BACKBONES["autoint_plus"]
 
 
 def test_ranker_loss_is_weighted_bce_per_task(synthetic_small) -> None:
@@ -65,3 +69,56 @@ def test_ranker_loss_is_weighted_bce_per_task(synthetic_small) -> None:
     torch.testing.assert_close(total, 2.0 * expected)
     with pytest.raises(ValueError, match="none of the model's tasks"):
         ranker.loss(out, {"cvr": batch.labels["ctr"]})
+
+
+def test_preset_name_builds_its_backbone_and_fields_given_override_it() -> None:
+    from rankers.backbones import PRESETS, FinalMLPConfig
+
+    config = RankerConfig(backbone="finalmlp_criteo_x1", backbone_config={"num_heads": 100})
+    assert config.backbone == "finalmlp" and config.preset == "finalmlp_criteo_x1"
+    assert config.embedding_dim == 10 and config.embedding_l2 == 1e-5
+    built = config.make_backbone_config()
+    assert isinstance(built, FinalMLPConfig) and built.num_heads == 100 and built.fs2_context == ("C6",)
+    assert RankerConfig(backbone="finalmlp_criteo_x1", embedding_dim=16, embedding_l2=0.0).embedding_l2 == 0.0
+    again = RankerConfig.from_dict(json.loads(config.to_json()))
+    assert again == config
+    for name, preset in PRESETS.items():
+        p = preset()
+        assert RankerConfig(backbone=name).make_backbone_config() == p.config
+        assert p.published["auc"] > 0.8 and p.train
+
+
+def test_finalmlp_preset_has_the_published_dense_architecture() -> None:
+    """Dense parameters of the preset on Criteo's 13 + 26 fields, counted from the paper's layers."""
+    from rankers.backbones import PRESETS, FinalMLP
+
+    p = PRESETS["finalmlp_criteo_x1"]()
+    spec = InputSpec(tuple(f"I{i}" for i in range(1, 14)), tuple(f"C{i}" for i in range(1, 27)), 10)
+    model = FinalMLP(spec, p.config)
+    width = 39 * 10
+
+    def linear(i: int, o: int) -> int:
+        return i * o + o
+
+    mlp1 = linear(width, 400) + 2 * linear(400, 400) + 3 * 2 * 400  # three layers with batch norm
+    mlp2 = linear(width, 1000) + 2 * 1000
+    gates = linear(13 * 10, 800) + linear(800, width) + linear(10, 800) + linear(800, width)
+    fusion = linear(400, 1) + linear(1000, 1) + 200 * 2 * 5  # 200 heads of 2 x 5
+    numeric = 13 * 10
+    assert sum(q.numel() for q in model.parameters()) == mlp1 + mlp2 + gates + fusion + numeric
+
+
+def test_embedding_l2_is_added_in_training_only(synthetic_small) -> None:
+    schema = Schema.load(synthetic_small)
+    batch = next(iter(ParquetBatches(synthetic_small / "train", batch_size=32)))
+    torch.manual_seed(0)
+    ranker = build_ranker(schema, RankerConfig(embedding_l2=0.5))
+    out = ranker(batch)
+    fields = ranker.embedding(batch.dense, batch.sparse).fields
+    assert out.aux_loss is not None
+    torch.testing.assert_close(out.aux_loss, 0.5 * fields.square().sum() / 32)
+    total, per_task = ranker.loss(out, batch.labels)
+    torch.testing.assert_close(total, per_task["ctr"] + out.aux_loss)
+    assert ranker.eval()(batch).aux_loss is None
+    with pytest.raises(ValueError, match="embedding_l2"):
+        RankerConfig(embedding_l2=-1.0)

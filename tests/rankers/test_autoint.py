@@ -1,0 +1,101 @@
+"""AutoInt and AutoInt+ specifics: attention over fields, numeric tokens, the parallel DNN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rankers.backbones import AutoInt, AutoIntConfig, AutoIntPlus, AutoIntPlusConfig, Embedded, InputSpec
+from rankers.backbones.autoint import InteractingLayer
+from rankers.backbones.tokens import FieldTokens
+
+SPEC = InputSpec(dense_names=("I1", "I2"), field_names=("C1", "C2", "C3"), embedding_dim=8)
+
+
+def _x(batch: int = 4, seed: int = 0) -> Embedded:
+    g = torch.Generator().manual_seed(seed)
+    return Embedded(
+        torch.rand(batch, 2, generator=g), torch.randn(batch, 3, 8, generator=g), SPEC.field_names
+    )
+
+
+def test_attention_weights_sum_to_one_over_fields() -> None:
+    torch.manual_seed(0)
+    layer = InteractingLayer(8, AutoIntConfig(num_heads=2, attention_dim=16))
+    tokens = torch.randn(4, 5, 8)
+    weights = layer.attention(tokens)
+    assert weights.shape == (4, 2, 5, 5) and (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4, 2, 5))
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_layer_is_relu_of_attention_weighted_values(scale: bool) -> None:
+    """The fused kernel computes the paper's eq. 5-6: softmax(<q, k>) weighted sums of values."""
+    torch.manual_seed(0)
+    config = AutoIntConfig(num_heads=2, attention_dim=16, residual=False, scale=scale)
+    layer = InteractingLayer(8, config).eval()
+    tokens = torch.randn(4, 5, 8)
+    _, _, v = layer._heads(tokens)  # (B, H, T, 8)
+    expected = torch.relu((layer.attention(tokens) @ v).transpose(1, 2).flatten(2))  # (B, T, 16)
+    torch.testing.assert_close(layer(tokens), expected)
+
+
+def test_residual_projects_only_when_widths_differ() -> None:
+    assert isinstance(InteractingLayer(16, AutoIntConfig(attention_dim=16)).res, torch.nn.Identity)
+    assert isinstance(InteractingLayer(8, AutoIntConfig(attention_dim=16)).res, torch.nn.Linear)
+    assert InteractingLayer(8, AutoIntConfig(attention_dim=16, residual=False)).res is None
+
+
+def test_numeric_features_are_value_scaled_vectors() -> None:
+    tokens = FieldTokens(SPEC)
+    x = _x()
+    t = tokens(x)
+    assert t.shape == (4, 5, 8) and tokens.names == ("I1", "I2", "C1", "C2", "C3")
+    assert tokens.numeric is not None
+    torch.testing.assert_close(t[:, 0], x.dense[:, :1] * tokens.numeric[0])
+    torch.testing.assert_close(t[:, 2:], x.fields)
+    x.dense[0, 1] = 0.0
+    assert tokens(x)[0, 1].abs().sum() == 0  # a zero value is a zero token, as in the paper
+
+
+def test_dense_values_change_the_logit() -> None:
+    torch.manual_seed(0)
+    model = AutoInt(SPEC).eval()
+    x = _x()
+    before = model(x).logits["ctr"]
+    x.dense[:, 0] += 1.0
+    assert not torch.allclose(model(x).logits["ctr"], before)
+
+
+def test_autoint_plus_adds_a_dnn_logit() -> None:
+    torch.manual_seed(0)
+    model = AutoIntPlus(SPEC, AutoIntPlusConfig(dnn_units=(8,))).eval()
+    assert model.dnn is not None and model.dnn_head is not None
+    x = _x()
+    tokens = model.tokens(x)
+    h = tokens
+    for layer in model.layers:
+        h = layer(h)
+    expected = model.head(h.flatten(1)) + model.dnn_head(model.dnn(tokens.flatten(1)))
+    torch.testing.assert_close(model(x).logits["ctr"], expected[:, 0])
+    assert AutoInt(SPEC).dnn is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"attention_dim": 15, "num_heads": 2}, "multiple of num_heads 2"),
+        ({"num_heads": 0}, "num_heads 0"),
+        ({"attention_layers": 0}, "attention_layers 0"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dnn_units": (0,)}, "dnn_units"),
+    ],
+)
+def test_config_rejects(bad: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AutoIntConfig(**bad)
+
+
+def test_autoint_plus_needs_a_dnn() -> None:
+    with pytest.raises(ValueError, match="dnn_units"):
+        AutoIntPlusConfig(dnn_units=())

@@ -1,0 +1,148 @@
+"""The conformance suite every registered backbone passes.
+
+Parametrized over `BACKBONES`, so registering a backbone is enough to have it tested here, with its
+default config and, where `OPTIONS` lists them, with its optional parts switched on.
+
+Graph capture: `torch.compile(fullgraph=True, backend="aot_eager")`. Dynamo with `fullgraph=True`
+raises on any graph break, and AOTAutograd traces the backward too, without needing a C++
+compiler. `torch.fx.symbolic_trace` was not chosen: it cannot take the `Embedded` dataclass input
+without wrappers, and compile is what users run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rankers.backbones import BACKBONES, Backbone, Embedded, InputSpec
+
+# Optional parts of each backbone, switched on together in a second variant.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "mlp": {"batch_norm": True, "dropout": 0.1},
+    "autoint": {"layer_norm": True, "scale": True, "dropout": 0.1, "residual": False},
+    "autoint_plus": {"layer_norm": True, "dropout": 0.1, "dnn_units": (16, 8), "dnn_batch_norm": True},
+    "finalmlp": {
+        "fs1_context": ("I1", "C2"),
+        "fs2_context": ("C4",),
+        "mlp1_batch_norm": True,
+        "mlp1_dropout": 0.1,
+        "mlp2_units": (32,),
+        "mlp2_batch_norm": True,
+        "num_heads": 4,
+    },
+}
+VARIANTS = [(name, "default") for name in BACKBONES] + [
+    (name, "options") for name in BACKBONES if name in OPTIONS
+]
+SPEC = InputSpec(
+    dense_names=("I1", "I2", "I3"), field_names=tuple(f"C{i}" for i in range(1, 6)), embedding_dim=8
+)
+NO_DENSE = InputSpec(dense_names=(), field_names=SPEC.field_names, embedding_dim=8)
+
+
+def build(name: str, variant: str, tasks: tuple[str, ...] = ("ctr",), spec: InputSpec = SPEC) -> Backbone:
+    cls = BACKBONES[name]
+    config = cls.config_class(**(OPTIONS[name] if variant == "options" else {}))
+    return cls(spec, config, tasks)
+
+
+def inputs(batch: int, spec: InputSpec = SPEC, seed: int = 0) -> Embedded:
+    g = torch.Generator().manual_seed(seed)
+    return Embedded(
+        dense=torch.rand(batch, spec.n_dense, generator=g),
+        fields=torch.randn(batch, len(spec.field_names), spec.embedding_dim, generator=g),
+        field_names=spec.field_names,
+    )
+
+
+@pytest.mark.parametrize(("name", "variant"), VARIANTS)
+@pytest.mark.parametrize("tasks", [("ctr",), ("ctr", "cvr")])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_finite_logits_of_shape_b_per_task(
+    name: str, variant: str, tasks: tuple[str, ...], batch: int
+) -> None:
+    torch.manual_seed(0)
+    model = build(name, variant, tasks).eval()
+    out = model(inputs(batch))
+    assert set(out.logits) == set(tasks)
+    for logit in out.logits.values():
+        assert logit.shape == (batch,) and torch.isfinite(logit).all()
+    if batch > 1:  # batch norm needs two rows to train
+        model.train()
+        assert all(torch.isfinite(v).all() for v in model(inputs(batch)).logits.values())
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_works_without_dense_features(name: str) -> None:
+    torch.manual_seed(0)
+    out = build(name, "default", spec=NO_DENSE).eval()(inputs(3, NO_DENSE))
+    assert out.logits["ctr"].shape == (3,)
+
+
+@pytest.mark.parametrize(("name", "variant"), VARIANTS)
+def test_gradient_reaches_every_parameter(name: str, variant: str) -> None:
+    torch.manual_seed(0)
+    model = build(name, variant, ("ctr", "cvr")).train()
+    x = inputs(16)
+    x.fields.requires_grad_(True)
+    out = model(x)
+    y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1)).float()
+    sum(F.binary_cross_entropy_with_logits(v, y) for v in out.logits.values()).backward()  # type: ignore[union-attr]
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient reaches {pname}"
+    assert x.fields.grad is not None and x.fields.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("name", "variant"), VARIANTS)
+def test_deterministic_in_eval_mode(name: str, variant: str) -> None:
+    torch.manual_seed(0)
+    model = build(name, variant).eval()
+    x = inputs(7)
+    torch.testing.assert_close(model(x).logits["ctr"], model(x).logits["ctr"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("name", "variant"), VARIANTS)
+def test_loss_halves_within_50_steps_on_one_batch(name: str, variant: str) -> None:
+    """The model with trainable field vectors (as the tables are) fits one batch of random labels."""
+    torch.manual_seed(0)
+    model = build(name, variant).train()
+    x = inputs(64)
+    fields = nn.Parameter(x.fields.clone())
+    y = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(2)).float()
+    optimizer = torch.optim.Adam([*model.parameters(), fields], lr=1e-2)
+    losses = []
+    for _ in range(50):
+        optimizer.zero_grad()
+        out = model(Embedded(dense=x.dense, fields=fields, field_names=x.field_names))
+        loss = F.binary_cross_entropy_with_logits(out.logits["ctr"], y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert min(losses[-5:]) <= 0.5 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_compiles_forward_and_backward_without_graph_breaks(name: str) -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build(name, "options" if name in OPTIONS else "default", ("ctr", "cvr")).train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = inputs(8)
+    torch.manual_seed(1)
+    out = compiled(x)
+    sum(v.sum() for v in out.logits.values()).backward()  # type: ignore[union-attr]
+    model.eval()
+    torch.testing.assert_close(compiled(x).logits["ctr"], model(x).logits["ctr"])
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_rejects_a_config_of_another_backbone(name: str) -> None:
+    other = next(cls for n, cls in BACKBONES.items() if cls.config_class is not BACKBONES[name].config_class)
+    with pytest.raises(TypeError, match=BACKBONES[name].config_class.__name__):
+        BACKBONES[name](SPEC, other.config_class(), ("ctr",))
