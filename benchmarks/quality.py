@@ -1,6 +1,6 @@
-"""Quality: test AUC/LogLoss of the MLP on the real Criteo sample and on teacher data.
+"""Quality: test AUC/LogLoss of every backbone on the real Criteo sample and on teacher data.
 
-    .venv/bin/python benchmarks/quality.py [--seeds 5] [--synthetic-seeds 3]
+    .venv/bin/python benchmarks/quality.py [--seeds 5] [--synthetic-seeds 3] [--models mlp,finalmlp]
 
 Criteo head10k (../shared/data, read in place): rows in file order, the first 7,200 train, the next
 800 validate (early stopping), the last 2,000 test; values seen fewer than 10 times in train share
@@ -34,6 +34,30 @@ from rankers.train import TrainConfig, train
 
 CRITEO_TRAIN = TrainConfig(epochs=10, batch_size=256, embedding_lr=0.02, progress=False)
 SYNTHETIC_TRAIN = TrainConfig(epochs=3, batch_size=1024, embedding_lr=0.02, progress=False)
+# The shapes of a typical side-by-side (see benchmarks/throughput.py), the same on both datasets.
+MODELS = {
+    "mlp": RankerConfig(backbone="mlp", embedding_dim=16, backbone_config={"hidden_units": (256, 128)}),
+    "autoint": RankerConfig(
+        backbone="autoint",
+        embedding_dim=16,
+        backbone_config={"attention_layers": 3, "num_heads": 2, "attention_dim": 16},
+    ),
+    "autoint_plus": RankerConfig(
+        backbone="autoint_plus",
+        embedding_dim=16,
+        backbone_config={"attention_layers": 3, "num_heads": 2, "attention_dim": 16, "dnn_units": (256, 128)},
+    ),
+    "finalmlp": RankerConfig(
+        backbone="finalmlp",
+        embedding_dim=16,
+        backbone_config={
+            "mlp1_units": (256, 128),
+            "mlp2_units": (256, 128),
+            "fs_units": (256,),
+            "num_heads": 2,
+        },
+    ),
+}
 
 
 def _logistic_regression(data: Path) -> dict[str, float]:
@@ -62,38 +86,42 @@ def _logistic_regression(data: Path) -> dict[str, float]:
     return {"auc": float(roc_auc_score(y_test, p)), "logloss": float(log_loss(y_test, p))}
 
 
-def _seeds(data: Path, base: TrainConfig, seeds: int, common: dict, command: str, work: Path) -> None:
-    """Trains the MLP once per seed and records its test metrics (and the teacher's, if known)."""
-    for seed in range(seeds):
-        config = replace(base, seed=seed)
-        result = train(data, work / f"{common['dataset']}_mlp_{seed}", RankerConfig(backbone="mlp"), config)
-        test = result["test"]["ctr"]
-        row = {
-            **common,
-            "model": "mlp",
-            "seed": seed,
-            "auc": test["auc"],
-            "logloss": test["logloss"],
-            "prior_logloss": test["prior_logloss"],
-            "best_epoch": result["best_epoch"],
-            "config": {"train": asdict(config), "ranker": RankerConfig().to_dict()},
-        }
-        if "teacher" in result:
-            teacher = result["teacher"]["test"]
-            row |= {
-                "teacher_auc": teacher["auc"],
-                "teacher_logloss": teacher["logloss"],
-                "lift": (test["auc"] - 0.5) / (teacher["auc"] - 0.5),
+def _seeds(
+    data: Path, base: TrainConfig, seeds: int, models: list[str], common: dict, command: str, work: Path
+) -> None:
+    """Trains each model once per seed and records its test metrics (and the teacher's, if known)."""
+    for name in models:
+        ranker = MODELS[name]
+        for seed in range(seeds):
+            config = replace(base, seed=seed)
+            result = train(data, work / f"{common['dataset']}_{name}_{seed}", ranker, config, overwrite=True)
+            test = result["test"]["ctr"]
+            row = {
+                **common,
+                "model": name,
+                "seed": seed,
+                "auc": test["auc"],
+                "logloss": test["logloss"],
+                "prior_logloss": test["prior_logloss"],
+                "best_epoch": result["best_epoch"],
+                "config": {"train": asdict(config), "ranker": ranker.to_dict()},
             }
-        print(
-            f"{common['dataset']} mlp seed {seed}: AUC {test['auc']:.4f} LogLoss {test['logloss']:.4f}"
-            + (f" lift vs teacher {row['lift']:.3f}" if "lift" in row else ""),
-            flush=True,
-        )
-        record(row, command)
+            if "teacher" in result:
+                teacher = result["teacher"]["test"]
+                row |= {
+                    "teacher_auc": teacher["auc"],
+                    "teacher_logloss": teacher["logloss"],
+                    "lift": (test["auc"] - 0.5) / (teacher["auc"] - 0.5),
+                }
+            print(
+                f"{common['dataset']} {name} seed {seed}: AUC {test['auc']:.4f} LogLoss {test['logloss']:.4f}"
+                + (f" lift vs teacher {row['lift']:.3f}" if "lift" in row else ""),
+                flush=True,
+            )
+            record(row, command)
 
 
-def criteo(seeds: int, work: Path, command: str, run: str) -> None:
+def criteo(seeds: int, models: list[str], work: Path, command: str, run: str, with_lr: bool) -> None:
     data = convert_criteo(
         SHARED_DATA / "criteo" / "train_head10k.tsv",
         work / "criteo",
@@ -102,16 +130,20 @@ def criteo(seeds: int, work: Path, command: str, run: str) -> None:
     )
     split = "first 8k (7.2k train, 0.8k valid) / last 2k test"
     common = {"dataset": "criteo_head10k", "split": split, "run": run}
-    _seeds(data, CRITEO_TRAIN, seeds, common, command, work)
+    _seeds(data, CRITEO_TRAIN, seeds, models, common, command, work)
+    if not with_lr:
+        return
     lr = _logistic_regression(data)
     print(f"criteo logistic regression: {lr}", flush=True)
     record({**common, "model": "logistic regression (sklearn, one-hot)", "seed": 0, **lr}, command)
 
 
-def synthetic(seeds: int, work: Path, command: str, run: str) -> None:
+def synthetic(seeds: int, models: list[str], work: Path, command: str, run: str, with_lr: bool) -> None:
     data = write_synthetic(work / "synthetic", SyntheticConfig(rows=250_000, min_count=10), progress=False)
     common = {"dataset": "synthetic_250k", "split": "200k train / 25k valid / 25k test", "run": run}
-    _seeds(data, SYNTHETIC_TRAIN, seeds, common, command, work)
+    _seeds(data, SYNTHETIC_TRAIN, seeds, models, common, command, work)
+    if not with_lr:
+        return
     lr = _logistic_regression(data)
     lr["lift"] = (lr["auc"] - 0.5) / (dataset_info(data)["teacher"]["test"]["auc"] - 0.5)
     print(f"synthetic logistic regression: {lr}", flush=True)
@@ -126,14 +158,22 @@ def main() -> None:
     parser.add_argument(
         "--synthetic-seeds", type=int, default=3, help="seeds on the synthetic data (0 skips)"
     )
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
+    parser.add_argument("--skip-criteo", action="store_true", help="synthetic data only")
+    parser.add_argument("--no-lr", action="store_true", help="skip the logistic-regression reference")
     args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
     command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
     run = f"quality-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     print(f"load average before: {load_average():.2f}")
     with tempfile.TemporaryDirectory() as tmp:
-        criteo(args.seeds, Path(tmp), command, run)
+        if not args.skip_criteo:
+            criteo(args.seeds, models, Path(tmp), command, run, not args.no_lr)
         if args.synthetic_seeds:
-            synthetic(args.synthetic_seeds, Path(tmp), command, run)
+            synthetic(args.synthetic_seeds, models, Path(tmp), command, run, not args.no_lr)
     print(f"load average after: {load_average():.2f}")
     write_readme()
 

@@ -135,14 +135,16 @@ class Ranker(nn.Module):
         self, out: BackboneOutput, labels: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted sum of BCE-with-logits over the tasks that have labels, plus the aux loss."""
-        per_task = {
-            t: F.binary_cross_entropy_with_logits(out.logits[t], labels[t]) for t in self.tasks if t in labels
+        per_task = {  # in fp32 whatever precision the forward pass ran in
+            t: F.binary_cross_entropy_with_logits(out.logits[t].float(), labels[t])
+            for t in self.tasks
+            if t in labels
         }
         if not per_task:
             raise ValueError(f"batch has labels {sorted(labels)}, none of the model's tasks {self.tasks}")
         total = sum(self.task_weights[t] * v for t, v in per_task.items())
         if out.aux_loss is not None:
-            total = total + out.aux_loss
+            total = total + out.aux_loss.float()
         return total, per_task  # type: ignore[return-value]
 
 

@@ -52,6 +52,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps the current setting (OMP_NUM_THREADS)
     max_steps: int = 0  # stop after this many steps in all (0 = no limit); for benchmarks
     progress: bool = True  # progress bars with loss and examples/s
+    # "bf16": training forward passes under bfloat16 autocast (the dense matmuls in bf16, the
+    # tables, softmax, loss and optimizer state in fp32); evaluation stays fp32. "fp32": none.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -64,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"lr_decay {self.lr_decay} must be in (0, 1]")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay {self.weight_decay} must be >= 0")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
         if self.patience < 0 or self.threads < 0 or self.max_steps < 0 or self.shuffle_buffer < 0:
             raise ValueError("patience, threads, max_steps and shuffle_buffer must be >= 0")
 
@@ -114,11 +119,18 @@ def evaluate_batches(
 
 
 def train_step(
-    model: nn.Module, ranker: Ranker, optimizer: torch.optim.Optimizer, batch: Batch, where: str = ""
+    model: nn.Module,
+    ranker: Ranker,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    where: str = "",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """One optimizer step on `batch`; returns the loss. The fused tables update inside backward."""
     optimizer.zero_grad()
-    loss, _ = ranker.loss(model(batch), batch.labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(batch)
+    loss, _ = ranker.loss(out, batch.labels)
     loss.backward()
     if not torch.isfinite(loss):  # stop before Adam takes the step, and before any other
         raise FloatingPointError(f"training loss became {float(loss)} at {where or 'this step'}")
@@ -146,7 +158,8 @@ def _epoch(
         # Batches are read in this thread: a prefetch thread was measured 20% slower on 2 cores
         # (it competes with torch's threads and the GIL); reading costs about 3 ms of a 40 ms step.
         for batch in batches:
-            loss = train_step(model, ranker, optimizer, batch, f"epoch {epoch + 1}, step {steps + 1}")
+            where = f"epoch {epoch + 1}, step {steps + 1}"
+            loss = train_step(model, ranker, optimizer, batch, where, config.precision)
             loss_sum += loss.detach()
             steps += 1
             rows += len(batch)

@@ -30,13 +30,17 @@ def test_attention_weights_sum_to_one_over_fields() -> None:
 
 @pytest.mark.parametrize("scale", [False, True])
 def test_layer_is_relu_of_attention_weighted_values(scale: bool) -> None:
-    """The fused kernel computes the paper's eq. 5-6: softmax(<q, k>) weighted sums of values."""
+    """The paper's eq. 5-6 per head: softmax(<q, k>) weighted sums of values, heads concatenated."""
     torch.manual_seed(0)
     config = AutoIntConfig(num_heads=2, attention_dim=16, residual=False, scale=scale)
     layer = InteractingLayer(8, config).eval()
     tokens = torch.randn(4, 5, 8)
-    _, _, v = layer._heads(tokens)  # (B, H, T, 8)
-    expected = torch.relu((layer.attention(tokens) @ v).transpose(1, 2).flatten(2))  # (B, T, 16)
+    q, k, v = layer._heads(tokens)  # (B*H, T, 8) each
+    heads = [t.view(4, 2, 5, 8) for t in (q, k, v)]
+    scores = heads[0] @ heads[1].transpose(-1, -2) * (8**-0.5 if scale else 1.0)  # (B, H, T, T)
+    weights = torch.softmax(scores, dim=-1)
+    torch.testing.assert_close(layer.attention(tokens), weights)
+    expected = torch.relu((weights @ heads[2]).transpose(1, 2).flatten(2))  # (B, T, 16)
     torch.testing.assert_close(layer(tokens), expected)
 
 
@@ -99,3 +103,18 @@ def test_config_rejects(bad: dict, match: str) -> None:
 def test_autoint_plus_needs_a_dnn() -> None:
     with pytest.raises(ValueError, match="dnn_units"):
         AutoIntPlusConfig(dnn_units=())
+
+
+def test_bf16_autocast_trains_close_to_fp32() -> None:
+    """Under bfloat16 autocast the layer's outputs and gradients stay within bf16's precision."""
+    torch.manual_seed(0)
+    layer = InteractingLayer(8, AutoIntConfig(num_heads=2, attention_dim=16))
+    tokens = torch.randn(64, 9, 8, requires_grad=True)
+    out = layer(tokens)
+    (grad,) = torch.autograd.grad(out.square().mean(), tokens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = layer(tokens)
+    (grad16,) = torch.autograd.grad(out16.float().square().mean(), tokens)
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), out, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(grad16, grad, rtol=0.1, atol=grad.abs().max().item() * 0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,31 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_small: Path, tmp_path: Pa
     )
 
 
+@pytest.mark.shared_data
+@pytest.mark.parametrize("backbone", ["autoint", "autoint_plus", "finalmlp"])
+def test_interaction_backbones_on_criteo_head10k_beat_the_bar(
+    backbone: str, criteo_8k_2k: Path, tmp_path: Path
+) -> None:
+    """One seed of the benchmark's setting (the backbones' default configs); see benchmarks/README.md."""
+    result = train(criteo_8k_2k, tmp_path / "ck", RankerConfig(backbone=backbone), CRITEO)
+    test = result["test"]["ctr"]
+    assert test["auc"] >= 0.72 and test["logloss"] < test["prior_logloss"], test
+
+
+@pytest.mark.shared_data
+def test_bf16_autocast_trains_as_well_as_fp32(
+    criteo_run: tuple[Path, dict], criteo_8k_2k: Path, tmp_path: Path
+) -> None:
+    _, fp32 = criteo_run
+    bf16 = train(
+        criteo_8k_2k, tmp_path / "ck", RankerConfig(backbone="mlp"), replace(CRITEO, precision="bf16")
+    )
+    assert abs(bf16["test"]["ctr"]["auc"] - fp32["test"]["ctr"]["auc"]) < 0.01
+    assert bf16["train_config"]["precision"] == "bf16"
+
+
 def test_train_config_rejects_bad_values() -> None:
-    for bad in ({"epochs": 0}, {"lr": 0.0}, {"lr_decay": 0.0}, {"patience": -1}):
+    for bad in ({"epochs": 0}, {"lr": 0.0}, {"lr_decay": 0.0}, {"patience": -1}, {"precision": "fp16"}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
