@@ -30,6 +30,7 @@ from benchmarks.readme import write_readme
 from features.criteo import CriteoConfig, convert_criteo
 from features.dataset import dataset_info
 from features.synthetic import SyntheticConfig, write_synthetic
+from rankers._quiet import quiet_torchrec
 from rankers.ranker import RankerConfig
 from rankers.train import TrainConfig, train
 
@@ -41,6 +42,8 @@ SYNTHETIC_TRAIN = TrainConfig(epochs=10, batch_size=1024, embedding_lr=0.02, pro
 TEACHERS = {
     "synthetic_250k": SyntheticConfig(rows=250_000, min_count=10),
     "synthetic_pairs_250k": SyntheticConfig(rows=250_000, min_count=10, max_vocab=1000, pair_scale=0.6),
+    # The default teacher with 10x the rows: how much of the gap to the teacher is sample size.
+    "synthetic_2500k": SyntheticConfig(rows=2_500_000, min_count=10),
 }
 # The shapes of a typical side-by-side (see benchmarks/throughput.py), the same on both datasets.
 MODELS = {
@@ -150,7 +153,9 @@ def synthetic(
     seeds: int, models: list[str], work: Path, command: str, run: str, with_lr: bool, teacher: str
 ) -> None:
     data = write_synthetic(work / teacher, TEACHERS[teacher], progress=False)
-    common = {"dataset": teacher, "split": "200k train / 25k valid / 25k test", "run": run}
+    n = TEACHERS[teacher].rows
+    split = f"{n * 0.8 / 1000:,.0f}k train / {n * 0.1 / 1000:,.0f}k valid / {n * 0.1 / 1000:,.0f}k test"
+    common = {"dataset": teacher, "split": split, "run": run}
     _seeds(data, SYNTHETIC_TRAIN, seeds, models, common, command, work)
     if not with_lr:
         return
@@ -182,10 +187,10 @@ def main() -> None:
     command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
     run = f"quality-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     print(f"load average before: {load_average():.2f}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_torchrec():
         if not args.skip_criteo:
             criteo(args.seeds, models, Path(tmp), command, run, not args.no_lr)
-        for teacher in args.teachers.split(","):
+        for teacher in [t for t in args.teachers.split(",") if t]:
             if args.synthetic_seeds:
                 synthetic(args.synthetic_seeds, models, Path(tmp), command, run, not args.no_lr, teacher)
     print(f"load average after: {load_average():.2f}")

@@ -32,6 +32,13 @@ def _latest_run(rows: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]
     return [r for r in runs if r["run"] == last]
 
 
+def _latest_per_dataset(rows: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """For each dataset, its rows from the latest run that measured it."""
+    runs = [r for r in rows if str(r.get("run", "")).startswith(prefix)]
+    last = {r["dataset"]: r["run"] for r in runs}
+    return [r for r in runs if last[r["dataset"]] == r["run"]]
+
+
 def _header(rows: list[dict[str, Any]]) -> str:
     r = rows[0]
     v = r["versions"]
@@ -84,50 +91,124 @@ def _quality(rows: list[dict[str, Any]]) -> str:
                     }
                 )
     cols = ["dataset", "split", "model", "seeds", "test AUC", "test LogLoss", "lift vs teacher"]
-    return "## Quality\n\n" + _header(rows) + "\n" + markdown_table(table, cols) + "\n"
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        runs[r["run"]].append(r)
+    headers = "\n".join(
+        f"{', '.join(sorted({r['dataset'] for r in rs}))}:  \n{_header(rs)}" for rs in runs.values()
+    )
+    return "## Quality\n\n" + headers + "\n" + markdown_table(table, cols) + "\n"
 
 
 REFERENCE = {
     "reader": "target >= 1,000,000 rows/s on one core",
     "convert": "FuxiCTR preprocessing about 19,000 rows/s here; target >= 190,000",
-    "train_bare_step": "bare DMP + fused rowwise Adagrad step measured about 110,000 ex/s here before",
-    "train": "FuxiCTR 2.3.10 DNN about 70,000 ex/s here; target >= 91,000 (1.3x)",
+}
+# FuxiCTR 2.3.10 at the same shapes on this machine class (fp32), and the targets set against it.
+FUXICTR = {
+    "mlp": "FuxiCTR DNN about 70,000 ex/s; target >= 91,000 (1.3x)",
+    "autoint": "FuxiCTR AutoInt about 9,600 ex/s; target >= 19,200 (2x)",
+    "finalmlp": "FuxiCTR FinalMLP about 16,900 ex/s; target >= 25,350 (1.5x)",
 }
 
 
+def _figure(rs: list[dict[str, Any]], field: str, unit: str) -> str:
+    values = sorted(r[field] for r in rs)
+    figure = f"{statistics.median(values):,.0f} {unit}".strip()
+    if len(values) > 1:
+        figure += f" (median of {len(values)}: {', '.join(f'{v:,.0f}' for v in values)})"
+    return figure
+
+
+def _loads(rs: list[dict[str, Any]]) -> str:
+    return f"{min(r['load_before'] for r in rs):.2f} / {max(r.get('load_after', 0.0) for r in rs):.2f}"
+
+
 def _throughput(rows: list[dict[str, Any]]) -> str:
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        key = r["benchmark"] + (f" (shuffle buffer {r['shuffle_buffer']:,})" if "shuffle_buffer" in r else "")
-        groups[key].append(r)
-    table = []
-    for what, rs in groups.items():
-        unit, field = ("rows/s", "rows_per_s") if "rows_per_s" in rs[0] else ("examples/s", "examples_per_s")
-        values = sorted(r[field] for r in rs)
-        figure = f"{statistics.median(values):,.0f} {unit}"
-        if len(values) > 1:
-            figure += f" (median of {len(values)}: {', '.join(f'{v:,.0f}' for v in values)})"
-        loads = f"{min(r['load_before'] for r in rs):.2f} / {max(r.get('load_after', 0.0) for r in rs):.2f}"
-        table.append(
-            {
-                "benchmark": what,
-                "figure": figure,
-                "reference": REFERENCE.get(rs[0]["benchmark"], ""),
-                "load before/after": loads,
-            }
+        what = r["benchmark"] + (
+            f" (shuffle buffer {r['shuffle_buffer']:,})" if "shuffle_buffer" in r else ""
         )
-    cols = ["benchmark", "figure", "reference", "load before/after"]
-    return (
-        f"## Throughput\n\n{_header(rows)}Data: {rows[0]['dataset']}\n\n" + markdown_table(table, cols) + "\n"
-    )
+        groups[(what, r.get("model", "-"), r.get("precision", ""))].append(r)
+    io, training, peak = [], [], None
+    for (what, model, precision), rs in groups.items():
+        if what == "matmul":
+            peak = rs[0]["gflops"]
+        elif "rows_per_s" in rs[0]:
+            io.append(
+                {
+                    "benchmark": what,
+                    "figure": _figure(rs, "rows_per_s", "rows/s"),
+                    "reference": REFERENCE.get(what.split(" ")[0], ""),
+                    "load before/after": _loads(rs),
+                }
+            )
+        else:
+            flops = rs[0].get("flops_per_example")
+            share = statistics.median(r["ceiling_share"] for r in rs) if "ceiling_share" in rs[0] else None
+            training.append(
+                {
+                    "model": model,
+                    "precision": precision or "fp32",
+                    "benchmark": what,
+                    "examples/s": _figure(rs, "examples_per_s", ""),
+                    "MFLOP/example": flops / 1e6 if flops else None,
+                    "share of fp32 matmul ceiling": f"{share:.0%}" if share is not None else None,
+                    "reference": FUXICTR.get(model, "") if precision in ("", "fp32") else "",
+                    "load before/after": _loads(rs),
+                }
+            )
+    out = f"## Throughput\n\n{_header(rows)}Data: {rows[0]['dataset']}\n\n"
+    if io:
+        out += markdown_table(io, ["benchmark", "figure", "reference", "load before/after"]) + "\n\n"
+    if training:
+        if peak:
+            out += f"Training, batch 4096, 2 threads; fp32 matmul ceiling measured {peak:.0f} GFLOP/s.\n\n"
+        cols = [
+            "model",
+            "precision",
+            "benchmark",
+            "examples/s",
+            "MFLOP/example",
+            "share of fp32 matmul ceiling",
+            "reference",
+            "load before/after",
+        ]
+        out += markdown_table(training, cols) + "\n"
+    return out
+
+
+def _ceilings(rows: list[dict[str, Any]]) -> str:
+    table = [
+        {
+            "teacher": r["dataset"],
+            "teacher AUC": r["teacher_auc"],
+            "first-order terms alone": f"{r['first_order_auc']:.4f} (lift {r['first_order_lift']:.3f})",
+            "pairwise terms alone": f"{r['pairs_auc']:.4f} (lift {r['pairs_lift']:.3f})",
+            "rare values collapsed": f"{r['rare_collapsed_auc']:.4f} (lift {r['rare_collapsed_lift']:.3f})",
+        }
+        for r in rows
+    ]
+    cols = [
+        "teacher",
+        "teacher AUC",
+        "first-order terms alone",
+        "pairwise terms alone",
+        "rare values collapsed",
+    ]
+    return "## Teacher ceilings (test rows)\n\n" + _header(rows) + "\n" + markdown_table(table, cols) + "\n"
 
 
 def write_readme() -> Path:
     rows = results()
     parts = [INTRO]
-    quality, throughput = _latest_run(rows, "quality-"), _latest_run(rows, "throughput-")
+    quality, throughput = _latest_per_dataset(rows, "quality-"), _latest_run(rows, "throughput-")
     if quality:
         parts.append(_quality(quality))
+    ceilings = _latest_per_dataset(rows, "ceilings-")
+    if ceilings:
+        parts.append(_ceilings(ceilings))
     if throughput:
         parts.append(_throughput(throughput))
     notes = README.with_name("NOTES.md")

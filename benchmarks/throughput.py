@@ -1,12 +1,17 @@
 """Throughput: reader rows/s on one core, Criteo TSV conversion rows/s, and training examples/s.
 
-    .venv/bin/python benchmarks/throughput.py [--rows 1000000]
+    .venv/bin/python benchmarks/throughput.py [--rows 1000000] [--models mlp,autoint] [--precisions fp32]
 
 Data: Criteo-shaped synthetic rows (13 dense, 26 categorical, cardinalities of Criteo Kaggle capped
-at 1M, 5.6M table rows in all). Training: MLP (256, 128), embedding dim 16, batch 4096, two torch
-threads, tables through DMP with fused rowwise Adagrad; "bare step" times the same sharded model
-on batches already in memory, so the difference is the loop's overhead (reading included).
-Run on an idle machine: the load average before and after is recorded with each figure.
+at 1M, 5.6M table rows in all). Training: the shapes of a typical side-by-side (benchmarks/quality.py
+MODELS: embedding dim 16, MLP (256, 128); AutoInt 3 layers x 2 heads x dim 16, AutoInt+ adding a
+(256, 128) DNN; FinalMLP streams (256, 128), gates (256,), 2 heads), batch 4096, two torch threads,
+tables through DMP with fused rowwise Adagrad, in fp32 and under bf16 autocast. "bare step" times
+the sharded model on batches already in memory, so the difference to "train" (the training loop,
+reading included, over the first steps of an epoch) is the loop's overhead. Each model's dense
+FLOPs per example (forward and backward, torch.utils.flop_counter) over the machine's measured
+fp32 matmul rate gives the share of the ceiling a step reaches. Run on an idle machine: the load
+average before and after is recorded with each figure.
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import load_average, record
+from benchmarks.quality import MODELS as QUALITY_MODELS
 from benchmarks.readme import write_readme
 from features.criteo import CriteoConfig, convert_criteo
 from features.reader import ParquetBatches
 from features.schema import Schema
 from features.synthetic import SyntheticConfig, write_synthetic, write_synthetic_tsv
+from rankers._quiet import quiet_torchrec
 from rankers.distributed import shard_ranker, single_process_group
 from rankers.ranker import RankerConfig, build_ranker
 from rankers.train import TrainConfig, train, train_step
 
-MLP = RankerConfig(backbone="mlp", embedding_dim=16, backbone_config={"hidden_units": (256, 128)})
+MODELS = QUALITY_MODELS
 
 
 def reader_rows_per_s(path: Path, shuffle_buffer: int, passes: int = 3) -> float:
@@ -49,20 +56,111 @@ def reader_rows_per_s(path: Path, shuffle_buffer: int, passes: int = 3) -> float
     return best
 
 
-def bare_step_examples_per_s(data: Path, steps: int = 60) -> float:
-    """The sharded model's optimizer step alone, on 20 batches held in memory."""
+def bare_step_examples_per_s(
+    data: Path, ranker_config: RankerConfig, precision: str, steps: int = 30
+) -> float:
+    """The sharded model's optimizer step alone, on 10 batches held in memory."""
     torch.manual_seed(0)
     single_process_group()
-    ranker = build_ranker(Schema.load(data), MLP, device=torch.device("meta"))
+    ranker = build_ranker(Schema.load(data), ranker_config, device=torch.device("meta"))
     model, optimizer = shard_ranker(ranker, lr=1e-3, weight_decay=0.0, embedding_lr=0.05)
-    batches = [b for _, b in zip(range(20), ParquetBatches(data / "train", batch_size=4096), strict=False)]
-
-    for b in batches[:5]:
-        train_step(model, ranker, optimizer, b)
+    batches = [b for _, b in zip(range(10), ParquetBatches(data / "train", batch_size=4096), strict=False)]
+    for b in batches[:3]:
+        train_step(model, ranker, optimizer, b, precision=precision)
     t0 = time.perf_counter()
     for i in range(steps):
-        train_step(model, ranker, optimizer, batches[i % len(batches)])
+        train_step(model, ranker, optimizer, batches[i % len(batches)], precision=precision)
     return steps * 4096 / (time.perf_counter() - t0)
+
+
+def dense_flops_per_example(data: Path, ranker_config: RankerConfig) -> float:
+    """Matmul FLOPs of the backbone's forward and backward per example (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rankers.backbones import Embedded, InputSpec, backbone_class
+
+    spec = InputSpec.from_schema(Schema.load(data), ranker_config.embedding_dim or 16)
+    backbone = backbone_class(ranker_config.backbone)(spec, ranker_config.make_backbone_config(), ("ctr",))
+    n = 256
+    fields = torch.randn(n, len(spec.field_names), spec.embedding_dim, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        out = backbone(Embedded(torch.rand(n, spec.n_dense), fields, spec.field_names))
+        out.logits["ctr"].sum().backward()
+    return counter.get_total_flops() / n
+
+
+def matmul_gflops(threads: int = 2) -> float:
+    """The machine's fp32 matrix-multiply rate: best of 5 (4096 x 1024) @ (1024 x 1024) products."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = max(best, 10 * 2 * 4096 * 1024 * 1024 / (time.perf_counter() - t0))
+    return best / 1e9
+
+
+def train_throughput(
+    data: Path, work: Path, models: list[str], precisions: list[str], repeats: int, common: dict, command: str
+) -> None:
+    """Bare step and training loop examples/s per model and precision, repeats interleaved so
+    drifts of the host show in all of them."""
+    torch.set_num_threads(2)
+    load = load_average()
+    peak = matmul_gflops()
+    print(f"fp32 matmul ceiling: {peak:.0f} GFLOP/s (2 threads)", flush=True)
+    record(
+        {**common, "benchmark": "matmul", "model": "-", "gflops": peak, "load_after": load_average()}, command
+    )
+    flops = {m: dense_flops_per_example(data, MODELS[m]) for m in models}
+    for i in range(repeats):
+        for m in models:
+            for precision in precisions:
+                config = MODELS[m]
+                extra = {"model": m, "precision": precision, "repeat": i, "flops_per_example": flops[m]}
+                load = load_average()
+                bare = bare_step_examples_per_s(data, config, precision)
+                share = bare * flops[m] / (peak * 1e9)
+                print(
+                    f"{m} {precision} bare step: {bare:,.0f} ex/s ({share:.0%} of the matmul ceiling)",
+                    flush=True,
+                )
+                record(
+                    {
+                        **common,
+                        **extra,
+                        "benchmark": "train_bare_step",
+                        "examples_per_s": bare,
+                        "ceiling_share": share,
+                        "load_before": load,
+                        "load_after": load_average(),
+                        "config": config.to_dict(),
+                    },
+                    command,
+                )
+                tc = TrainConfig(
+                    epochs=1, batch_size=4096, threads=2, progress=False, max_steps=60, precision=precision
+                )
+                load = load_average()
+                result = train(data, work / "ckpt", config, tc, overwrite=True)
+                rate = result["history"][0]["examples_per_s"]
+                print(f"{m} {precision} training loop: {rate:,.0f} ex/s", flush=True)
+                record(
+                    {
+                        **common,
+                        **extra,
+                        "benchmark": "train",
+                        "examples_per_s": rate,
+                        "ceiling_share": rate * flops[m] / (peak * 1e9),
+                        "load_before": load,
+                        "load_after": load_average(),
+                        "config": {"ranker": config.to_dict(), "train": tc.__dict__},
+                    },
+                    command,
+                )
 
 
 def main() -> None:
@@ -72,12 +170,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3, help="training measurements (median reported)")
     parser.add_argument("--only", choices=["reader", "convert", "train"], action="append")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated, of fp32, bf16")
     args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    precisions = [p for p in args.precisions.split(",") if p]
     only = set(args.only or ["reader", "convert", "train"])
     command = "python benchmarks/throughput.py " + shlex.join(sys.argv[1:])
     run = f"throughput-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     common = {"run": run, "dataset": f"synthetic criteo-shaped {args.rows:,} rows"}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_torchrec():
         work = Path(tmp)
         config = SyntheticConfig(rows=args.rows, max_vocab=1_000_000, split=(0.9, 0.05, 0.05))
         data = write_synthetic(work / "data", config, progress=False)
@@ -125,42 +227,7 @@ def main() -> None:
                 command,
             )
         if "train" in only:
-            torch.set_num_threads(2)
-            tc = TrainConfig(epochs=1, batch_size=4096, threads=2, progress=False)
-            for i in range(args.repeats):  # interleaved, so drifts of the host show in both
-                load = load_average()
-                bare = bare_step_examples_per_s(data)
-                print(f"bare DMP step: {bare:,.0f} examples/s", flush=True)
-                record(
-                    {
-                        **common,
-                        "benchmark": "train_bare_step",
-                        "model": "mlp",
-                        "examples_per_s": bare,
-                        "repeat": i,
-                        "load_before": load,
-                        "load_after": load_average(),
-                        "config": MLP.to_dict(),
-                    },
-                    command,
-                )
-                load = load_average()
-                result = train(data, work / "ckpt", MLP, tc, overwrite=True)
-                rate = result["history"][0]["examples_per_s"]
-                print(f"training loop (reader, DMP, fused Adagrad, Adam): {rate:,.0f} examples/s", flush=True)
-                record(
-                    {
-                        **common,
-                        "benchmark": "train",
-                        "model": "mlp",
-                        "examples_per_s": rate,
-                        "repeat": i,
-                        "load_before": load,
-                        "load_after": load_average(),
-                        "config": {"ranker": MLP.to_dict(), "train": tc.__dict__},
-                    },
-                    command,
-                )
+            train_throughput(data, work, models, precisions, args.repeats, common, command)
     write_readme()
 
 
