@@ -243,10 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_flags(p, TrainConfig)
     seen: set[str] = set()
-    for cls in BACKBONES.values():
-        names = {f.name for f in dataclasses.fields(cls.config_class)}
+    defaults: dict[str, list[str]] = {}  # field -> "backbone default" for every backbone having it
+    for name, cls in BACKBONES.items():
+        for f in dataclasses.fields(cls.config_class):
+            defaults.setdefault(f.name, []).append(f"{name} {getattr(cls.config_class(), f.name)!r}")
         add_dataclass_flags(p, cls.config_class, skip=tuple(seen))
-        seen |= names
+        seen |= {f.name for f in dataclasses.fields(cls.config_class)}
+    for action in p._actions:  # a flag several backbones share: each one's default
+        if action.dest in defaults and len(defaults[action.dest]) > 1:
+            action.help = "default: " + "; ".join(defaults[action.dest])
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="AUC/LogLoss of a checkpoint on labeled rows")

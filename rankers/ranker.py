@@ -48,6 +48,11 @@ class RankerConfig:
             object.__setattr__(self, "preset", self.backbone)
             object.__setattr__(self, "backbone", preset.backbone)
         backbone_class(self.backbone)  # raises on an unknown name
+        if self.preset and (self.preset not in PRESETS or PRESETS[self.preset]().backbone != self.backbone):
+            raise ValueError(
+                f"preset {self.preset!r} with backbone {self.backbone!r}: expected '' or a preset of "
+                f"that backbone among {sorted(PRESETS)}"
+            )
         dim, l2 = 16 if dim is None else dim, 0.0 if l2 is None else float(l2)
         if type(dim) is not int or dim < 1:
             raise ValueError(f"embedding_dim {dim!r} must be an integer >= 1")
@@ -83,10 +88,10 @@ class RankerConfig:
     def from_dict(cls, d: dict[str, Any]) -> RankerConfig:
         return cls(
             backbone=d["backbone"],
-            embedding_dim=d["embedding_dim"],
+            embedding_dim=d.get("embedding_dim"),
             backbone_config=d.get("backbone_config", {}),
             task_weights=tuple((t, float(w)) for t, w in d.get("task_weights", ())),
-            embedding_l2=d.get("embedding_l2", 0.0),
+            embedding_l2=d.get("embedding_l2"),
             preset=d.get("preset", ""),
         )
 

@@ -32,7 +32,7 @@ class AutoIntConfig:
     scale: bool = False  # divide scores by sqrt(A / H); the paper does not
     layer_norm: bool = False  # LayerNorm after each residual sum
     dropout: float = 0.0  # on attention probabilities and after each DNN layer
-    dnn_units: tuple[int, ...] = ()  # AutoInt+: a parallel DNN with these widths; () = AutoInt
+    dnn_units: tuple[int, ...] = ()  # the parallel DNN of AutoInt+ (AutoIntPlusConfig); () here
     dnn_batch_norm: bool = False  # batch norm in the DNN
 
     def __post_init__(self) -> None:
@@ -49,6 +49,12 @@ class AutoIntConfig:
             raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
         if self.dnn_units and min(self.dnn_units) < 1:
             raise ValueError(f"dnn_units {self.dnn_units}: widths must be >= 1")
+        if self.dnn_batch_norm and not self.dnn_units:
+            raise ValueError("dnn_batch_norm is set but there is no DNN (dnn_units is empty)")
+        if type(self) is AutoIntConfig and self.dnn_units:
+            raise ValueError(
+                f"dnn_units {self.dnn_units}: AutoInt has no DNN; use backbone 'autoint_plus' for one"
+            )
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,8 @@ def autoint_plus_criteo_x1() -> Preset:
     Adam 1e-3 reduced tenfold on plateau, patience 2; test AUC 0.813939, LogLoss 0.437892,
     23,844,454 parameters. That run also had `use_wide` (a first-order logistic-regression term
     with one weight per id); this library has no first-order tables, so the preset leaves it out.
+    The embedding regularizer keeps FuxiCTR's number, but here it penalises the vectors a batch
+    looks up (RankerConfig.embedding_l2), not whole tables: not the same strength.
     """
     return Preset(
         backbone="autoint_plus",

@@ -30,18 +30,22 @@ def test_attention_weights_sum_to_one_over_fields() -> None:
 
 @pytest.mark.parametrize("scale", [False, True])
 def test_layer_is_relu_of_attention_weighted_values(scale: bool) -> None:
-    """The paper's eq. 5-6 per head: softmax(<q, k>) weighted sums of values, heads concatenated."""
+    """The paper's eq. 5-6 from the raw weights: per head softmax(<q, k>) weighted sums of values,
+    heads concatenated (eq. 7), ReLU (eq. 8)."""
     torch.manual_seed(0)
     config = AutoIntConfig(num_heads=2, attention_dim=16, residual=False, scale=scale)
     layer = InteractingLayer(8, config).eval()
     tokens = torch.randn(4, 5, 8)
-    q, k, v = layer._heads(tokens)  # (B*H, T, 8) each
-    heads = [t.view(4, 2, 5, 8) for t in (q, k, v)]
-    scores = heads[0] @ heads[1].transpose(-1, -2) * (8**-0.5 if scale else 1.0)  # (B, H, T, T)
-    weights = torch.softmax(scores, dim=-1)
-    torch.testing.assert_close(layer.attention(tokens), weights)
-    expected = torch.relu((weights @ heads[2]).transpose(1, 2).flatten(2))  # (B, T, 16)
-    torch.testing.assert_close(layer(tokens), expected)
+    w_q, w_k, w_v = layer.qkv.weight.split(16)  # (16, 8) each: W_Query, W_Key, W_Value
+    heads, weights = [], []
+    for h in range(2):
+        rows = slice(8 * h, 8 * h + 8)
+        q, k, v = (tokens @ w[rows].T for w in (w_q, w_k, w_v))  # (B, T, 8)
+        a = torch.softmax(q @ k.transpose(1, 2) * (8**-0.5 if scale else 1.0), dim=-1)  # (B, T, T)
+        weights.append(a)
+        heads.append(a @ v)
+    torch.testing.assert_close(layer.attention(tokens), torch.stack(weights, dim=1))
+    torch.testing.assert_close(layer(tokens), torch.relu(torch.cat(heads, dim=-1)))
 
 
 def test_residual_projects_only_when_widths_differ() -> None:
@@ -93,6 +97,8 @@ def test_autoint_plus_adds_a_dnn_logit() -> None:
         ({"attention_layers": 0}, "attention_layers 0"),
         ({"dropout": 1.0}, "dropout"),
         ({"dnn_units": (0,)}, "dnn_units"),
+        ({"dnn_units": (16,)}, "autoint_plus"),
+        ({"dnn_batch_norm": True}, "dnn_batch_norm"),
     ],
 )
 def test_config_rejects(bad: dict, match: str) -> None:

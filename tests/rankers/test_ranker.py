@@ -82,6 +82,11 @@ def test_preset_name_builds_its_backbone_and_fields_given_override_it() -> None:
     assert RankerConfig(backbone="finalmlp_criteo_x1", embedding_dim=16, embedding_l2=0.0).embedding_l2 == 0.0
     again = RankerConfig.from_dict(json.loads(config.to_json()))
     assert again == config
+    assert RankerConfig.from_dict({"backbone": "finalmlp_criteo_x1"}).embedding_l2 == 1e-5
+    with pytest.raises(ValueError, match="preset 'bogus'"):
+        RankerConfig(backbone="mlp", preset="bogus")
+    with pytest.raises(ValueError, match="preset 'finalmlp_criteo_x1' with backbone 'mlp'"):
+        RankerConfig(backbone="mlp", preset="finalmlp_criteo_x1")
     for name, preset in PRESETS.items():
         p = preset()
         assert RankerConfig(backbone=name).make_backbone_config() == p.config

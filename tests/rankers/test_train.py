@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from features.reader import ParquetBatches
+from features.schema import Schema
 from rankers import train as train_module
 from rankers.predictor import Predictor
-from rankers.ranker import RankerConfig
-from rankers.train import TrainConfig, train
+from rankers.ranker import RankerConfig, build_ranker
+from rankers.train import TrainConfig, train, train_step
 
 # The settings the Criteo benchmark uses (benchmarks/quality.py): small batches suit 7,200 rows.
 CRITEO = TrainConfig(epochs=10, batch_size=256, embedding_lr=0.02, seed=0, progress=False)
@@ -150,6 +151,24 @@ def test_bf16_autocast_trains_as_well_as_fp32(
     )
     assert abs(bf16["test"]["ctr"]["auc"] - fp32["test"]["ctr"]["auc"]) < 0.01
     assert bf16["train_config"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_train_step_runs_the_forward_pass_in_the_chosen_precision(
+    synthetic_small: Path, precision: str, dtype: torch.dtype
+) -> None:
+    from rankers.distributed import shard_ranker, single_process_group
+
+    single_process_group()
+    torch.manual_seed(0)
+    ranker = build_ranker(Schema.load(synthetic_small), RankerConfig(), device=torch.device("meta"))
+    model, optimizer = shard_ranker(ranker, 1e-3, 0.0, 0.05)
+    seen: list[torch.dtype] = []
+    first = next(m for m in ranker.backbone.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    batch = next(iter(ParquetBatches(synthetic_small / "train", batch_size=64)))
+    loss = train_step(model, ranker, optimizer, batch, precision=precision)
+    assert seen == [dtype] and loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_train_config_rejects_bad_values() -> None:
