@@ -8,6 +8,10 @@ Shuffling (when `shuffle_buffer` > 0): each epoch visits the rank's row groups i
 order and permutes rows inside a buffer of at least `shuffle_buffer` rows: a window shuffle, as
 in TorchRec's and tf.data's streaming readers. Rows left over after the last full batch of one
 buffer move on to the next, so only the final batch of an epoch can be short.
+
+Sequence features (`list<int64>` columns, oldest id first) join the same KeyedJaggedTensor after
+the categorical keys, one jagged row per example: lists longer than the feature's `max_len` keep
+their most recent `max_len` ids, empty lists give length 0, and nothing is padded.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.batch import Batch
 from features.dataset import DATASET_FILE
-from features.schema import SCHEMA_FILE, Schema
+from features.schema import SCHEMA_FILE, Schema, SequenceFeature
 
 
 def find_schema(path: str | Path) -> Schema:
@@ -107,11 +112,6 @@ class ParquetBatches:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
         self.schema = schema if schema is not None else find_schema(path)
-        if self.schema.sequences:
-            raise ValueError(
-                f"{path}: sequence features {[s.name for s in self.schema.sequences]} are not read "
-                "by this version of ParquetBatches"
-            )
         self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
         self.drop_last, self.labels = drop_last, labels
         self.path = Path(path)
@@ -177,11 +177,11 @@ class ParquetBatches:
                 f"{self.files[piece.file]}: row group {piece.row_group} cannot be read ({e})"
             ) from e
         for name in self._columns:
-            if table.column(name).null_count:
+            nulls = _nulls(table.column(name))
+            if nulls:
                 raise ValueError(
-                    f"{self.files[piece.file]}: column {name!r} has "
-                    f"{table.column(name).null_count} null values in row group {piece.row_group}; "
-                    "expected none"
+                    f"{self.files[piece.file]}: column {name!r} has {nulls} null values in row group "
+                    f"{piece.row_group}; expected none"
                 )
         return table.slice(piece.start, piece.stop - piece.start)
 
@@ -242,6 +242,7 @@ class _Columns:
                     f"{where}: column {f.name!r} holds ids in [{low[bad[0]]}, "
                     f"{high[bad[0]]}], expected [0, {f.num_embeddings}) from schema.json"
                 )
+        self.sequences = [_Sequence(table, f, where) for f in s.sequences]
         self.labels: dict[str, np.ndarray] = {}
         for lab in s.labels if labels else ():
             y = _np(table, lab.name)
@@ -262,14 +263,49 @@ class _Columns:
             values = torch.from_numpy(np.ascontiguousarray(self.ids[:, rows]).reshape(-1))  # (F * B,)
         dense = torch.from_numpy(rows_dense)
         b = dense.shape[0]
-        sparse = KeyedJaggedTensor(
-            keys=self.keys,
-            values=values,
-            lengths=torch.ones(len(self.keys) * b, dtype=torch.int32),
-            stride=b,
-        )
+        lengths = torch.ones(len(self.keys) * b, dtype=torch.int32)  # categorical keys first
+        if self.sequences:
+            gathered = [seq.gather(rows) for seq in self.sequences]
+            values = torch.cat([values, *(torch.from_numpy(v) for v, _ in gathered)])
+            n_cat = (len(self.keys) - len(self.sequences)) * b
+            lengths = torch.cat([lengths[:n_cat], *(torch.from_numpy(n) for _, n in gathered)])
+        sparse = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths, stride=b)
         labels = {t: torch.from_numpy(y[rows].astype(np.float32)) for t, y in self.labels.items()}
         return Batch(dense=dense, sparse=sparse, labels=labels)
+
+
+class _Sequence:
+    """A `list<int64>` column as flat ids and per-row [start, start + length) ranges, each list cut
+    to its most recent `max_len` ids (lists are stored oldest first; nothing is padded)."""
+
+    def __init__(self, table: pa.Table, f: SequenceFeature, where: str) -> None:
+        column = table.column(f.name).combine_chunks()
+        full = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)  # (N,)
+        ends = np.cumsum(full)
+        self.values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        self.lengths = np.minimum(full, f.max_len).astype(np.int32)  # (N,)
+        self.starts = ends - self.lengths  # the last max_len ids of each row
+        if len(self.values) and (self.values.min() < 0 or self.values.max() >= f.num_embeddings):
+            bad = self.values[(self.values < 0) | (self.values >= f.num_embeddings)][0]
+            raise ValueError(
+                f"{where}: sequence column {f.name!r} holds id {bad}, expected ids in "
+                f"[0, {f.num_embeddings}) from schema.json"
+            )
+
+    def gather(self, rows: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The kept ids of `rows`, concatenated, and their lengths (int32)."""
+        lengths, starts = self.lengths[rows], self.starts[rows]
+        first = np.cumsum(lengths) - lengths  # where each row's ids begin in the output
+        positions = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
+        return self.values[positions], np.ascontiguousarray(lengths)
+
+
+def _nulls(column: pa.ChunkedArray) -> int:
+    """Null rows, and for list columns null ids inside the lists too."""
+    nulls = column.null_count
+    if pa.types.is_list(column.type):
+        nulls += sum(chunk.flatten().null_count for chunk in column.chunks)
+    return nulls
 
 
 def table_batches(table: pa.Table, schema: Schema, batch_size: int, labels: bool = True) -> Iterator[Batch]:
@@ -278,10 +314,9 @@ def table_batches(table: pa.Table, schema: Schema, batch_size: int, labels: bool
         raise ValueError(f"batch_size {batch_size} must be >= 1")
     schema.check_arrow(table.schema, where="table", labels=labels)
     for name, _ in (schema if labels else schema.without_labels()).columns():
-        if table.column(name).null_count:
-            raise ValueError(
-                f"table: column {name!r} has {table.column(name).null_count} nulls; expected none"
-            )
+        nulls = _nulls(table.column(name))
+        if nulls:
+            raise ValueError(f"table: column {name!r} has {nulls} nulls; expected none")
     cols = _Columns(schema, table, "table", labels)
     for s in range(0, table.num_rows, batch_size):
         yield cols.batch(slice(s, min(s + batch_size, table.num_rows)))

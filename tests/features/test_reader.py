@@ -242,14 +242,64 @@ def test_labels_false_reads_rows_without_label_columns(
     assert all(b.labels == {} for b in table_batches(table, SCHEMA, batch_size=16, labels=False))
 
 
-def test_sequences_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    schema = Schema(
-        categorical=SCHEMA.categorical, sequences=(SequenceFeature("hist", num_embeddings=7, max_len=3),)
+SEQ_SCHEMA = Schema(
+    dense=SCHEMA.dense,
+    categorical=SCHEMA.categorical,
+    sequences=(
+        SequenceFeature("hist", num_embeddings=7, max_len=3, table="c1"),
+        SequenceFeature("hist_long", num_embeddings=50, max_len=40),
+    ),
+    labels=SCHEMA.labels,
+)
+
+
+def _seq_table(n: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    hist = [list(rng.integers(0, 7, rng.integers(0, 6))) for _ in range(n)]  # lengths 0..5, max_len 3
+    long = [list(rng.integers(0, 50, rng.integers(0, 60))) for _ in range(n)]
+    return (
+        _table(0, n, seed)
+        .append_column("hist", pa.array(hist, pa.list_(pa.int64())))
+        .append_column("hist_long", pa.array(long, pa.list_(pa.int64())))
     )
-    table = _table(0, 4).append_column("hist", pa.array([[1], [], [2, 3], [4]], pa.list_(pa.int64())))
-    path = _dataset(tmp_path / "s", monkeypatch, table=table, schema=schema)
-    with pytest.raises(ValueError, match="hist"):
-        ParquetBatches(path)
+
+
+@pytest.mark.parametrize("shuffle_buffer", [0, 64])
+def test_sequences_join_the_kjt_keeping_the_most_recent_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffle_buffer: int
+) -> None:
+    table = _seq_table(203)
+    path = _dataset(tmp_path / "s", monkeypatch, table=table, schema=SEQ_SCHEMA)
+    batches = list(ParquetBatches(path, batch_size=32, shuffle_buffer=shuffle_buffer, seed=3))
+    assert sorted(_rows(batches)) == list(range(203))
+    lists = {name: table.column(name).to_pylist() for name in ("hist", "hist_long")}
+    for b in batches:
+        assert b.sparse.keys() == ["c0", "c1", "hist", "hist_long"]
+        by_key = b.sparse.to_dict()
+        rows = [int(r) for r in b.dense[:, 0].tolist()]
+        for name, max_len in (("hist", 3), ("hist_long", 40)):
+            jagged = by_key[name]
+            got = [v.tolist() for v in torch.split(jagged.values(), jagged.lengths().tolist())]
+            assert got == [lists[name][r][-max_len:] if lists[name][r] else [] for r in rows]
+        for name in ("c0", "c1"):  # the categorical keys still hold one id per row, in row order
+            assert by_key[name].lengths().tolist() == [1] * len(rows)
+            assert by_key[name].values().tolist() == [table.column(name)[r].as_py() for r in rows]
+
+
+def test_sequence_ids_out_of_range_and_nulls_inside_lists_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = _seq_table(20)
+    bad = _replace_column(table, "hist", pa.array([[1, 7]] + [[]] * 19, pa.list_(pa.int64())))
+    path = _dataset(tmp_path / "a", monkeypatch, table=bad, schema=SEQ_SCHEMA)
+    with pytest.raises(ValueError, match=r"sequence column 'hist' holds id 7, expected ids in \[0, 7\)"):
+        list(ParquetBatches(path))
+    bad = _replace_column(table, "hist", pa.array([[1, None]] + [[]] * 19, pa.list_(pa.int64())))
+    path = _dataset(tmp_path / "b", monkeypatch, table=bad, schema=SEQ_SCHEMA)
+    with pytest.raises(ValueError, match=r"column 'hist' has 1 null values"):
+        list(ParquetBatches(path))
+    with pytest.raises(ValueError, match=r"column 'hist' has 1 nulls"):
+        list(table_batches(bad, SEQ_SCHEMA, batch_size=8))
 
 
 # Bad input: each error names the file (or the dataset path) and the column
