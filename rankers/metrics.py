@@ -35,7 +35,8 @@ def group_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float | None:
     al., DIN, KDD 2018, eq. 1), over the groups (users) that have both classes; None if none has.
 
     Computed for all groups at once from within-group ranks (ties get their average rank, as in
-    `roc_auc_score`), so millions of users cost one sort.
+    `roc_auc_score`), so millions of users cost one sort. Not torchrec's `GAUCMetric`: that one
+    averages groups unweighted, needs each group's rows contiguous, and breaks ties by position.
 
     Args:
         y: (N,) labels in {0, 1}.
