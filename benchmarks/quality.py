@@ -153,8 +153,11 @@ def synthetic(
     seeds: int, models: list[str], work: Path, command: str, run: str, with_lr: bool, teacher: str
 ) -> None:
     data = write_synthetic(work / teacher, TEACHERS[teacher], progress=False)
-    n = TEACHERS[teacher].rows
-    split = f"{n * 0.8 / 1000:,.0f}k train / {n * 0.1 / 1000:,.0f}k valid / {n * 0.1 / 1000:,.0f}k test"
+    config = TEACHERS[teacher]
+    split = " / ".join(
+        f"{config.rows * fraction / 1000:,.0f}k {name}"
+        for name, fraction in zip(("train", "valid", "test"), config.split, strict=True)
+    )
     common = {"dataset": teacher, "split": split, "run": run}
     _seeds(data, SYNTHETIC_TRAIN, seeds, models, common, command, work)
     if not with_lr:

@@ -36,9 +36,14 @@ def _parser_for(tp: Any, name: str) -> Any:
     return tp
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Adds `--field-name` for each field of the dataclass `cls` (default: unset, so the TOML file or
-    the dataclass default applies)."""
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    helps: dict[str, str] | None = None,
+) -> None:
+    """Adds `--field-name` for each field of the dataclass `cls` but those in `skip` (default: unset,
+    so the TOML file or the dataclass default applies); `helps` replaces the help of named fields."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
@@ -49,13 +54,28 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"default {default!r}"
+        help_text = (helps or {}).get(f.name, f"default {default!r}")
         if tp is bool:
             group.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         elif tp in (int, float, str) or _is_tuple(tp):
             group.add_argument(flag, dest=f.name, type=_parser_for(tp, f.name), default=None, help=help_text)
+
+
+def add_shared_flags(parser: argparse.ArgumentParser, owners: dict[str, type]) -> None:
+    """One flag per field name over several config dataclasses (`owners`: name -> class); the help
+    of a field several of them share lists each one's default."""
+    defaults: dict[str, list[str]] = {}
+    for owner, cls in owners.items():
+        instance = cls()
+        for f in dataclasses.fields(cls):
+            defaults.setdefault(f.name, []).append(f"{owner} {getattr(instance, f.name)!r}")
+    helps = {k: "default: " + "; ".join(v) for k, v in defaults.items() if len(v) > 1}
+    seen: set[str] = set()
+    for cls in owners.values():
+        add_dataclass_flags(parser, cls, skip=tuple(seen), helps=helps)
+        seen |= {f.name for f in dataclasses.fields(cls)}
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:

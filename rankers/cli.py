@@ -12,14 +12,13 @@ rankers demo --out build/demo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rankers._args import add_dataclass_flags, dataclass_from_args, flags_set, read_toml
+from rankers._args import add_dataclass_flags, add_shared_flags, dataclass_from_args, flags_set, read_toml
 from rankers._quiet import quiet_torchrec
 from rankers.backbones import BACKBONES, PRESETS, backbone_class
 from rankers.metrics import markdown_table
@@ -242,16 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing checkpoint directory at --out"
     )
     add_dataclass_flags(p, TrainConfig)
-    seen: set[str] = set()
-    defaults: dict[str, list[str]] = {}  # field -> "backbone default" for every backbone having it
-    for name, cls in BACKBONES.items():
-        for f in dataclasses.fields(cls.config_class):
-            defaults.setdefault(f.name, []).append(f"{name} {getattr(cls.config_class(), f.name)!r}")
-        add_dataclass_flags(p, cls.config_class, skip=tuple(seen))
-        seen |= {f.name for f in dataclasses.fields(cls.config_class)}
-    for action in p._actions:  # a flag several backbones share: each one's default
-        if action.dest in defaults and len(defaults[action.dest]) > 1:
-            action.help = "default: " + "; ".join(defaults[action.dest])
+    add_shared_flags(p, {name: cls.config_class for name, cls in BACKBONES.items()})
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="AUC/LogLoss of a checkpoint on labeled rows")

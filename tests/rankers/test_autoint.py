@@ -5,18 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rankers.backbones import AutoInt, AutoIntConfig, AutoIntPlus, AutoIntPlusConfig, Embedded, InputSpec
+from rankers.backbones import AutoInt, AutoIntConfig, AutoIntPlus, AutoIntPlusConfig, InputSpec
 from rankers.backbones.autoint import InteractingLayer
 from rankers.backbones.tokens import FieldTokens
+from tests.rankers._inputs import embedded
 
 SPEC = InputSpec(dense_names=("I1", "I2"), field_names=("C1", "C2", "C3"), embedding_dim=8)
-
-
-def _x(batch: int = 4, seed: int = 0) -> Embedded:
-    g = torch.Generator().manual_seed(seed)
-    return Embedded(
-        torch.rand(batch, 2, generator=g), torch.randn(batch, 3, 8, generator=g), SPEC.field_names
-    )
 
 
 def test_attention_weights_sum_to_one_over_fields() -> None:
@@ -56,7 +50,7 @@ def test_residual_projects_only_when_widths_differ() -> None:
 
 def test_numeric_features_are_value_scaled_vectors() -> None:
     tokens = FieldTokens(SPEC)
-    x = _x()
+    x = embedded(SPEC, 4)
     t = tokens(x)
     assert t.shape == (4, 5, 8) and tokens.names == ("I1", "I2", "C1", "C2", "C3")
     assert tokens.numeric is not None
@@ -69,7 +63,7 @@ def test_numeric_features_are_value_scaled_vectors() -> None:
 def test_dense_values_change_the_logit() -> None:
     torch.manual_seed(0)
     model = AutoInt(SPEC).eval()
-    x = _x()
+    x = embedded(SPEC, 4)
     before = model(x).logits["ctr"]
     x.dense[:, 0] += 1.0
     assert not torch.allclose(model(x).logits["ctr"], before)
@@ -79,7 +73,7 @@ def test_autoint_plus_adds_a_dnn_logit() -> None:
     torch.manual_seed(0)
     model = AutoIntPlus(SPEC, AutoIntPlusConfig(dnn_units=(8,))).eval()
     assert model.dnn is not None and model.dnn_head is not None
-    x = _x()
+    x = embedded(SPEC, 4)
     tokens = model.tokens(x)
     h = tokens
     for layer in model.layers:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rankers.backbones import BACKBONES, Backbone, Embedded, InputSpec
+from tests.rankers._inputs import embedded
 
 # Optional parts of each backbone, switched on together in a second variant.
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -50,15 +51,6 @@ def build(name: str, variant: str, tasks: tuple[str, ...] = ("ctr",), spec: Inpu
     return cls(spec, config, tasks)
 
 
-def inputs(batch: int, spec: InputSpec = SPEC, seed: int = 0) -> Embedded:
-    g = torch.Generator().manual_seed(seed)
-    return Embedded(
-        dense=torch.rand(batch, spec.n_dense, generator=g),
-        fields=torch.randn(batch, len(spec.field_names), spec.embedding_dim, generator=g),
-        field_names=spec.field_names,
-    )
-
-
 @pytest.mark.parametrize(("name", "variant"), VARIANTS)
 @pytest.mark.parametrize("tasks", [("ctr",), ("ctr", "cvr")])
 @pytest.mark.parametrize("batch", [1, 7])
@@ -67,19 +59,19 @@ def test_finite_logits_of_shape_b_per_task(
 ) -> None:
     torch.manual_seed(0)
     model = build(name, variant, tasks).eval()
-    out = model(inputs(batch))
+    out = model(embedded(SPEC, batch))
     assert set(out.logits) == set(tasks)
     for logit in out.logits.values():
         assert logit.shape == (batch,) and torch.isfinite(logit).all()
     if batch > 1:  # batch norm needs two rows to train
         model.train()
-        assert all(torch.isfinite(v).all() for v in model(inputs(batch)).logits.values())
+        assert all(torch.isfinite(v).all() for v in model(embedded(SPEC, batch)).logits.values())
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_works_without_dense_features(name: str) -> None:
     torch.manual_seed(0)
-    out = build(name, "default", spec=NO_DENSE).eval()(inputs(3, NO_DENSE))
+    out = build(name, "default", spec=NO_DENSE).eval()(embedded(NO_DENSE, 3))
     assert out.logits["ctr"].shape == (3,)
 
 
@@ -87,7 +79,7 @@ def test_works_without_dense_features(name: str) -> None:
 def test_gradient_reaches_every_parameter(name: str, variant: str) -> None:
     torch.manual_seed(0)
     model = build(name, variant, ("ctr", "cvr")).train()
-    x = inputs(16)
+    x = embedded(SPEC, 16)
     x.fields.requires_grad_(True)
     out = model(x)
     y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1)).float()
@@ -101,7 +93,7 @@ def test_gradient_reaches_every_parameter(name: str, variant: str) -> None:
 def test_deterministic_in_eval_mode(name: str, variant: str) -> None:
     torch.manual_seed(0)
     model = build(name, variant).eval()
-    x = inputs(7)
+    x = embedded(SPEC, 7)
     torch.testing.assert_close(model(x).logits["ctr"], model(x).logits["ctr"], rtol=0, atol=0)
 
 
@@ -110,7 +102,7 @@ def test_loss_halves_within_50_steps_on_one_batch(name: str, variant: str) -> No
     """The model with trainable field vectors (as the tables are) fits one batch of random labels."""
     torch.manual_seed(0)
     model = build(name, variant).train()
-    x = inputs(64)
+    x = embedded(SPEC, 64)
     fields = nn.Parameter(x.fields.clone())
     y = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(2)).float()
     optimizer = torch.optim.Adam([*model.parameters(), fields], lr=1e-2)
@@ -133,7 +125,7 @@ def test_compiles_forward_and_backward_without_graph_breaks(name: str) -> None:
     torch.manual_seed(0)
     model = build(name, "options" if name in OPTIONS else "default", ("ctr", "cvr")).train()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = inputs(8)
+    x = embedded(SPEC, 8)
     torch.manual_seed(1)
     out = compiled(x)
     sum(v.sum() for v in out.logits.values()).backward()  # type: ignore[union-attr]

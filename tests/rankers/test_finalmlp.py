@@ -5,24 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rankers.backbones import Embedded, FinalMLP, FinalMLPConfig, InputSpec
+from rankers.backbones import FinalMLP, FinalMLPConfig, InputSpec
 from rankers.backbones.finalmlp import BilinearFusion
+from tests.rankers._inputs import embedded
 
 SPEC = InputSpec(dense_names=("I1", "I2"), field_names=("C1", "C2", "C3"), embedding_dim=4)
-
-
-def _x(batch: int = 6, seed: int = 0) -> Embedded:
-    g = torch.Generator().manual_seed(seed)
-    return Embedded(
-        torch.rand(batch, 2, generator=g), torch.randn(batch, 3, 4, generator=g), SPEC.field_names
-    )
 
 
 def test_gates_change_with_their_context_only() -> None:
     torch.manual_seed(0)
     model = FinalMLP(SPEC, FinalMLPConfig(fs1_context=("C2",), fs2_context=("I1", "C3"))).eval()
     assert model.gate1 is not None and model.gate2 is not None
-    x = _x()
+    x = embedded(SPEC, 6)
     tokens = model.tokens(x)
     g1, g2 = model.gate1(tokens), model.gate2(tokens)
     assert g1.shape == (6, 5 * 4) and ((g1 > 0) & (g1 < 2)).all()
@@ -42,7 +36,7 @@ def test_without_context_the_gate_is_one_learned_vector_for_all_rows() -> None:
     torch.manual_seed(0)
     model = FinalMLP(SPEC, FinalMLPConfig()).eval()
     assert model.gate1 is not None
-    g = model.gate1(model.tokens(_x()))
+    g = model.gate1(model.tokens(embedded(SPEC, 6)))
     torch.testing.assert_close(g, g[:1].expand_as(g))
 
 
@@ -50,7 +44,7 @@ def test_gated_streams_feed_the_fusion() -> None:
     torch.manual_seed(0)
     model = FinalMLP(SPEC, FinalMLPConfig(fs1_context=("C1",), mlp1_units=(8,), mlp2_units=(6,))).eval()
     assert model.gate1 is not None and model.gate2 is not None
-    x = _x()
+    x = embedded(SPEC, 6)
     tokens = model.tokens(x)
     flat = tokens.flatten(1)
     o1, o2 = model.mlp1(flat * model.gate1(tokens)), model.mlp2(flat * model.gate2(tokens))
