@@ -129,18 +129,25 @@ class Schema:
         categorical: single-id features, in the order of the embedded fields.
         sequences: list-of-id features.
         labels: one per task.
+        group: the categorical feature holding the user id, for per-user AUC (gAUC); "" for none.
     """
 
     dense: tuple[DenseFeature, ...] = ()
     categorical: tuple[CategoricalFeature, ...] = ()
     sequences: tuple[SequenceFeature, ...] = ()
     labels: tuple[Label, ...] = field(default=())
+    group: str = ""
 
     def __post_init__(self) -> None:
         names = [c for c, _ in self.columns()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"schema: column names {dupes} appear more than once")
+        if self.group and self.group not in {f.name for f in self.categorical}:
+            raise ValueError(
+                f"schema: group {self.group!r} must name a categorical feature (the user id), one of "
+                f"{[f.name for f in self.categorical]}"
+            )
         tasks = [lab.task for lab in self.labels]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"schema: tasks {tasks} must be distinct")
@@ -177,7 +184,7 @@ class Schema:
         return pa.schema([pa.field(n, t, nullable=False) for n, t in self.columns()])
 
     def without_labels(self) -> Schema:
-        return Schema(self.dense, self.categorical, self.sequences, ())
+        return Schema(self.dense, self.categorical, self.sequences, (), self.group)
 
     def tables(self) -> dict[str, tuple[int, tuple[str, ...]]]:
         """Table name -> (num_embeddings, names of the features looked up in it), in schema order."""
@@ -229,6 +236,7 @@ class Schema:
                 "categorical": [asdict(f) for f in self.categorical],
                 "sequences": [asdict(f) for f in self.sequences],
                 "labels": [asdict(lab) for lab in self.labels],
+                "group": self.group,
             },
             indent=1,
         )
@@ -242,6 +250,7 @@ class Schema:
                 categorical=tuple(CategoricalFeature(**f) for f in d.get("categorical", [])),
                 sequences=tuple(SequenceFeature(**f) for f in d.get("sequences", [])),
                 labels=tuple(Label(**f) for f in d.get("labels", [])),
+                group=d.get("group", ""),
             )
         except (ValueError, TypeError, AttributeError) as e:  # ValueError: JSON or a field's check
             raise ValueError(f"{where}: not a valid schema ({e})") from e

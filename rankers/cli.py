@@ -2,6 +2,8 @@
 
 rankers convert criteo train.txt --out data/criteo --min-count 10
 rankers convert synthetic --out data/synth --rows 1000000
+rankers convert taobao-ad data/alimama_raw/ --out data/taobao_ad
+rankers convert userbehavior UserBehavior.csv --out data/userbehavior --negatives 1
 rankers train --data data/criteo --out runs/mlp --backbone mlp --hidden-units 256,128
 rankers train --data data/criteo --out runs/finalmlp --backbone finalmlp_criteo_x1 --epochs 3
 rankers evaluate --checkpoint runs/mlp [--data data/criteo/test]
@@ -39,6 +41,20 @@ def _convert_criteo(args: argparse.Namespace) -> None:
     _print_dataset(out)
 
 
+def _convert_taobao_ad(args: argparse.Namespace) -> None:
+    from features.taobao import TaobaoAdConfig, convert_taobao_ad
+
+    config = dataclass_from_args(TaobaoAdConfig, args)
+    _print_dataset(convert_taobao_ad(args.inputs, args.out, config, args.overwrite, progress=True))
+
+
+def _convert_userbehavior(args: argparse.Namespace) -> None:
+    from features.userbehavior import UserBehaviorConfig, convert_userbehavior
+
+    config = dataclass_from_args(UserBehaviorConfig, args)
+    _print_dataset(convert_userbehavior(args.inputs, args.out, config, args.overwrite, progress=True))
+
+
 def _convert_synthetic(args: argparse.Namespace) -> None:
     from features.synthetic import SyntheticConfig, write_synthetic, write_synthetic_tsv
 
@@ -68,7 +84,7 @@ def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> RankerConf
     from rankers.ranker import RankerConfig
 
     ranker = dict(toml.get("ranker", {}))
-    keys = {"backbone", "embedding_dim", "task_weights", "embedding_l2"}
+    keys = {"backbone", "embedding_dim", "task_weights", "embedding_l2", "tasks", "sequence_lookup"}
     unknown = sorted(set(ranker) - keys)
     if unknown:
         raise ValueError(f"[ranker] table: unknown keys {unknown}; expected some of {sorted(keys)}")
@@ -83,12 +99,15 @@ def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> RankerConf
         )
     dim = args.embedding_dim if args.embedding_dim is not None else ranker.get("embedding_dim")
     l2 = args.embedding_l2 if args.embedding_l2 is not None else ranker.get("embedding_l2")
+    tasks = args.tasks.split(",") if args.tasks else ranker.get("tasks", ())
     return RankerConfig(
         backbone=name,
         embedding_dim=dim,
         backbone_config=chosen,
         task_weights=tuple((str(t), float(w)) for t, w in dict(ranker.get("task_weights", {})).items()),
         embedding_l2=l2,
+        sequence_lookup=args.sequence_lookup or ranker.get("sequence_lookup", ""),
+        tasks=tuple(str(t) for t in tasks),
     )
 
 
@@ -117,19 +136,24 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def results_table(result: dict[str, Any], model: str, splits: tuple[str, ...] = ("valid", "test")) -> str:
-    """AUC/LogLoss per split and task, with the constant prior and (synthetic data) the teacher."""
+    """AUC/LogLoss (and gAUC where the data names users) per split and task, with the constant prior
+    and (synthetic data) the teacher."""
     rows = []
+    grouped = any("gauc" in m for split in splits for m in result.get(split, {}).values())
     for split in splits:
         for task, m in result.get(split, {}).items():
             rows.append(
                 {"model": model, "split": split, "task": task, "AUC": m["auc"], "LogLoss": m["logloss"]}
             )
+            if grouped:
+                rows[-1]["gAUC"] = m.get("gauc")
             rows.append(
                 {
                     "model": "constant prior",
                     "split": split,
                     "task": task,
                     "AUC": 0.5,
+                    "gAUC": 0.5 if grouped else None,
                     "LogLoss": m.get("prior_logloss"),
                 }
             )
@@ -146,7 +170,8 @@ def results_table(result: dict[str, Any], model: str, splits: tuple[str, ...] = 
                 )
                 if m["auc"] is not None and teacher["auc"] and teacher["auc"] != 0.5:
                     rows[-3]["lift vs teacher"] = (m["auc"] - 0.5) / (teacher["auc"] - 0.5)
-    return markdown_table(rows, ["model", "split", "task", "AUC", "LogLoss", "lift vs teacher"])
+    columns = ["model", "split", "task", "AUC", *(["gAUC"] if grouped else []), "LogLoss", "lift vs teacher"]
+    return markdown_table(rows, columns)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -198,6 +223,8 @@ def _demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from features.criteo import CriteoConfig
     from features.synthetic import SyntheticConfig
+    from features.taobao import TaobaoAdConfig
+    from features.userbehavior import UserBehaviorConfig
     from rankers.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="rankers", description="CTR/CVR ranking on TorchRec embeddings")
@@ -214,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     add_dataclass_flags(p, CriteoConfig)
     p.set_defaults(func=_convert_criteo)
+
+    p = convert.add_parser("taobao-ad", help="Alimama display ads (raw tables, joined or dmr CSV) -> parquet")
+    p.add_argument("inputs", nargs="+", help="a directory with the four raw tables, or joined/dmr CSV files")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_dataclass_flags(p, TaobaoAdConfig)
+    p.set_defaults(func=_convert_taobao_ad)
+
+    p = convert.add_parser("userbehavior", help="Taobao UserBehavior CSV -> examples with histories")
+    p.add_argument("inputs", nargs="+", help="UserBehavior CSV files (no header), grouped by user")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_dataclass_flags(p, UserBehaviorConfig)
+    p.set_defaults(func=_convert_userbehavior)
 
     p = convert.add_parser("synthetic", help="teacher-generated Criteo-shaped data")
     p.add_argument("--out", required=True, help="dataset directory (or TSV file with --tsv)")
@@ -235,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedding-l2",
         type=float,
         help="L2 on the looked-up embedding vectors; default 0 (or the preset's)",
+    )
+    p.add_argument("--tasks", help="comma-separated tasks to train (default: all the dataset's labels)")
+    p.add_argument(
+        "--sequence-lookup",
+        choices=["bag", "collection"],
+        help="how sequences are looked up: bag (default on CPU, faster there) or collection (default on GPU)",
     )
     p.add_argument("--config", help="TOML file with [train], [ranker] and [backbone] tables; flags override")
     p.add_argument(

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.optim import _apply_optimizer_in_backward
 from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.optim import RowWiseAdagrad
@@ -51,15 +52,19 @@ def _shard(
     # Register the fused optimizer before wrapping: a fused table without one trains with SGD.
     # No weight decay on the tables: fbgemm-gpu-cpu 1.8.0's rowwise Adagrad CPU kernel was measured
     # to ignore weight_decay (L2 and decoupled modes alike).
+    modules = ranker.embedding.table_modules()
     _apply_optimizer_in_backward(
-        RowWiseAdagrad, ranker.embedding.ebc.parameters(), {"lr": embedding_lr, "eps": 1e-8}
+        RowWiseAdagrad,
+        [p for m in modules for p in m.parameters()],
+        {"lr": embedding_lr, "eps": 1e-8},
     )
-    tables = [c.name for c in ranker.embedding.ebc.embedding_bag_configs()]
+    # A sequence and its target field are one table, so they are always sharded together.
+    tables = ranker.embedding.table_names()
     constraints = {
         t: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for t in tables
     }
     topology = Topology(world_size=world, compute_device="cpu", ddr_cap=_memory_bytes() // world)
-    sharders = [EmbeddingBagCollectionSharder()]
+    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
     plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
         ranker, sharders, dist.GroupMember.WORLD
     )

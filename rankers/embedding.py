@@ -1,25 +1,61 @@
 """`EmbeddingArch`: the TorchRec embedding tables, the only TorchRec part of a model.
 
 Built from the schema, on any device including `meta`, so `DistributedModelParallel` can
-materialise and shard it with fused kernels (see rankers.train). It is called on the batch's
-KeyedJaggedTensor directly so TorchRec's train pipeline can find and overlap the lookups.
+materialise and shard it with fused kernels (see rankers.distributed). It is called on the batch's
+KeyedJaggedTensor directly.
 
-Notation: B batch, F categorical fields, D embedding dim.
+Tables come in two groups:
+- pooled tables (`ebc`): categorical features whose table no sequence uses; one id per bag.
+- sequence tables (`sequence_tables`): a table a sequence looks up, together with the categorical
+  features sharing it (`hist_item_id` and its target `item_id`), so a sequence and its target are
+  always one table, also when sharded. Two interchangeable lookups, equal in values and gradients:
+  - "bag": an `EmbeddingBagCollection` over a KeyedJaggedTensor of one id per bag (its own KJT, since
+    all keys of a KJT share one batch stride). On CPU its backward was measured 9-50x faster than
+    the unpooled collection's (../shared/TORCHREC_CPU.md).
+  - "collection": TorchRec's unpooled `EmbeddingCollection`, the usual choice on GPU.
+  The jagged sequence is padded with fbgemm's `jagged_to_padded_dense` to the longest sequence of
+  the batch (at most the feature's `max_len`), real ids first; the mask marks them.
+
+Notation: B batch, F categorical fields, D embedding dim, L longest sequence in the batch.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection
+from torchrec import EmbeddingBagCollection, EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.schema import Schema
-from rankers.backbones.base import Embedded
+from rankers.backbones.base import Embedded, Sequence
+
+SEQUENCE_LOOKUPS = ("bag", "collection")
+
+
+def default_sequence_lookup() -> str:
+    """ "collection" where CUDA is available, else "bag" (the faster one on CPU)."""
+    return "collection" if torch.cuda.is_available() else "bag"
+
+
+def _select(kjt: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTensor:
+    """`kjt` restricted to `keys`, in that order."""
+    if kjt.keys() == keys:
+        return kjt
+    index = {k: i for i, k in enumerate(kjt.keys())}
+    return kjt.permute([index[k] for k in keys])
+
+
+def pad_sequence(values: torch.Tensor, lengths: torch.Tensor) -> Sequence:
+    """Jagged rows (sum(lengths), D) -> Sequence((B, L, D), (B, L)), L = max(1, longest row)."""
+    longest = max(1, int(lengths.max())) if lengths.numel() else 1
+    offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
+    padded = torch.ops.fbgemm.jagged_to_padded_dense(values, [offsets], [longest], 0.0)  # (B, L, D)
+    mask = torch.arange(longest, device=lengths.device) < lengths.unsqueeze(1)  # (B, L)
+    return Sequence(padded, mask)
 
 
 class EmbeddingArch(nn.Module):
-    """One pooled vector per categorical feature from an `EmbeddingBagCollection`.
+    """One vector per categorical feature, and a padded sequence of vectors per sequence feature.
 
     Example:
         >>> arch = EmbeddingArch(schema, embedding_dim=16, device=torch.device("meta"))
@@ -28,27 +64,123 @@ class EmbeddingArch(nn.Module):
         schema: the dataset's schema; one table per distinct `table` name.
         embedding_dim: D.
         device: where the tables are allocated (`meta` for sharding later).
+        sequence_lookup: "bag" or "collection" (see the module docstring); unused without sequences.
     """
 
-    def __init__(self, schema: Schema, embedding_dim: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        embedding_dim: int,
+        device: torch.device | None = None,
+        sequence_lookup: str = "bag",
+    ) -> None:
         super().__init__()
-        if schema.sequences:
-            raise ValueError(
-                f"sequence features {[s.name for s in schema.sequences]} are not embedded by this "
-                "version of EmbeddingArch"
-            )
         if not schema.categorical:
             raise ValueError("schema has no categorical features to embed")
+        if sequence_lookup not in SEQUENCE_LOOKUPS:
+            raise ValueError(f"sequence_lookup {sequence_lookup!r}: expected one of {SEQUENCE_LOOKUPS}")
         self.field_names = tuple(f.name for f in schema.categorical)
         self.embedding_dim = embedding_dim
-        self.ebc = EmbeddingBagCollection(schema.table_configs(embedding_dim), device=device)
+        self.sequence_lookup = sequence_lookup
+        seq_tables = {s.table for s in schema.sequences}
+        configs = schema.table_configs(embedding_dim)
+        pooled = [c for c in configs if c.name not in seq_tables]
+        self.pooled_keys = [f for c in pooled for f in c.feature_names]
+        self.ebc = EmbeddingBagCollection(pooled, device=device) if pooled else None
+        # table -> its features, categorical (one id per row) first, then sequences
+        self.sequence_features = {c.name: list(c.feature_names) for c in configs if c.name in seq_tables}
+        self.sequence_names = tuple(s.name for s in schema.sequences)
+        self.sequence_tables: EmbeddingBagCollection | EmbeddingCollection | None = None
+        sequenced = [c for c in configs if c.name in seq_tables]
+        if sequenced and sequence_lookup == "bag":
+            # One feature per table (named after it): every id of the table's features is one bag.
+            for c in sequenced:
+                c.feature_names = [c.name]
+            self.sequence_tables = EmbeddingBagCollection(sequenced, device=device)
+        elif sequenced:
+            unpooled = [
+                EmbeddingConfig(
+                    name=c.name,
+                    num_embeddings=c.num_embeddings,
+                    embedding_dim=embedding_dim,
+                    feature_names=c.feature_names,
+                )
+                for c in sequenced
+            ]
+            self.sequence_tables = EmbeddingCollection(unpooled, device=device)
+
+    def table_modules(self) -> list[EmbeddingBagCollection | EmbeddingCollection]:
+        """The TorchRec modules holding tables (what the sharder shards)."""
+        return [m for m in (self.ebc, self.sequence_tables) if m is not None]
+
+    def table_names(self) -> list[str]:
+        names = []
+        for m in self.table_modules():
+            configs = (
+                m.embedding_bag_configs() if isinstance(m, EmbeddingBagCollection) else m.embedding_configs()
+            )
+            names += [c.name for c in configs]
+        return names
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> Embedded:
-        """dense (B, n_dense) and a KJT of F keys -> Embedded with fields (B, F, D)."""
-        kt = self.ebc(sparse)
-        if kt.keys() == list(self.field_names):
-            fields = kt.values().view(-1, len(self.field_names), self.embedding_dim)  # (B, F, D)
-        else:  # sharding may reorder keys: read them by name
-            by_key = kt.to_dict()
-            fields = torch.stack([by_key[k] for k in self.field_names], dim=1)  # (B, F, D)
-        return Embedded(dense=dense, fields=fields, field_names=self.field_names)
+        """dense (B, n_dense) and the batch's KJT -> Embedded with fields (B, F, D) and sequences."""
+        rows: dict[str, torch.Tensor] = {}  # categorical feature -> (B, D)
+        sequences: dict[str, Sequence] = {}
+        if self.ebc is not None:
+            kt = self.ebc(_select(sparse, self.pooled_keys) if self.sequence_names else sparse)
+            if not self.sequence_names and kt.keys() == list(self.field_names):
+                fields = kt.values().view(-1, len(self.field_names), self.embedding_dim)  # (B, F, D)
+                return Embedded(dense=dense, fields=fields, field_names=self.field_names)
+            rows.update(kt.to_dict())  # sharding may reorder keys: read them by name
+        if self.sequence_tables is not None:
+            looked_up = self._per_id(sparse) if self.sequence_lookup == "bag" else self._unpooled(sparse)
+            for name, (values, lengths) in looked_up.items():
+                if name in self.sequence_names:
+                    sequences[name] = pad_sequence(values, lengths)
+                else:
+                    rows[name] = values
+        fields = torch.stack([rows[k] for k in self.field_names], dim=1)  # (B, F, D)
+        return Embedded(
+            dense=dense,
+            fields=fields,
+            field_names=self.field_names,
+            sequences={k: sequences[k] for k in self.sequence_names},
+        )
+
+    def _per_id(self, sparse: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Bag path: each table's ids (its features' ids concatenated) as one bag each, in one KJT
+        whose keys are the tables; shorter keys are filled up with empty bags to a common stride."""
+        index = {k: i for i, k in enumerate(sparse.keys())}
+        offsets, values = sparse.offset_per_key(), sparse.values()
+        lengths = sparse.lengths().view(len(index), -1)  # (keys, B)
+        ids, counts = [], []
+        for features in self.sequence_features.values():
+            ids.append(torch.cat([values[offsets[index[f]] : offsets[index[f] + 1]] for f in features]))
+            counts.append(ids[-1].numel())
+        stride = max(1, *counts)
+        bags = torch.zeros(len(counts), stride, dtype=torch.int32)
+        for t, n in enumerate(counts):
+            bags[t, :n] = 1
+        kjt = KeyedJaggedTensor(
+            keys=list(self.sequence_features),
+            values=torch.cat(ids),
+            lengths=bags.view(-1).to(values.device),
+            stride=stride,
+        )
+        assert self.sequence_tables is not None
+        by_table = self.sequence_tables(kjt).to_dict()  # table -> (stride, D)
+        out = {}
+        for table, features in self.sequence_features.items():
+            start = 0
+            for f in features:
+                n = offsets[index[f] + 1] - offsets[index[f]]
+                out[f] = (by_table[table][start : start + n], lengths[index[f]])
+                start += n
+        return out
+
+    def _unpooled(self, sparse: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Collection path: TorchRec's EmbeddingCollection on the batch's own KJT."""
+        keys = [f for features in self.sequence_features.values() for f in features]
+        assert self.sequence_tables is not None
+        jts = self.sequence_tables(_select(sparse, keys))  # feature -> JaggedTensor (ids, D)
+        return {k: (jts[k].values(), jts[k].lengths()) for k in keys}

@@ -9,9 +9,12 @@ import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray, prior: float | None = None) -> dict[str, float | int | None]:
-    """AUC (None with one class only), LogLoss, rows, positive rate, and the LogLoss of the
-    constant `prior` (the training base rate, as scikit-learn's DummyClassifier(strategy="prior")).
+def binary_metrics(
+    y: np.ndarray, p: np.ndarray, prior: float | None = None, groups: np.ndarray | None = None
+) -> dict[str, float | int | None]:
+    """AUC (None with one class only), LogLoss, rows, positive rate, the LogLoss of the constant
+    `prior` (the training base rate, as scikit-learn's DummyClassifier(strategy="prior")), and with
+    `groups` (the user of each row) the gAUC (`group_auc`).
     """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
@@ -27,6 +30,8 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, prior: float | None = None) -> 
     }
     if prior is not None:
         out["prior_logloss"] = float(log_loss(y, np.full_like(y, prior), labels=[0, 1]))
+    if groups is not None:
+        out["gauc"] = group_auc(y, p, groups)
     return out
 
 

@@ -88,15 +88,19 @@ class Predictor:
 
     def predict_proba(self, rows: Rows, batch_size: int = 65_536) -> dict[str, np.ndarray]:
         """Probability per task for every row, in row order. Label columns are not needed."""
-        probs, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
+        probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
         return {t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}
 
     def evaluate(self, rows: Rows, batch_size: int = 65_536) -> dict[str, dict[str, Any]]:
-        """AUC, LogLoss and the prior's LogLoss per task on labeled rows."""
-        probs, labels = predict(self.ranker, self._batches(rows, batch_size, labels=True))
+        """AUC, LogLoss and the prior's LogLoss per task on labeled rows, and gAUC when the schema
+        names a user column."""
+        batches = self._batches(rows, batch_size, labels=True)
+        probs, labels, groups = predict(self.ranker, batches, group=self.schema.group)
         if not labels:
             raise ValueError(f"{_describe(rows)}: no labeled rows to evaluate")
-        return {t: binary_metrics(labels[t], probs[t], self.prior.get(t)) for t in labels if t in probs}
+        return {
+            t: binary_metrics(labels[t], probs[t], self.prior.get(t), groups) for t in labels if t in probs
+        }
 
     def iter_proba(self, rows: Rows, batch_size: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
         """Like `predict_proba`, one dict per batch, for inputs larger than memory."""

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from features.batch import Batch
 from features.schema import Schema
 from rankers.backbones import PRESETS, Backbone, BackboneOutput, InputSpec, backbone_class
-from rankers.embedding import EmbeddingArch
+from rankers.embedding import SEQUENCE_LOOKUPS, EmbeddingArch, default_sequence_lookup
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class RankerConfig:
     # the batch (the tables' fused optimizer applies no weight decay); None: the preset's, else 0.
     embedding_l2: float | None = None
     preset: str = ""  # the preset this config came from ("" for none); set when `backbone` names one
+    # How sequences are looked up (rankers.embedding): "bag" (fast on CPU) or "collection";
+    # "" picks by device when the config is made, and the choice is kept with a checkpoint.
+    sequence_lookup: str = ""
+    tasks: tuple[str, ...] = ()  # the tasks to train, a subset of the dataset's; () for all of them
 
     def __post_init__(self) -> None:
         items = dict(
@@ -58,6 +62,11 @@ class RankerConfig:
             raise ValueError(f"embedding_dim {dim!r} must be an integer >= 1")
         if not 0 <= l2 < float("inf"):
             raise ValueError(f"embedding_l2 {l2!r} must be finite and >= 0")
+        lookup = self.sequence_lookup or default_sequence_lookup()
+        if lookup not in SEQUENCE_LOOKUPS:
+            raise ValueError(f"sequence_lookup {lookup!r}: expected one of {SEQUENCE_LOOKUPS}")
+        object.__setattr__(self, "sequence_lookup", lookup)
+        object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "embedding_dim", dim)
         object.__setattr__(self, "embedding_l2", l2)
         frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
@@ -93,6 +102,8 @@ class RankerConfig:
             task_weights=tuple((t, float(w)) for t, w in d.get("task_weights", ())),
             embedding_l2=d.get("embedding_l2"),
             preset=d.get("preset", ""),
+            sequence_lookup=d.get("sequence_lookup", ""),
+            tasks=tuple(d.get("tasks", ())),
         )
 
     def to_json(self) -> str:
@@ -132,7 +143,8 @@ class Ranker(nn.Module):
         if self.training and self.embedding_l2:
             # Only the vectors this batch looked up: the fused table optimizer never sees a penalty
             # on whole tables (FuxiCTR's form), and rows absent from the batch get no gradient.
-            penalty = self.embedding_l2 * x.fields.square().sum() / x.fields.shape[0]
+            squares = x.fields.square().sum() + sum(s.values.square().sum() for s in x.sequences.values())
+            penalty = self.embedding_l2 * squares / x.fields.shape[0]  # padding is zero
             out = out._replace(aux_loss=penalty if out.aux_loss is None else out.aux_loss + penalty)
         return out
 
@@ -158,12 +170,16 @@ def build_ranker(schema: Schema, config: RankerConfig, device: torch.device | No
     (DistributedModelParallel moves them)."""
     if not schema.tasks:
         raise ValueError("schema has no labels, so no tasks to train")
+    unknown = sorted(set(config.tasks) - set(schema.tasks))
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not the dataset's; its tasks: {schema.tasks}")
     cls = backbone_class(config.backbone)
     dim = config.embedding_dim
     assert dim is not None  # RankerConfig resolves it
-    backbone = cls(InputSpec.from_schema(schema, dim), config.make_backbone_config(), schema.tasks)
+    spec = InputSpec.from_schema(schema, dim)
+    backbone = cls(spec, config.make_backbone_config(), config.tasks or schema.tasks)
     return Ranker(
-        EmbeddingArch(schema, dim, device=device),
+        EmbeddingArch(schema, dim, device=device, sequence_lookup=config.sequence_lookup),
         backbone,
         dict(config.task_weights),
         embedding_l2=config.embedding_l2 or 0.0,

@@ -86,13 +86,15 @@ def label_prior(path: Path, schema: Schema) -> dict[str, float]:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval"
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Probabilities and labels per task over `batches` (model put in eval mode and back)."""
+    model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval", group: str = ""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    """Probabilities and labels per task over `batches` (model put in eval mode and back), and the
+    ids of the categorical feature `group` (the user, for gAUC) when one is named, else None."""
     was_training = model.training
     model.eval()
     probs: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[np.ndarray]] = {}
+    groups: list[np.ndarray] = []
     total = len(batches) if isinstance(batches, Sized) else None
     with tqdm(total=total, unit="batch", desc=desc, disable=not progress, leave=False) as bar:
         for batch in batches:
@@ -101,9 +103,15 @@ def predict(
                 probs.setdefault(t, []).append(torch.sigmoid(logit.float()).numpy())
             for t, y in batch.labels.items():
                 labels.setdefault(t, []).append(y.numpy())
+            if group:
+                groups.append(batch.sparse[group].values().numpy())  # one id per row
             bar.update()
     model.train(was_training)
-    return {t: np.concatenate(v) for t, v in probs.items()}, {t: np.concatenate(v) for t, v in labels.items()}
+    return (
+        {t: np.concatenate(v) for t, v in probs.items()},
+        {t: np.concatenate(v) for t, v in labels.items()},
+        np.concatenate(groups) if group else None,
+    )
 
 
 def evaluate_batches(
@@ -113,9 +121,9 @@ def evaluate_batches(
     progress: bool = False,
     desc: str = "eval",
 ) -> dict[str, dict[str, Any]]:
-    """AUC, LogLoss and the prior's LogLoss per task."""
-    probs, labels = predict(model, batches, progress=progress, desc=desc)
-    return {t: binary_metrics(labels[t], probs[t], prior.get(t)) for t in labels if t in probs}
+    """AUC, LogLoss and the prior's LogLoss per task, and gAUC when the schema names a user column."""
+    probs, labels, groups = predict(model, batches, progress=progress, desc=desc, group=batches.schema.group)
+    return {t: binary_metrics(labels[t], probs[t], prior.get(t), groups) for t in labels if t in probs}
 
 
 def train_step(
@@ -260,9 +268,10 @@ def train(
         torch.set_num_threads(config.threads)
     data = Path(data)
     schema = find_schema(data / "train")
-    monitor = config.monitor or schema.tasks[0]
-    if monitor not in schema.tasks:
-        raise ValueError(f"monitor task {monitor!r} is not among the dataset's tasks {schema.tasks}")
+    tasks = ranker_config.tasks or schema.tasks
+    monitor = config.monitor or tasks[0]
+    if monitor not in tasks:
+        raise ValueError(f"monitor task {monitor!r} is not among the tasks trained {tasks}")
     reader, evals = _readers(data, schema, config)
     prior = label_prior(reader.path, schema)
     ckpt = checkpoint.CheckpointDir.create(out, overwrite)

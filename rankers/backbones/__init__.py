@@ -11,6 +11,8 @@ from rankers.backbones.autoint import (
     autoint_plus_criteo_x1,
 )
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset, Sequence
+from rankers.backbones.dien import DIEN, DIENConfig, dien_taobaoad_x1
+from rankers.backbones.din import DIN, DINConfig, din_taobaoad_x1
 from rankers.backbones.finalmlp import FinalMLP, FinalMLPConfig, finalmlp_criteo_x1
 from rankers.backbones.mlp import MLP, MLPConfig
 
@@ -19,10 +21,14 @@ BACKBONES: dict[str, type[Backbone]] = {
     "autoint": AutoInt,
     "autoint_plus": AutoIntPlus,
     "finalmlp": FinalMLP,
+    "din": DIN,
+    "dien": DIEN,
 }
 
 PRESETS: dict[str, Callable[[], Preset]] = {
     "autoint_plus_criteo_x1": autoint_plus_criteo_x1,
+    "din_taobaoad_x1": din_taobaoad_x1,
+    "dien_taobaoad_x1": dien_taobaoad_x1,
     "finalmlp_criteo_x1": finalmlp_criteo_x1,
 }
 
@@ -41,6 +47,8 @@ def backbone_class(name: str) -> type[Backbone]:
 
 __all__ = [
     "BACKBONES",
+    "DIEN",
+    "DIN",
     "MLP",
     "PRESETS",
     "AutoInt",
@@ -49,6 +57,8 @@ __all__ = [
     "AutoIntPlusConfig",
     "Backbone",
     "BackboneOutput",
+    "DIENConfig",
+    "DINConfig",
     "Embedded",
     "FinalMLP",
     "FinalMLPConfig",

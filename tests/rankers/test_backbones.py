@@ -35,14 +35,34 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "mlp2_batch_norm": True,
         "num_heads": 4,
     },
+    "din": {
+        "dnn_activation": "dice",
+        "dnn_batch_norm": True,
+        "dnn_dropout": 0.1,
+        "attention_softmax": True,
+        "attention_dropout": 0.1,
+        "sequences": ("hist_C2",),
+    },
+    "dien": {
+        "gru_type": "AGRU",
+        "attention_softmax": False,
+        "dnn_batch_norm": True,
+        "sequences": ("hist_C2",),
+    },
 }
 VARIANTS = [(name, "default") for name in BACKBONES] + [
     (name, "options") for name in BACKBONES if name in OPTIONS
 ]
+# Behaviour sequences of C2 and C3 (attended by DIN/DIEN, ignored by the others) and one without a
+# target field (sum-pooled by DIN/DIEN).
+SEQUENCES = (("hist_C2", "C2", 5), ("hist_C3", "C3", 5), ("hist_tag", "", 4))
 SPEC = InputSpec(
-    dense_names=("I1", "I2", "I3"), field_names=tuple(f"C{i}" for i in range(1, 6)), embedding_dim=8
+    dense_names=("I1", "I2", "I3"),
+    field_names=tuple(f"C{i}" for i in range(1, 6)),
+    embedding_dim=8,
+    sequences=SEQUENCES,
 )
-NO_DENSE = InputSpec(dense_names=(), field_names=SPEC.field_names, embedding_dim=8)
+NO_DENSE = InputSpec(dense_names=(), field_names=SPEC.field_names, embedding_dim=8, sequences=SEQUENCES)
 
 
 def build(name: str, variant: str, tasks: tuple[str, ...] = ("ctr",), spec: InputSpec = SPEC) -> Backbone:
@@ -81,12 +101,19 @@ def test_gradient_reaches_every_parameter(name: str, variant: str) -> None:
     model = build(name, variant, ("ctr", "cvr")).train()
     x = embedded(SPEC, 16)
     x.fields.requires_grad_(True)
+    attended = {"din", "dien"}  # the others ignore sequences
+    for seq in x.sequences.values():
+        seq.values.requires_grad_(True)
     out = model(x)
     y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1)).float()
-    sum(F.binary_cross_entropy_with_logits(v, y) for v in out.logits.values()).backward()  # type: ignore[union-attr]
+    loss = sum(F.binary_cross_entropy_with_logits(v, y) for v in out.logits.values())
+    (loss + (0 if out.aux_loss is None else out.aux_loss)).backward()  # type: ignore[union-attr]
     for pname, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient reaches {pname}"
     assert x.fields.grad is not None and x.fields.grad.abs().sum() > 0
+    if name in attended:
+        for seq_name, seq in x.sequences.items():
+            assert seq.values.grad is not None and seq.values.grad.abs().sum() > 0, seq_name
 
 
 @pytest.mark.parametrize(("name", "variant"), VARIANTS)
@@ -109,7 +136,7 @@ def test_loss_halves_within_50_steps_on_one_batch(name: str, variant: str) -> No
     losses = []
     for _ in range(50):
         optimizer.zero_grad()
-        out = model(Embedded(dense=x.dense, fields=fields, field_names=x.field_names))
+        out = model(Embedded(x.dense, fields, x.field_names, x.sequences))
         loss = F.binary_cross_entropy_with_logits(out.logits["ctr"], y)
         loss.backward()
         optimizer.step()
@@ -127,10 +154,14 @@ def test_compiles_forward_and_backward_without_graph_breaks(name: str) -> None:
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = embedded(SPEC, 8)
     torch.manual_seed(1)
-    out = compiled(x)
-    sum(v.sum() for v in out.logits.values()).backward()  # type: ignore[union-attr]
+    # Dynamo traces torch.nn.GRU (DIEN's interest extractor) only with this flag on.
+    with torch._dynamo.config.patch(allow_rnn=True):
+        out = compiled(x)
+    loss = sum(v.sum() for v in out.logits.values())
+    (loss + (0 if out.aux_loss is None else out.aux_loss)).backward()  # type: ignore[union-attr]
     model.eval()
-    torch.testing.assert_close(compiled(x).logits["ctr"], model(x).logits["ctr"])
+    with torch._dynamo.config.patch(allow_rnn=True):
+        torch.testing.assert_close(compiled(x).logits["ctr"], model(x).logits["ctr"])
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

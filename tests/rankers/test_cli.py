@@ -142,3 +142,48 @@ def test_train_any_backbone_or_preset(
 def test_flags_of_another_backbone_are_refused(synthetic_small: Path, tmp_path: Path) -> None:
     args = ["train", "--data", str(synthetic_small), "--out", str(tmp_path / "o"), "--backbone", "autoint"]
     assert main([*args, "--fs1-context", "C1"]) == 2
+
+
+@pytest.mark.shared_data
+def test_convert_taobao_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from features.schema import Schema
+
+    src = shared_file("taobao/UserBehavior_head_650users.csv")
+    assert main(["convert", "userbehavior", str(src), "--out", str(tmp_path / "ub"), "--max-len", "20"]) == 0
+    assert "| test | 18,366 |" in capsys.readouterr().out
+    schema = Schema.load(tmp_path / "ub")
+    assert schema.tasks == ("ctr", "ctcvr") and schema.sequences[0].max_len == 20
+    src = shared_file("taobao/alimama_joined_sample100.csv")
+    args = ["convert", "taobao-ad", str(src), "--out", str(tmp_path / "ad"), "--split-by", "random"]
+    assert main([*args, "--split", "0.8,0.1,0.1"]) == 0
+    assert "| train | 80 |" in capsys.readouterr().out
+    assert pq.read_table(tmp_path / "ad" / "test").column_names[-2:] == ["hist_adgroup_id", "click"]
+    assert main([*args[:3], "--out", str(tmp_path / "ad2"), "--layout", "dmr"]) == 2
+    assert "the joined layout, but config layout is 'dmr'" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    ("source", "convert", "backbone"),
+    [
+        ("taobao/UserBehavior_head_650users.csv", ["userbehavior", "--max-len", "20"], "din"),
+        ("taobao/UserBehavior_head_650users.csv", ["userbehavior", "--max-len", "20"], "dien"),
+        ("taobao/alimama_joined_sample100.csv", ["taobao-ad", "--split-by", "random"], "din"),
+        ("taobao/alimama_dmr_sample99.csv", ["taobao-ad", "--split-by", "random"], "dien"),
+    ],
+)
+def test_taobao_sources_train_din_and_dien_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, convert: list[str], backbone: str
+) -> None:
+    import json
+
+    data, ckpt = tmp_path / "data", tmp_path / "ck"
+    assert main(["convert", convert[0], str(shared_file(source)), "--out", str(data), *convert[1:]]) == 0
+    args = ["train", "--data", str(data), "--out", str(ckpt), "--backbone", backbone, "--tasks", "ctr"]
+    flags = ["--epochs", "2", "--max-steps", "6", "--batch-size", "64", "--no-progress"]
+    assert main([*args, *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"| {backbone} | test | ctr |" in out and "gAUC" in out
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"ctr"} and "gauc" in metrics["test"]["ctr"]
+    assert main(["evaluate", "--checkpoint", str(ckpt)]) == 0

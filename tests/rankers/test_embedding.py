@@ -51,9 +51,95 @@ def test_builds_on_meta() -> None:
     assert all(p.device.type == "meta" for p in arch.parameters())
 
 
-def test_sequences_are_refused_until_supported() -> None:
-    schema = Schema(
-        categorical=(CategoricalFeature("item", 5),), sequences=(SequenceFeature("hist", 5, 3, "item"),)
+SEQ_SCHEMA = Schema(
+    categorical=(
+        CategoricalFeature("user", 7),
+        CategoricalFeature("item", 20),
+        CategoricalFeature("cate", 5),
+    ),
+    sequences=(
+        SequenceFeature("hist_item", 20, 4, "item"),
+        SequenceFeature("hist_cate", 5, 4, "cate"),
+        SequenceFeature("hist_tag", 3, 4),
+    ),
+    labels=(Label("y", "ctr"),),
+)
+SEQ_LENGTHS = {"hist_item": [2, 0, 4], "hist_cate": [2, 0, 4], "hist_tag": [1, 3, 0]}
+
+
+def _seq_kjt(seed: int = 1) -> KeyedJaggedTensor:
+    g = torch.Generator().manual_seed(seed)
+    sizes = {f.name: f.num_embeddings for f in SEQ_SCHEMA._sparse()}
+    lengths = {k: [1, 1, 1] for k in ("user", "item", "cate")} | SEQ_LENGTHS
+    keys = list(SEQ_SCHEMA.sparse_keys)
+    values = torch.cat([torch.randint(0, sizes[k], (sum(lengths[k]),), generator=g) for k in keys])
+    flat = torch.tensor([n for k in keys for n in lengths[k]], dtype=torch.int32)
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=flat)
+
+
+def _pair() -> tuple[EmbeddingArch, EmbeddingArch]:
+    torch.manual_seed(0)
+    bag = EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup="bag")
+    collection = EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup="collection")
+    renamed = {
+        k.replace("embedding_bags", "embeddings") if k.startswith("sequence") else k: v
+        for k, v in bag.state_dict().items()
+    }
+    collection.load_state_dict(renamed)
+    return bag, collection
+
+
+def test_sequences_are_padded_rows_of_the_shared_table() -> None:
+    bag, _ = _pair()
+    kjt = _seq_kjt()
+    out = bag(torch.zeros(3, 0), kjt)
+    ids = kjt.to_dict()
+    table = bag.sequence_tables.embedding_bags["item"].weight
+    seq = out.sequences["hist_item"]
+    assert seq.values.shape == (3, 4, 4)  # the longest row of the batch
+    assert seq.mask.tolist() == [[True, True, False, False], [False] * 4, [True] * 4]
+    torch.testing.assert_close(seq.values[seq.mask], table[ids["hist_item"].values()])
+    assert (seq.values[~seq.mask] == 0).all()
+    torch.testing.assert_close(out.fields[:, 1], table[ids["item"].values()])  # target on the same table
+    assert out.sequences["hist_tag"].values.shape == (3, 3, 4)
+    assert set(bag.ebc.embedding_bags) == {"user"}
+
+
+def test_bag_and_collection_lookups_agree_in_values_and_gradients() -> None:
+    bag, collection = _pair()
+    kjt = _seq_kjt()
+    grads = []
+    for arch in (bag, collection):
+        out = arch(torch.zeros(3, 0), kjt)
+        w = torch.arange(1.0, 5.0)  # weights the dims differently so the gradients differ per dim
+        loss = (out.fields * w).sum() + sum((s.values * w).square().sum() for s in out.sequences.values())
+        loss.backward()
+        grads.append({n.split(".")[-2]: p.grad for n, p in arch.named_parameters()})
+        if arch is bag:
+            expected = out
+    assert grads[0].keys() == grads[1].keys()
+    for table in grads[0]:
+        torch.testing.assert_close(grads[0][table], grads[1][table])
+    out = collection(torch.zeros(3, 0), kjt)
+    torch.testing.assert_close(out.fields, expected.fields)
+    for name, seq in expected.sequences.items():
+        torch.testing.assert_close(out.sequences[name].values, seq.values)
+        assert torch.equal(out.sequences[name].mask, seq.mask)
+
+
+def test_a_batch_without_any_history_gives_one_masked_position() -> None:
+    bag, _ = _pair()
+    keys = list(SEQ_SCHEMA.sparse_keys)
+    kjt = KeyedJaggedTensor(
+        keys=keys,
+        values=torch.tensor([1, 2, 3]),
+        lengths=torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.int32),
     )
-    with pytest.raises(ValueError, match="hist"):
-        EmbeddingArch(schema, embedding_dim=4)
+    out = bag(torch.zeros(1, 0), kjt)
+    assert out.sequences["hist_item"].values.shape == (1, 1, 4)
+    assert not out.sequences["hist_item"].mask.any()
+
+
+def test_unknown_sequence_lookup_is_refused() -> None:
+    with pytest.raises(ValueError, match="gather"):
+        EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup="gather")

@@ -90,7 +90,7 @@ def test_preset_name_builds_its_backbone_and_fields_given_override_it() -> None:
     for name, preset in PRESETS.items():
         p = preset()
         assert RankerConfig(backbone=name).make_backbone_config() == p.config
-        assert p.published["auc"] > 0.8 and p.train
+        assert 0.5 < p.published["auc"] < 1 and p.train
 
 
 def test_finalmlp_preset_has_the_published_dense_architecture() -> None:
