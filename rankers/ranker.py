@@ -35,7 +35,7 @@ class RankerConfig:
     embedding_l2: float | None = None
     preset: str = ""  # the preset this config came from ("" for none); set when `backbone` names one
     # How sequences are looked up (rankers.embedding): "bag" (fast on CPU) or "collection";
-    # "" picks by device when the config is made, and the choice is kept with a checkpoint.
+    # "" picks the one for the training device (CPU here: "bag"); kept with a checkpoint.
     sequence_lookup: str = ""
     tasks: tuple[str, ...] = ()  # the tasks to train, a subset of the dataset's; () for all of them
 

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset
-from rankers.backbones.din import ACTIVATIONS, ActivationUnit, attended, mlp_block
+from rankers.backbones.din import ACTIVATIONS, ActivationUnit, aligned_mask, attended, mlp_block
 
 GRU_TYPES = ("AUGRU", "AGRU", "AIGRU")
 
@@ -72,54 +71,87 @@ class DIENConfig:
             raise ValueError(f"aux_loss_weight {self.aux_loss_weight} must be finite and >= 0")
 
 
-class InterestEvolving(nn.Module):
-    """A GRU over the interest states whose update is driven by the attention scores a_t.
+class JaggedGRU(nn.Module):
+    """A GRU over padded sequences that steps only the rows still inside their history, optionally
+    driven by attention scores a_t (the interest evolving layer).
 
     Gates follow torch.nn.GRU: r, z from sigmoid, n = tanh(x_n + r * h_n); the paper's update gate is
-    u = 1 - z. AUGRU: h' = h + a*u*(n - h); AGRU: h' = h + a*(n - h); AIGRU: the GRU on a*x.
+    u = 1 - z. GRU: h' = h + u*(n - h); AUGRU: h' = h + a*u*(n - h); AGRU: h' = h + a*(n - h);
+    AIGRU: the GRU on a*x. Rows are sorted by length so the active rows are a shrinking prefix; on CPU
+    this was measured 2x faster than torch.nn.GRU on the padded batch (and 3x than packed) at
+    B=4096, L=50, mean length 17, forward and backward. Under `torch.compile` every step runs on
+    every row, padding masked (static shapes); the values are the same.
+
+    Args:
+        width: W, the input and state size.
+        gru_type: "GRU", or one of GRU_TYPES (scores then required).
     """
 
-    def __init__(self, width: int, gru_type: str) -> None:
+    def __init__(self, width: int, gru_type: str = "GRU") -> None:
         super().__init__()
         self.gru_type = gru_type
         self.ih = nn.Linear(width, 3 * width)
         self.hh = nn.Linear(width, 3 * width)
 
-    def step(self, gi: torch.Tensor, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def step(self, gi: torch.Tensor, h: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
         """Input projections gi (n, 3W), state h (n, W), scores a (n, 1) -> next state (n, W)."""
         xr, xz, xn = gi.chunk(3, dim=1)
         hr, hz, hn = self.hh(h).chunk(3, dim=1)
         r, u = torch.sigmoid(xr + hr), 1 - torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
-        gate = {"AUGRU": a * u, "AGRU": a, "AIGRU": u}[self.gru_type]
-        return h + gate * (n - h)
+        if a is not None and self.gru_type == "AUGRU":
+            u = a * u
+        elif a is not None and self.gru_type == "AGRU":
+            u = a
+        return h + u * (n - h)
 
-    def forward(self, states: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """states (B, L, W), scores (B, L), mask (B, L) -> the state after each row's last real step,
-        (B, W); zero for rows without history."""
-        a = scores.unsqueeze(2)  # (B, L, 1)
-        gi = self.ih(states * a if self.gru_type == "AIGRU" else states)  # (B, L, 3W)
-        b, length, width = states.shape
-        if torch.compiler.is_compiling():  # static shapes: every step, padding masked
-            h = states.new_zeros(b, width)
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        mask: torch.Tensor,
+        scores: torch.Tensor | None = None,
+        all_states: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """inputs (B, L, W), mask (B, L), scores (B, L) -> (with `all_states` the states at every
+        step, zero on padding, (B, L, W), else None; the state after each row's last real step, zero
+        without history, (B, W))."""
+        a = None if scores is None else scores.unsqueeze(2)  # (B, L, 1)
+        if a is not None and self.gru_type == "AIGRU":
+            inputs = inputs * a
+        b, length, width = inputs.shape
+        if torch.compiler.is_compiling():
+            gi, h, states = self.ih(inputs), inputs.new_zeros(b, width), []  # gi (B, L, 3W)
             for t in range(length):
-                h = torch.where(mask[:, t : t + 1], self.step(gi[:, t], h, a[:, t]), h)
-            return h
+                h = torch.where(mask[:, t : t + 1], self.step(gi[:, t], h, None if a is None else a[:, t]), h)
+                states.append(h)
+            return (torch.stack(states, dim=1) * mask.unsqueeze(2) if all_states else None), h
         lengths = mask.sum(1)
         order = torch.argsort(lengths, descending=True, stable=True)
         active = (lengths.unsqueeze(0) > torch.arange(length, device=mask.device).unsqueeze(1)).sum(1)
-        gi, a = gi[order], a[order]
-        h, done = states.new_zeros(int(active[0]), width), []
+        # One tensor per step (unbind): slicing a step out of (B, L, W) would cost a full-size
+        # gradient buffer per step in the backward pass. Inputs are projected on the active rows.
+        x_steps = inputs[order].unbind(1)
+        a_steps = [None] * length if a is None else a[order].unbind(1)
+        h, done, steps, where = inputs.new_zeros(int(active[0]), width), [], [], []
         for t, n in enumerate(active.tolist()):
             if n < h.shape[0]:  # rows whose history ended: their state is final
                 done.append(h[n:])
                 h = h[:n]
             if n == 0:
                 break
-            h = self.step(gi[:n, t], h, a[:n, t])
+            h = self.step(self.ih(x_steps[t][:n]), h, None if a is None else a_steps[t][:n])
+            if all_states:
+                steps.append(h)
+                where.append(order[:n] * length + t)  # its rows' places in the (B*L) grid
         done.append(h)
-        ended = torch.cat([*reversed(done), states.new_zeros(b - int(active[0]), width)])  # sorted order
-        return torch.zeros_like(ended).index_copy(0, order, ended)  # (B, W) in batch order
+        ended = torch.cat([*reversed(done), inputs.new_zeros(b - int(active[0]), width)])  # sorted order
+        final = torch.zeros_like(ended).index_copy(0, order, ended)  # (B, W) in batch order
+        if not all_states:
+            return None, final
+        grid = inputs.new_zeros(b * length, width)
+        if steps:
+            grid = grid.index_copy(0, torch.cat(where), torch.cat(steps))
+        return grid.view(b, length, width), final
 
 
 class DIEN(Backbone):
@@ -143,14 +175,16 @@ class DIEN(Backbone):
         self.target_fields = target_fields
         self.softmax = config.attention_softmax
         width = len(self.sequence_names) * spec.embedding_dim
-        self.extractor = nn.GRU(width, width, batch_first=True)
-        self.aux_net = nn.Sequential(
-            mlp_block(2 * width, config.aux_units, "relu", 0.0, False), nn.Linear(config.aux_units[-1], 1)
+        self.extractor = JaggedGRU(width)
+        units = config.aux_units
+        self.aux_first = nn.Linear(2 * width, units[0])  # the aux net over [h_t, e]
+        self.aux_rest = nn.Sequential(
+            nn.ReLU(), mlp_block(units[0], units[1:], "relu", 0.0, False), nn.Linear(units[-1], 1)
         )
         self.attention = ActivationUnit(
             width, config.attention_units, config.attention_activation, config.attention_dropout
         )
-        self.evolving = InterestEvolving(width, config.gru_type)
+        self.evolving = JaggedGRU(width, config.gru_type)
         self.aux_loss_weight = config.aux_loss_weight
         in_features = (
             spec.n_dense
@@ -165,45 +199,50 @@ class DIEN(Backbone):
 
     def extract(self, behaviours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Behaviours (B, L, W) -> interest states (B, L, W); zero on padding."""
-        if torch.compiler.is_compiling():
-            states, _ = self.extractor(behaviours)  # causal: padding after a row's end never reaches it
-        else:
-            lengths = mask.sum(1).clamp(min=1).cpu()  # empty rows run one (masked) step
-            packed = pack_padded_sequence(behaviours, lengths, batch_first=True, enforce_sorted=False)
-            states, _ = pad_packed_sequence(
-                self.extractor(packed)[0], batch_first=True, total_length=mask.shape[1]
-            )
-        return states * mask.unsqueeze(2)
+        states, _ = self.extractor(behaviours, mask)
+        assert states is not None
+        return states
 
     def auxiliary_loss(
         self, states: torch.Tensor, behaviours: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """BCE of the aux net telling e_{t+1} (label 1) from another row's behaviour there (label 0),
-        averaged over the pairs where both exist."""
-        b = mask.shape[0]
+        averaged over the pairs where both exist. Eager mode scores the real pairs only."""
+        b, length = mask.shape
         shift = torch.randint(1, max(b, 2), (), device=mask.device)
         other = (torch.arange(b, device=mask.device) + shift) % b  # another row (none when B = 1)
-        h, pos, neg = states[:, :-1], behaviours[:, 1:], behaviours[other, 1:]  # (B, L-1, W)
-        pos_mask = mask[:, 1:]
-        neg_mask = pos_mask & mask[other, 1:] & (b > 1)
-        logits_pos = self.aux_net(torch.cat([h, pos], dim=2)).squeeze(2)  # (B, L-1)
-        logits_neg = self.aux_net(torch.cat([h, neg], dim=2)).squeeze(2)  # (B, L-1)
-        loss = F.binary_cross_entropy_with_logits(logits_pos, torch.ones_like(logits_pos), reduction="none")
-        loss_neg = F.binary_cross_entropy_with_logits(
-            logits_neg, torch.zeros_like(logits_neg), reduction="none"
-        )
-        total = (loss * pos_mask).sum() + (loss_neg * neg_mask).sum()
-        return total / (pos_mask.sum() + neg_mask.sum()).clamp(min=1)
+        if torch.compiler.is_compiling():  # every pair, padding masked
+            h, pos, neg = states[:, :-1], behaviours[:, 1:], behaviours[other, 1:]  # (B, L-1, W)
+            pos_mask = mask[:, 1:]
+            neg_mask = pos_mask & mask[other, 1:] & (b > 1)
+        else:  # the P pairs whose next behaviour is real
+            rows, steps = mask[:, 1:].nonzero(as_tuple=True)  # (P,)
+            flat_states, flat_behaviours = states.flatten(0, 1), behaviours.flatten(0, 1)  # (B*L, W)
+            h = flat_states[rows * length + steps]  # (P, W)
+            pos = flat_behaviours[rows * length + steps + 1]
+            neg = flat_behaviours[other[rows] * length + steps + 1]
+            pos_mask = torch.ones_like(rows, dtype=torch.bool)
+            neg_mask = mask[other[rows], steps + 1] & (b > 1)
+        # [h, e] -> first layer as h.Wh + e.We: the h part is shared by the positive and negative;
+        # both go through the rest of the net as one batch (2P rows).
+        w_h, w_e = self.aux_first.weight.split(h.shape[-1], dim=1)
+        shared = h @ w_h.T + self.aux_first.bias
+        pre = torch.cat([shared + pos @ w_e.T, shared + neg @ w_e.T])
+        logits = self.aux_rest(pre).squeeze(-1)  # (2P,) or (2B, L-1)
+        labels = torch.cat([torch.ones_like(shared[..., 0]), torch.zeros_like(shared[..., 0])])
+        weights = torch.cat([pos_mask, neg_mask]).to(logits.dtype)
+        total = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weights).sum()
+        return total / weights.sum().clamp(min=1)
 
     def forward(self, x: Embedded) -> BackboneOutput:
         """(B, n_dense), (B, F, D) and sequences (B, L, D) -> logits (B,) per task, and the weighted
         auxiliary loss in training mode."""
         query = x.fields[:, self.target_fields].flatten(1)  # (B, W)
         behaviours = torch.cat([x.sequences[n].values for n in self.sequence_names], dim=2)  # (B, L, W)
-        mask = x.sequences[self.sequence_names[0]].mask  # (B, L)
+        mask = aligned_mask(x, self.sequence_names)  # (B, L)
         states = self.extract(behaviours, mask)  # (B, L, W)
         scores = self.attention.weights(query, states, mask, self.softmax)  # (B, L)
-        interest = self.evolving(states, scores, mask)  # (B, W)
+        _, interest = self.evolving(states, mask, scores, all_states=False)  # (B, W)
         pooled = [
             (x.sequences[n].values * x.sequences[n].mask.unsqueeze(2)).sum(1) for n in self.pooled_names
         ]

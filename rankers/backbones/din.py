@@ -15,8 +15,10 @@ no target field, e.g. behaviour types) are sum-pooled over their real positions.
 Jagged attention: in eager mode the activation unit runs on the real positions only (gathered from
 the padded batch), so its cost follows the mean history length, not the longest; under
 `torch.compile` it runs on all positions with the padding masked (static shapes). Both give the same
-values. The unit's first layer over [q, k, q-k, q*k] is computed as q.(Wq+Wd) once per row plus
-[k, q*k].[Wk-Wd; Wp] per position: the same linear map, with half the work per position.
+values in eval mode; in training, Dice's batch statistics under compile include the padded
+positions (eager: real positions only). The unit's first layer over [q, k, q-k, q*k] is computed
+as q.(Wq+Wd) once per row plus [k, q*k].[Wk-Wd; Wp] per position: the same linear map, with half
+the work per position.
 
 Notation: B batch, F categorical fields, D embedding dim, L longest sequence in the batch, G
 attended sequences (the behaviour vector has G*D values), N real positions in the batch, K tasks.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset
 
@@ -61,7 +64,8 @@ class DINConfig:
 
 class Dice(nn.Module):
     """Dice (DIN section 4.3): p(x) x + (1 - p(x)) alpha x, p = sigmoid(BatchNorm(x)) without affine,
-    over the last dim of (N, H) inputs; alpha is learned per unit."""
+    over the last dim of (N, H) inputs; alpha is learned per unit. A training batch of fewer than two
+    rows (one real behaviour in the whole batch) is normalised with the running statistics."""
 
     def __init__(self, width: int, eps: float = 1e-8) -> None:
         super().__init__()
@@ -70,7 +74,12 @@ class Dice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H) -> (N, H)."""
-        p = torch.sigmoid(self.bn(x))
+        bn = self.bn
+        batch_stats = self.training and x.shape[0] > 1
+        z = F.batch_norm(
+            x, bn.running_mean, bn.running_var, None, None, batch_stats, bn.momentum or 0.0, bn.eps
+        )
+        p = torch.sigmoid(z)
         return x * (p + (1 - p) * self.alpha)
 
 
@@ -154,6 +163,7 @@ class ActivationUnit(nn.Module):
 def attended(spec: InputSpec, chosen: tuple[str, ...]) -> tuple[list[str], list[int], list[str]]:
     """The attended sequences, their targets' field indices, and the other sequences (pooled)."""
     targets = {name: target for name, target, _ in spec.sequences}
+    max_lens = {name: max_len for name, _, max_len in spec.sequences}
     names = list(chosen) or [n for n, t in targets.items() if t]
     for name in names:
         if name not in targets:
@@ -165,8 +175,27 @@ def attended(spec: InputSpec, chosen: tuple[str, ...]) -> tuple[list[str], list[
             f"no sequence shares a table with a categorical field (sequences {spec.sequences}); "
             "DIN needs a behaviour history and its target field"
         )
+    if len({max_lens[n] for n in names}) > 1:
+        raise ValueError(
+            f"attended sequences {names} have max lengths {[max_lens[n] for n in names]}; they are "
+            "concatenated per position, so they must be aligned (equal max_len and lengths)"
+        )
     fields = [spec.field_names.index(targets[n]) for n in names]
     return names, fields, [n for n in targets if n not in names]
+
+
+def aligned_mask(x: Embedded, names: list[str]) -> torch.Tensor:
+    """The mask (B, L) shared by the attended sequences; in eager mode, ValueError if they differ."""
+    mask = x.sequences[names[0]].mask
+    if not torch.compiler.is_compiling():
+        for name in names[1:]:
+            if not torch.equal(x.sequences[name].mask, mask):
+                rows = (x.sequences[name].mask != mask).any(1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"sequences {names[0]!r} and {name!r} differ in length in rows {rows[:5]} of the "
+                    "batch; attended sequences must be aligned (one behaviour per position)"
+                )
+    return mask
 
 
 class DIN(Backbone):
@@ -206,7 +235,7 @@ class DIN(Backbone):
         """(B, n_dense), (B, F, D) and sequences (B, L, D) -> logits (B,) per task."""
         query = x.fields[:, self.target_fields].flatten(1)  # (B, G*D)
         keys = torch.cat([x.sequences[n].values for n in self.sequence_names], dim=2)  # (B, L, G*D)
-        mask = x.sequences[self.sequence_names[0]].mask  # (B, L)
+        mask = aligned_mask(x, self.sequence_names)  # (B, L)
         interest = self.attention.pool(query, keys, mask, self.softmax)  # (B, G*D)
         pooled = [
             (x.sequences[n].values * x.sequences[n].mask.unsqueeze(2)).sum(1) for n in self.pooled_names

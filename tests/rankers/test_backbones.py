@@ -154,14 +154,11 @@ def test_compiles_forward_and_backward_without_graph_breaks(name: str) -> None:
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = embedded(SPEC, 8)
     torch.manual_seed(1)
-    # Dynamo traces torch.nn.GRU (DIEN's interest extractor) only with this flag on.
-    with torch._dynamo.config.patch(allow_rnn=True):
-        out = compiled(x)
+    out = compiled(x)
     loss = sum(v.sum() for v in out.logits.values())
     (loss + (0 if out.aux_loss is None else out.aux_loss)).backward()  # type: ignore[union-attr]
     model.eval()
-    with torch._dynamo.config.patch(allow_rnn=True):
-        torch.testing.assert_close(compiled(x).logits["ctr"], model(x).logits["ctr"])
+    torch.testing.assert_close(compiled(x).logits["ctr"], model(x).logits["ctr"])
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rankers.backbones import DIEN, Embedded, InputSpec, Sequence
-from rankers.backbones.dien import GRU_TYPES, DIENConfig, InterestEvolving
+from rankers.backbones.dien import GRU_TYPES, DIENConfig, JaggedGRU
 from tests.rankers._inputs import embedded
 from tests.rankers.test_din import _with_padding
 
@@ -42,26 +42,66 @@ def test_padded_positions_change_no_output(gru_type: str) -> None:
     assert not torch.equal(model(x).logits["ctr"][0], out[0])
 
 
-@pytest.mark.parametrize("gru_type", ["AUGRU", "AGRU"])
-def test_zero_attention_leaves_the_state_unchanged(gru_type: str) -> None:
-    torch.manual_seed(0)
-    gru = InterestEvolving(4, gru_type)
-    states, mask = torch.randn(3, 5, 4), torch.ones(3, 5, dtype=torch.bool)
-    assert (gru(states, torch.zeros(3, 5), mask) == 0).all()
-    assert (gru(states, torch.full((3, 5), 0.5), mask) != 0).any()
+def _copy_to_gru(gru: JaggedGRU) -> torch.nn.GRU:
+    ref = torch.nn.GRU(4, 4, batch_first=True)
+    ref.weight_ih_l0.data, ref.bias_ih_l0.data = gru.ih.weight.data, gru.ih.bias.data
+    ref.weight_hh_l0.data, ref.bias_hh_l0.data = gru.hh.weight.data, gru.hh.bias.data
+    return ref
 
 
-def test_evolving_state_is_the_state_after_each_rows_last_real_step() -> None:
+LENGTHS = [5, 2, 0, 3]
+
+
+def test_plain_gru_equals_torch_gru_on_each_rows_real_steps() -> None:
     torch.manual_seed(0)
-    gru = InterestEvolving(4, "AUGRU")
-    states, scores = torch.randn(3, 5, 4), torch.rand(3, 5)
-    mask = torch.arange(5) < torch.tensor([5, 2, 0]).unsqueeze(1)
-    got = gru(states, scores, mask)
-    for row, n in enumerate([5, 2, 0]):
-        h = torch.zeros(1, 4)
+    gru = JaggedGRU(4)
+    ref = _copy_to_gru(gru)
+    x = torch.randn(4, 5, 4)
+    mask = torch.arange(5) < torch.tensor(LENGTHS).unsqueeze(1)
+    states, final = gru(x, mask)
+    assert states is not None
+    for row, n in enumerate(LENGTHS):
+        if n:
+            want, h = ref(x[row : row + 1, :n])
+            torch.testing.assert_close(states[row, :n], want[0])
+            torch.testing.assert_close(final[row], h[0, 0])
+        assert (states[row, n:] == 0).all()
+    assert (final[2] == 0).all()
+    with mock.patch("torch.compiler.is_compiling", return_value=True):
+        padded_states, padded_final = gru(x, mask)
+    torch.testing.assert_close(padded_states, states)
+    torch.testing.assert_close(padded_final, final)
+
+
+def test_attention_gates_follow_the_paper() -> None:
+    """a = 1: AUGRU and AIGRU are the GRU; AGRU steps h + a (n - h); a = 0 leaves the state at zero
+    (AUGRU, AGRU) or feeds zeros (AIGRU)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 4)
+    mask = torch.arange(5) < torch.tensor(LENGTHS).unsqueeze(1)
+    plain = JaggedGRU(4)
+    _, want = plain(x, mask)
+    ones, zeros = torch.ones(4, 5), torch.zeros(4, 5)
+    for gru_type in ("AUGRU", "AIGRU"):
+        gru = JaggedGRU(4, gru_type)
+        gru.load_state_dict(plain.state_dict())
+        torch.testing.assert_close(gru(x, mask, ones)[1], want)
+    agru = JaggedGRU(4, "AGRU")
+    agru.load_state_dict(plain.state_dict())
+    scores = torch.rand(4, 5)
+    _, got = agru(x, mask, scores, all_states=False)
+    for row, n in enumerate(LENGTHS):
+        h = torch.zeros(4)
         for t in range(n):
-            h = gru.step(gru.ih(states[row, t : t + 1]), h, scores[row, t].view(1, 1))
-        torch.testing.assert_close(got[row : row + 1], h)
+            gi, gh = agru.ih(x[row, t]), agru.hh(h)
+            r = torch.sigmoid(gi[:4] + gh[:4])
+            cand = torch.tanh(gi[8:] + r * gh[8:])
+            h = h + scores[row, t] * (cand - h)
+        torch.testing.assert_close(got[row], h)
+    for gru_type in ("AUGRU", "AGRU"):
+        assert (JaggedGRU(4, gru_type)(x, mask, zeros)[1] == 0).all()
+    aigru = JaggedGRU(4, "AIGRU")
+    torch.testing.assert_close(aigru(x, mask, zeros)[1], aigru(torch.zeros_like(x), mask)[1])
 
 
 def test_aux_loss_only_in_training_and_weighted() -> None:

@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 import torch
 
-from rankers.backbones import DIN, Embedded, InputSpec, Sequence
+from rankers.backbones import BACKBONES, DIN, Embedded, InputSpec, Sequence
 from rankers.backbones.din import ActivationUnit, Dice, DINConfig
 from tests.rankers._inputs import embedded
 
@@ -55,8 +55,8 @@ def test_padded_positions_change_no_output(config: DINConfig) -> None:
     assert not torch.equal(model(x).logits["ctr"][0], out[0])
 
 
-def test_jagged_and_padded_attention_agree_in_training_mode() -> None:
-    """Dice's batch statistics come from the real positions on both paths."""
+def test_jagged_and_padded_attention_agree_in_eval_mode() -> None:
+    """In training, Dice's batch statistics differ: real positions only (eager) or all (compile)."""
     torch.manual_seed(0)
     model = DIN(SPEC, DINConfig(attention_activation="dice")).train()
     x = embedded(SPEC, 9)
@@ -99,6 +99,30 @@ def test_dice_interpolates_between_identity_and_alpha() -> None:
     dice.alpha.data = torch.tensor([0.5, 0.5])
     x = torch.tensor([[100.0, -100.0]])  # running stats mean 0, var 1: p = 1 then 0
     torch.testing.assert_close(dice(x), torch.tensor([[100.0, -50.0]]))
+
+
+@pytest.mark.parametrize("name", ["din", "dien"])
+def test_one_real_behaviour_in_a_training_batch_trains(name: str) -> None:
+    """Dice cannot take batch statistics of one row: it falls back to its running statistics."""
+    torch.manual_seed(0)
+    x = embedded(SPEC, 4)
+    for seq in x.sequences.values():
+        seq.mask[:] = False
+        seq.mask[0, 0] = True
+    cls = BACKBONES[name]
+    out = cls(SPEC, cls.config_class(attention_activation="dice")).train()(x)
+    assert torch.isfinite(out.logits["ctr"]).all()
+
+
+def test_unaligned_attended_sequences_are_refused() -> None:
+    model = DIN(SPEC, DINConfig())
+    x = embedded(SPEC, 4)
+    x.sequences["hist_cate"].mask[1] = False
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        model(x)
+    unequal = InputSpec((), ("item", "cate"), 4, (("hist_item", "item", 6), ("hist_cate", "cate", 5)))
+    with pytest.raises(ValueError, match="max lengths"):
+        DIN(unequal, DINConfig())
 
 
 def test_config_errors_name_the_value() -> None:

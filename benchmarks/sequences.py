@@ -1,0 +1,178 @@
+"""Behaviour-sequence models: quality on Taobao UserBehavior, and training throughput.
+
+    .venv/bin/python benchmarks/sequences.py [--seeds 3] [--skip-quality] [--skip-throughput]
+
+Quality: ../shared/data/taobao/UserBehavior_head_650users.csv (read in place) converted with
+`convert_userbehavior` defaults (histories up to 50, one uniform catalogue negative per positive,
+2017-12-02 valid, 2017-12-03 test, Beijing days). DIN and DIEN against the same MLP on the fields
+without the history (user_id, item_id, cate_id), the click task only; test AUC, gAUC, LogLoss.
+
+Throughput: the issue's setting: embedding dim 16, batch 4096, MLP (256, 128), attention units
+(64, 16), two aligned histories (item, category) up to 50 long with mean about 17 (geometric
+lengths), random ids (200,000 rows). Steady training-loop examples/s (after 10 warm-up steps).
+Appends JSON lines to benchmarks/results.jsonl and rewrites benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import SHARED_DATA, load_average, record
+from benchmarks.readme import write_readme
+from features.dataset import DatasetWriter
+from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
+from features.userbehavior import convert_userbehavior
+from rankers._quiet import quiet_torchrec
+from rankers.ranker import RankerConfig
+from rankers.train import TrainConfig, train
+
+DNN = {"hidden_units": (256, 128)}
+SEQ = {"dnn_units": (256, 128), "attention_units": (64, 16)}
+MODELS = {
+    "mlp (no history)": RankerConfig(backbone="mlp", embedding_dim=16, backbone_config=DNN, tasks=("ctr",)),
+    "din": RankerConfig(backbone="din", embedding_dim=16, backbone_config=SEQ, tasks=("ctr",)),
+    "dien": RankerConfig(backbone="dien", embedding_dim=16, backbone_config=SEQ, tasks=("ctr",)),
+}
+QUALITY_TRAIN = TrainConfig(epochs=10, batch_size=512, patience=2, progress=False)
+
+
+def quality(seeds: int, work: Path, command: str, run: str) -> None:
+    data = convert_userbehavior(
+        SHARED_DATA / "taobao" / "UserBehavior_head_650users.csv", work / "ub", progress=False
+    )
+    common = {
+        "dataset": "userbehavior_650users",
+        "split": "by day: last day test, the day before valid",
+        "run": run,
+    }
+    for name, ranker in MODELS.items():
+        for seed in range(seeds):
+            config = replace(QUALITY_TRAIN, seed=seed)
+            result = train(data, work / "ckpt", ranker, config, overwrite=True)
+            test = result["test"]["ctr"]
+            print(
+                f"{name} seed {seed}: AUC {test['auc']:.4f} gAUC {test['gauc']:.4f} "
+                f"LogLoss {test['logloss']:.4f}"
+            )
+            record(
+                {
+                    **common,
+                    "benchmark": "sequence_quality",
+                    "model": name,
+                    "seed": seed,
+                    "auc": test["auc"],
+                    "gauc": test["gauc"],
+                    "logloss": test["logloss"],
+                    "prior_logloss": test["prior_logloss"],
+                    "best_epoch": result["best_epoch"],
+                    "examples_per_s": result["history"][0]["examples_per_s"],
+                    "config": {"train": asdict(config), "ranker": ranker.to_dict()},
+                },
+                command,
+            )
+
+
+def sequence_data(out: Path, rows: int, seed: int = 0) -> tuple[Path, float]:
+    """Random ids with geometric history lengths (mean about 17, at most 50); returns the mean."""
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.geometric(1 / 18.5, rows), 50)
+    items, cates = rng.integers(0, 100_000, lengths.sum()), rng.integers(0, 1_000, lengths.sum())
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    schema = Schema(
+        categorical=(
+            CategoricalFeature("user_id", 10_000),
+            CategoricalFeature("item_id", 100_000),
+            CategoricalFeature("cate_id", 1_000),
+        ),
+        sequences=(
+            SequenceFeature("hist_item_id", 100_000, 50, "item_id"),
+            SequenceFeature("hist_cate_id", 1_000, 50, "cate_id"),
+        ),
+        labels=(Label("click", "ctr"),),
+        group="user_id",
+    )
+    table = pa.table(
+        {
+            "user_id": rng.integers(0, 10_000, rows),
+            "item_id": rng.integers(0, 100_000, rows),
+            "cate_id": rng.integers(0, 1_000, rows),
+            "hist_item_id": pa.ListArray.from_arrays(offsets, items),
+            "hist_cate_id": pa.ListArray.from_arrays(offsets, cates),
+            "click": rng.integers(0, 2, rows).astype(np.int8),
+        }
+    )
+    with DatasetWriter(out, schema, splits=("train",)) as w:
+        w.write("train", table)
+        w.commit({"source": "benchmarks/sequences.py random sequences"})
+    return out, float(lengths.mean())
+
+
+def throughput(work: Path, command: str, run: str, repeats: int, precisions: list[str]) -> None:
+    torch.set_num_threads(2)
+    data, mean_len = sequence_data(work / "seq", 200_000)
+    common = {"dataset": f"random sequences (mean length {mean_len:.1f}, max 50)", "run": run}
+    for i in range(repeats):
+        for name in ("din", "dien"):
+            for precision in precisions:
+                ranker = replace(MODELS[name], tasks=())
+                config = TrainConfig(
+                    epochs=1, batch_size=4096, threads=2, progress=False, max_steps=40, precision=precision
+                )
+                load = load_average()
+                rate = train(data, work / "ckpt", ranker, config, overwrite=True)["history"][0][
+                    "examples_per_s"
+                ]
+                print(f"{name} {precision} training loop: {rate:,.0f} ex/s (load {load:.2f})", flush=True)
+                record(
+                    {
+                        **common,
+                        "benchmark": "sequence_train",
+                        "model": name,
+                        "precision": precision,
+                        "repeat": i,
+                        "examples_per_s": rate,
+                        "load_before": load,
+                        "load_after": load_average(),
+                        "config": {"ranker": ranker.to_dict(), "train": asdict(config)},
+                    },
+                    command,
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="throughput repeats, interleaved")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    command = "python benchmarks/sequences.py " + shlex.join(sys.argv[1:])
+    run = f"sequences-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    print(f"load average before: {load_average():.2f}")
+    with tempfile.TemporaryDirectory() as tmp, quiet_torchrec():
+        if not args.skip_throughput:
+            throughput(Path(tmp), command, run, args.repeats, args.precisions.split(","))
+        if not args.skip_quality:
+            quality(args.seeds, Path(tmp), command, run)
+    print(f"load average after: {load_average():.2f}")
+    write_readme()
+
+
+if __name__ == "__main__":
+    main()
