@@ -131,7 +131,7 @@ class JaggedGRU(nn.Module):
         # One tensor per step (unbind): slicing a step out of (B, L, W) would cost a full-size
         # gradient buffer per step in the backward pass. Inputs are projected on the active rows.
         x_steps = inputs[order].unbind(1)
-        a_steps = [None] * length if a is None else a[order].unbind(1)
+        a_steps: tuple[torch.Tensor, ...] = () if a is None else a[order].unbind(1)
         h, done, steps, where = inputs.new_zeros(int(active[0]), width), [], [], []
         for t, n in enumerate(active.tolist()):
             if n < h.shape[0]:  # rows whose history ended: their state is final
@@ -139,7 +139,7 @@ class JaggedGRU(nn.Module):
                 h = h[:n]
             if n == 0:
                 break
-            h = self.step(self.ih(x_steps[t][:n]), h, None if a is None else a_steps[t][:n])
+            h = self.step(self.ih(x_steps[t][:n]), h, a_steps[t][:n] if a_steps else None)
             if all_states:
                 steps.append(h)
                 where.append(order[:n] * length + t)  # its rows' places in the (B*L) grid
