@@ -200,6 +200,82 @@ def _ceilings(rows: list[dict[str, Any]]) -> str:
     return "## Teacher ceilings (test rows)\n\n" + _header(rows) + "\n" + markdown_table(table, cols) + "\n"
 
 
+# Peers at the issue's shapes on this machine class (fp32, batch 4096), and the targets set against them.
+SEQUENCE_PEERS = {
+    "din": "FuxiCTR 2.3.10 about 8,300 ex/s, DeepCTR-Torch about 5,000; target >= 24,900 (3x FuxiCTR)",
+    "dien": "FuxiCTR about 4,600 ex/s, DeepCTR-Torch about 4,700, torch-rechub about 6,500; "
+    "target >= 9,200 (2x FuxiCTR)",
+}
+
+
+def _latest_per_model(rows: list[dict[str, Any]], benchmark: str) -> list[dict[str, Any]]:
+    """For each model, its `benchmark` rows from the latest run that measured it."""
+    rs = [r for r in rows if r.get("benchmark") == benchmark]
+    last = {r["model"]: r["run"] for r in rs}
+    return [r for r in rs if last[r["model"]] == r["run"]]
+
+
+def _sequences(rows: list[dict[str, Any]]) -> str:
+    out = "## Behaviour sequences (benchmarks/sequences.py)\n\n"
+    quality = _latest_per_model(rows, "sequence_quality")
+    if quality:
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in quality:
+            groups[r["model"]].append(r)
+        table = []
+        for model, rs in groups.items():
+            aucs = [r["auc"] for r in rs]
+            sd = f" ± {statistics.stdev(aucs):.4f}" if len(aucs) > 1 else ""
+            table.append(
+                {
+                    "model": model,
+                    "seeds": len(rs),
+                    "test AUC": f"{statistics.mean(aucs):.4f}{sd}",
+                    "test gAUC": statistics.mean(r["gauc"] for r in rs),
+                    "test LogLoss": statistics.mean(r["logloss"] for r in rs),
+                    "best epochs": ", ".join(str(r["best_epoch"]) for r in rs),
+                }
+            )
+        table.append(
+            {
+                "model": "constant prior",
+                "seeds": "-",
+                "test AUC": "0.5000",
+                "test gAUC": 0.5,
+                "test LogLoss": quality[0]["prior_logloss"],
+            }
+        )
+        cols = ["model", "seeds", "test AUC", "test gAUC", "test LogLoss", "best epochs"]
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in quality:
+            runs[r["run"]].append(r)
+        headers = "".join(
+            f"{', '.join(sorted({r['model'] for r in rs}))}:  \n{_header(rs)}" for rs in runs.values()
+        )
+        out += (
+            f"Quality: {quality[0]['dataset']}, split {quality[0]['split']}, click task.\n\n"
+            f"{headers}\n{markdown_table(table, cols)}\n\n"
+        )
+    speed = _latest_run([r for r in rows if r.get("benchmark") == "sequence_train"], "sequences-")
+    if speed:
+        groups2: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in speed:
+            groups2[(r["model"], r["precision"])].append(r)
+        table = [
+            {
+                "model": model,
+                "precision": precision,
+                "training loop": _figure(rs, "examples_per_s", "ex/s"),
+                "load before / after": _loads(rs),
+                "peers and target": SEQUENCE_PEERS.get(model, "") if precision == "fp32" else "",
+            }
+            for (model, precision), rs in groups2.items()
+        ]
+        cols = ["model", "precision", "training loop", "load before / after", "peers and target"]
+        out += f"Throughput: {speed[0]['dataset']}.  \n{_header(speed)}\n{markdown_table(table, cols)}\n"
+    return out
+
+
 def write_readme() -> Path:
     rows = results()
     parts = [INTRO]
@@ -211,6 +287,8 @@ def write_readme() -> Path:
         parts.append(_ceilings(ceilings))
     if throughput:
         parts.append(_throughput(throughput))
+    if any(str(r.get("run", "")).startswith("sequences-") for r in rows):
+        parts.append(_sequences(rows))
     notes = README.with_name("NOTES.md")
     if notes.is_file():
         parts.append(notes.read_text())

@@ -243,6 +243,7 @@ class _Columns:
                     f"{high[bad[0]]}], expected [0, {f.num_embeddings}) from schema.json"
                 )
         self.sequences = [_Sequence(table, f, where) for f in s.sequences]
+        self.groups = _np(table, s.group).astype(np.int64, copy=False) if s.group else None
         self.labels: dict[str, np.ndarray] = {}
         for lab in s.labels if labels else ():
             y = _np(table, lab.name)
@@ -271,7 +272,8 @@ class _Columns:
             lengths = torch.cat([lengths[:n_cat], *(torch.from_numpy(n) for _, n in gathered)])
         sparse = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths, stride=b)
         labels = {t: torch.from_numpy(y[rows].astype(np.float32)) for t, y in self.labels.items()}
-        return Batch(dense=dense, sparse=sparse, labels=labels)
+        groups = None if self.groups is None else torch.from_numpy(self.groups[rows].copy())
+        return Batch(dense=dense, sparse=sparse, labels=labels, groups=groups)
 
 
 class _Sequence:

@@ -129,7 +129,8 @@ class Schema:
         categorical: single-id features, in the order of the embedded fields.
         sequences: list-of-id features.
         labels: one per task.
-        group: the categorical feature holding the user id, for per-user AUC (gAUC); "" for none.
+        group: the column of user ids for per-user AUC (gAUC): a categorical feature, or an int64
+            column of raw ids that is no feature (unseen users then stay distinct); "" for none.
     """
 
     dense: tuple[DenseFeature, ...] = ()
@@ -143,11 +144,8 @@ class Schema:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"schema: column names {dupes} appear more than once")
-        if self.group and self.group not in {f.name for f in self.categorical}:
-            raise ValueError(
-                f"schema: group {self.group!r} must name a categorical feature (the user id), one of "
-                f"{[f.name for f in self.categorical]}"
-            )
+        if self.group:
+            _check_name("group", self.group)
         tasks = [lab.task for lab in self.labels]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"schema: tasks {tasks} must be distinct")
@@ -178,7 +176,12 @@ class Schema:
             + [(f.name, _ARROW_TYPES["categorical"]) for f in self.categorical]
             + [(f.name, _ARROW_TYPES["sequence"]) for f in self.sequences]
             + [(lab.name, _ARROW_TYPES["label"]) for lab in self.labels]
+            + ([(self.group, pa.int64())] if self.group and not self.group_is_feature else [])
         )
+
+    @property
+    def group_is_feature(self) -> bool:
+        return self.group in {f.name for f in self.categorical}
 
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(n, t, nullable=False) for n, t in self.columns()])

@@ -22,7 +22,8 @@ Layouts (`TaobaoAdConfig.layout`, "auto" detects them from the inputs):
 
 Features: categorical userid, the eight profile fields, adgroup_id, pid, cate_id, campaign_id,
 customer, brand; dense price (log1p for raw and joined; as given, already scaled, for dmr); label
-click (task ctr); group userid. Sequences share the table of their target field (hist_cate_id with
+click (task ctr); group `user`, the raw user id (so users unseen in train, who share userid's
+unseen id, stay distinct users for gAUC). Sequences share the table of their target field (hist_cate_id with
 cate_id, hist_brand with brand, hist_adgroup_id with adgroup_id); hist_btag has its own table.
 
 Ids per table, as in `features.criteo`: 0 = missing (an empty field, a user without profile, an ad
@@ -89,6 +90,7 @@ PROFILE = (
 )
 AD = ("adgroup_id", "pid", "cate_id", "campaign_id", "customer", "brand")
 CATEGORICAL = ("userid", *PROFILE, *AD)
+GROUP = "user"  # the raw user id (int64, no feature): gAUC groups by it
 LABEL = "click"
 BEHAVIOR_SEQUENCES = {"hist_cate_id": "cate_id", "hist_brand": "brand", "hist_btag": "btag"}
 JOINED = ("clk", "time_stamp", "userid", *AD[:1], "pid", *AD[2:], "price", *PROFILE, "click_sequence")
@@ -360,7 +362,7 @@ def _schema(source: Source, sizes: dict[str, int], max_len: int) -> Schema:
             SequenceFeature(s, 2 + sizes[t], max_len, table=t) for s, t in source.sequences.items()
         ),
         labels=(Label(LABEL, task="ctr"),),
-        group="userid",
+        group=GROUP,
     )
 
 
@@ -387,6 +389,7 @@ def _write(
             price = batch["price"].to_numpy(zero_copy_only=False)
             cols["price"] = (np.log1p(price) if source.log_price else price).astype(np.float32)
             cols[LABEL] = batch[LABEL]
+            cols[GROUP] = batch["userid"]  # raw: users unseen in train stay distinct for gAUC
             table = pa.Table.from_arrays([cols[n] for n in arrow.names], schema=arrow)
             split = splitter.take(batch)
             excluded += int((split < 0).sum())

@@ -25,7 +25,8 @@ Choices:
   Negatives come from `numpy.random.default_rng([seed, raw user id])`, so a user's negatives depend
   only on the seed, the user's rows and the catalogue.
 - `buy` (task ctcvr): 1 on a positive whose user buys that item at the behaviour's second or later
-  (a buy behaviour is its own conversion), else 0; always 0 on negatives.
+  within the same split (a buy behaviour is its own conversion; a train example never learns of a
+  purchase made on a valid or test day), else 0; always 0 on negatives.
 - Split by the positive's day: the last `test_days` days holding kept rows are test, the
   `valid_days` before them valid, earlier days train.
 
@@ -159,8 +160,10 @@ def convert_userbehavior(
     schema = _schema(cat, config.max_len)
     bar = tqdm(total=total, unit="rows", unit_scale=True, desc="userbehavior 2/2", disable=not progress)
     with DatasetWriter(out, schema, splits=SPLITS, overwrite=overwrite) as writer, bar:
+        positives = 0
         for rows in _by_user(layouts, config, bar):
             table, split = _examples(rows, cat, bounds, config, writer.schema.arrow_schema())
+            positives += table.num_rows // (1 + config.negatives)
             for s, name in enumerate(SPLITS):
                 writer.write(name, table.filter(pa.array(split == s)))
         seconds = time.perf_counter() - began
@@ -171,6 +174,8 @@ def convert_userbehavior(
             "inputs": [str(f.path) for f, _, _ in layouts],
             "behaviours": total,
             "excluded_out_of_range": cat.excluded,
+            # a user's first second of behaviour has no earlier behaviour, so no example
+            "behaviours_without_history": total - cat.excluded - positives,
             "users": len(cat.user),
             "items": len(cat.item),
             "categories": len(cat.cate),
@@ -358,7 +363,8 @@ def _examples(
     rep = np.repeat(np.arange(len(ex)), 1 + k)  # (n * (1 + k),): a positive then its negatives
     negatives = _negatives(rows.user[ex], item[ex], len(cat.item), k, config.seed)  # (n, k)
     items = np.column_stack([item[ex], negatives]).ravel()
-    bought = _bought(run, item, rows.t, rows.behavior)[ex]
+    days = np.digitize(beijing_day(rows.t), bounds, right=True)  # each row's split
+    bought = _bought(run, item, rows.t, rows.behavior, days)[ex]
     cols = {
         "user_id": np.searchsorted(cat.user, rows.user[ex])[rep] + 1,
         "item_id": items,
@@ -368,7 +374,7 @@ def _examples(
         "click": np.tile(np.r_[1, np.zeros(k)].astype(np.int8), len(ex)),
         "buy": np.column_stack([bought, np.zeros((len(ex), k), dtype=np.int8)]).ravel(),
     }
-    split = np.digitize(beijing_day(rows.t[ex]), bounds, right=True)[rep]
+    split = days[ex][rep]
     return pa.Table.from_arrays([cols[c] for c in arrow.names], schema=arrow), split
 
 
@@ -387,9 +393,12 @@ def _negatives(users: np.ndarray, positives: np.ndarray, n_items: int, k: int, s
     return out
 
 
-def _bought(run: np.ndarray, item: np.ndarray, t: np.ndarray, behavior: np.ndarray) -> np.ndarray:
-    """int8 per row: 1 if the row's user buys the row's item at the row's second or later."""
-    pair = run * (int(item.max()) + 1) + item  # (user, item) as one int64
+def _bought(
+    run: np.ndarray, item: np.ndarray, t: np.ndarray, behavior: np.ndarray, split: np.ndarray
+) -> np.ndarray:
+    """int8 per row: 1 if the row's user buys the row's item at the row's second or later, in the
+    row's split."""
+    pair = (run * (int(item.max()) + 1) + item) * 3 + split  # (user, item, split) as one int64
     buys = behavior == BUY
     bp, bt = pair[buys], t[buys]
     order = np.lexsort((bt, bp))

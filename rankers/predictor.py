@@ -95,7 +95,7 @@ class Predictor:
         """AUC, LogLoss and the prior's LogLoss per task on labeled rows, and gAUC when the schema
         names a user column."""
         batches = self._batches(rows, batch_size, labels=True)
-        probs, labels, groups = predict(self.ranker, batches, group=self.schema.group)
+        probs, labels, groups = predict(self.ranker, batches)
         if not labels:
             raise ValueError(f"{_describe(rows)}: no labeled rows to evaluate")
         return {

@@ -86,10 +86,10 @@ def label_prior(path: Path, schema: Schema) -> dict[str, float]:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval", group: str = ""
+    model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     """Probabilities and labels per task over `batches` (model put in eval mode and back), and the
-    ids of the categorical feature `group` (the user, for gAUC) when one is named, else None."""
+    batches' user ids (for gAUC) when they carry them, else None."""
     was_training = model.training
     model.eval()
     probs: dict[str, list[np.ndarray]] = {}
@@ -103,14 +103,14 @@ def predict(
                 probs.setdefault(t, []).append(torch.sigmoid(logit.float()).numpy())
             for t, y in batch.labels.items():
                 labels.setdefault(t, []).append(y.numpy())
-            if group:
-                groups.append(batch.sparse[group].values().numpy())  # one id per row
+            if batch.groups is not None:
+                groups.append(batch.groups.numpy())
             bar.update()
     model.train(was_training)
     return (
         {t: np.concatenate(v) for t, v in probs.items()},
         {t: np.concatenate(v) for t, v in labels.items()},
-        np.concatenate(groups) if group else None,
+        np.concatenate(groups) if groups else None,
     )
 
 
@@ -122,7 +122,7 @@ def evaluate_batches(
     desc: str = "eval",
 ) -> dict[str, dict[str, Any]]:
     """AUC, LogLoss and the prior's LogLoss per task, and gAUC when the schema names a user column."""
-    probs, labels, groups = predict(model, batches, progress=progress, desc=desc, group=batches.schema.group)
+    probs, labels, groups = predict(model, batches, progress=progress, desc=desc)
     return {t: binary_metrics(labels[t], probs[t], prior.get(t), groups) for t in labels if t in probs}
 
 

@@ -68,7 +68,14 @@ class InputSpec:
 
     @classmethod
     def from_schema(cls, schema: Schema, embedding_dim: int) -> InputSpec:
-        table_field = {f.table: f.name for f in schema.categorical}
+        table_field: dict[str, str] = {}
+        for f in schema.categorical:
+            other = table_field.setdefault(f.table, f.name)
+            if other != f.name and any(s.table == f.table for s in schema.sequences):
+                raise ValueError(
+                    f"table {f.table}: categorical features {other!r} and {f.name!r} share it with a "
+                    "sequence, so the sequence's target field is ambiguous; give one of them its own table"
+                )
         return cls(
             dense_names=tuple(f.name for f in schema.dense),
             field_names=tuple(f.name for f in schema.categorical),

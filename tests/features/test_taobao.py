@@ -44,12 +44,13 @@ def test_joined_sample_rows_histories_and_shared_vocabulary(tmp_path: Path) -> N
         assert table["hist_adgroup_id"][i] == [vocab["adgroup_id", s] for s in sequence]
         assert table["adgroup_id"][i] == vocab["adgroup_id", r[col["adgroup_id"]]]
         assert table["click"][i] == int(r[col["clk"]])
+        assert table["user"][i] == int(r[col["userid"]])  # the raw id: gAUC groups by it
         assert math.isclose(table["price"][i], math.log1p(float(r[col["price"]])), rel_tol=1e-6)
         for c in PROFILE:  # empty profile fields are missing (id 0), others in the vocabulary
             assert table[c][i] == (vocab[c, r[col[c]]] if r[col[c]] else 0)
     assert sum(len(h) for h in table["hist_adgroup_id"]) == 40  # 15 x 1, 8 x 2, 1 x 3, 1 x 6 ids
     schema = Schema.load(out)
-    assert schema.group == "userid" and schema.tasks == ("ctr",)
+    assert schema.group == "user" and schema.tasks == ("ctr",)
     assert [(s.name, s.table, s.max_len) for s in schema.sequences] == [("hist_adgroup_id", "adgroup_id", 50)]
 
 

@@ -27,6 +27,11 @@ def _day(ts: int) -> dt.date:
     return dt.datetime.fromtimestamp(ts, BEIJING).date()
 
 
+def _split(ts: int) -> int:
+    """0 train, 1 valid (2017-12-02), 2 test (2017-12-03), the sample's default split."""
+    return {dt.date(2017, 12, 2): 1, dt.date(2017, 12, 3): 2}.get(_day(ts), 0)
+
+
 @pytest.fixture(scope="module")
 def behaviours() -> dict[str, list[tuple[int, int, str, str, str]]]:
     """user -> its kept behaviours (time, file row, item, category, type), by (time, file row)."""
@@ -61,12 +66,15 @@ def _ids(out: Path, feature: str) -> dict[str, int]:
 
 
 def _expected(behaviours: list[tuple[int, int, str, str, str]], max_len: int) -> list[tuple]:
-    """(item, history items, buy, day) of every positive of one user, recomputed naively."""
+    """(item, history items, buy, day) of every positive of one user, recomputed naively: buy when
+    the user buys the item at that second or later, in the same split."""
     out = []
     for t, _, item, _, _ in behaviours:
         earlier = [b[2] for b in behaviours if b[0] < t]
         if earlier:
-            buy = any(b[4] == "buy" and b[2] == item and b[0] >= t for b in behaviours)
+            buy = any(
+                b[4] == "buy" and b[2] == item and b[0] >= t and _split(b[0]) == _split(t) for b in behaviours
+            )
             out.append((item, tuple(earlier[-max_len:]), int(buy), _day(t)))
     return out
 

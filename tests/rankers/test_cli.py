@@ -157,7 +157,7 @@ def test_convert_taobao_samples(tmp_path: Path, capsys: pytest.CaptureFixture[st
     args = ["convert", "taobao-ad", str(src), "--out", str(tmp_path / "ad"), "--split-by", "random"]
     assert main([*args, "--split", "0.8,0.1,0.1"]) == 0
     assert "| train | 80 |" in capsys.readouterr().out
-    assert pq.read_table(tmp_path / "ad" / "test").column_names[-2:] == ["hist_adgroup_id", "click"]
+    assert pq.read_table(tmp_path / "ad" / "test").column_names[-3:] == ["hist_adgroup_id", "click", "user"]
     assert main([*args[:3], "--out", str(tmp_path / "ad2"), "--layout", "dmr"]) == 2
     assert "the joined layout, but config layout is 'dmr'" in capsys.readouterr().err
 
@@ -170,6 +170,12 @@ def test_convert_taobao_samples(tmp_path: Path, capsys: pytest.CaptureFixture[st
         ("taobao/UserBehavior_head_650users.csv", ["userbehavior", "--max-len", "20"], "dien"),
         ("taobao/alimama_joined_sample100.csv", ["taobao-ad", "--split-by", "random"], "din"),
         ("taobao/alimama_dmr_sample99.csv", ["taobao-ad", "--split-by", "random"], "dien"),
+        # the unpooled EmbeddingCollection lookup, sharded through DistributedModelParallel too
+        (
+            "taobao/alimama_dmr_sample99.csv",
+            ["taobao-ad", "--split-by", "random"],
+            "din --sequence-lookup collection",
+        ),
     ],
 )
 def test_taobao_sources_train_din_and_dien_end_to_end(
@@ -179,11 +185,14 @@ def test_taobao_sources_train_din_and_dien_end_to_end(
 
     data, ckpt = tmp_path / "data", tmp_path / "ck"
     assert main(["convert", convert[0], str(shared_file(source)), "--out", str(data), *convert[1:]]) == 0
+    backbone, *extra = backbone.split()
     args = ["train", "--data", str(data), "--out", str(ckpt), "--backbone", backbone, "--tasks", "ctr"]
-    flags = ["--epochs", "2", "--max-steps", "6", "--batch-size", "64", "--no-progress"]
+    flags = ["--epochs", "2", "--max-steps", "6", "--batch-size", "64", "--no-progress", *extra]
     assert main([*args, *flags]) == 0
     out = capsys.readouterr().out
     assert f"| {backbone} | test | ctr |" in out and "gAUC" in out
+    lookup = "collection" if extra else "bag"
+    assert json.loads((ckpt / "config.json").read_text())["ranker"]["sequence_lookup"] == lookup
     metrics = json.loads((ckpt / "metrics.json").read_text())
     assert set(metrics["test"]) == {"ctr"} and "gauc" in metrics["test"]["ctr"]
     assert main(["evaluate", "--checkpoint", str(ckpt)]) == 0

@@ -140,6 +140,13 @@ def test_a_batch_without_any_history_gives_one_masked_position() -> None:
     assert not out.sequences["hist_item"].mask.any()
 
 
+@pytest.mark.parametrize("lookup", ["bag", "collection"])
+def test_a_sequence_and_its_target_are_one_table(lookup: str) -> None:
+    arch = EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup=lookup)
+    assert sorted(arch.table_names()) == ["cate", "hist_tag", "item", "user"]
+    assert len(arch.sequence_tables.state_dict()) == 3  # item, cate, hist_tag: one weight each
+
+
 def test_unknown_sequence_lookup_is_refused() -> None:
     with pytest.raises(ValueError, match="gather"):
         EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup="gather")

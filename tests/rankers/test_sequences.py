@@ -68,3 +68,25 @@ def test_tasks_subset_and_embedding_l2_cover_sequences() -> None:
     torch.testing.assert_close(out.aux_loss, expected / 2)
     with pytest.raises(ValueError, match="cvr"):
         build_ranker(schema, RankerConfig(backbone="din", tasks=("cvr",)))
+
+
+def test_gauc_groups_by_the_schemas_raw_user_column() -> None:
+    """A group column that is no feature (raw ids) reaches the batches in row order, and evaluation
+    reports gAUC over it: two users sharing one embedding id stay two users."""
+    from rankers.metrics import group_auc
+    from rankers.train import evaluate_batches, predict
+
+    schema = Schema(SCHEMA.dense, SCHEMA.categorical, SCHEMA.sequences, SCHEMA.labels, group="user")
+    assert ("user", pa.int64()) in schema.columns() and not schema.group_is_feature
+    table = _table([[1, 2], [3], [4, 5, 6], [], [7], [8, 9]] * 5)
+    users = np.repeat([100, 200, 300], 10)  # raw ids; user_id (the feature) is random
+    table = table.append_column("user", pa.array(users, pa.int64()))
+    torch.manual_seed(0)
+    ranker = build_ranker(schema, RankerConfig(backbone="din"))
+    batches = list(table_batches(table, schema, batch_size=7))
+    assert all(b.groups is not None for b in batches)
+    probs, labels, groups = predict(ranker, batches)
+    assert groups is not None and groups.tolist() == users.tolist()
+    metrics = evaluate_batches(ranker, batches, {"ctr": 0.5})  # type: ignore[arg-type]
+    assert metrics["ctr"]["gauc"] == group_auc(labels["ctr"], probs["ctr"], users)
+    assert metrics["ctr"]["gauc"] != group_auc(labels["ctr"], probs["ctr"], np.zeros(30))
