@@ -11,6 +11,7 @@ not what limits the speed.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -221,6 +222,29 @@ def iter_files(
                 seen += size
         if seen != rows:
             raise ValueError(f"{f.path}: {seen} rows parsed but {rows} non-blank lines counted")
+
+
+def input_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The input paths as a list, each checked to be a file."""
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("inputs: expected at least one file, got none")
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    return paths
+
+
+def check_split(split: Sequence[float]) -> tuple[float, float, float]:
+    """(train, valid, test) fractions as floats; ValueError unless 3 finite values >= 0 summing to 1."""
+    fractions = tuple(float(f) for f in split)
+    if (
+        len(fractions) != 3
+        or not all(math.isfinite(f) and f >= 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-6
+    ):
+        raise ValueError(f"split {split!r}: expected 3 fractions >= 0 (train, valid, test) summing to 1")
+    return fractions  # type: ignore[return-value]
 
 
 class SplitAssigner:

@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -44,7 +43,9 @@ from features._csv import (
     Layout,
     SplitAssigner,
     ValueCounter,
+    check_split,
     count_rows,
+    input_files,
     iter_files,
     line_of_row,
     lookup_ids,
@@ -84,16 +85,7 @@ class CriteoConfig:
             raise ValueError(f"min_count {self.min_count!r}: expected an integer >= 1")
         if self.int_mode not in ("log1p", "bucketize"):
             raise ValueError(f"int_mode {self.int_mode!r}: expected 'log1p' or 'bucketize'")
-        split = tuple(float(f) for f in self.split)
-        if (
-            len(split) != 3
-            or not all(math.isfinite(f) and f >= 0 for f in split)
-            or abs(sum(split) - 1) > 1e-6
-        ):
-            raise ValueError(
-                f"split {self.split!r}: expected 3 fractions >= 0 (train, valid, test) summing to 1"
-            )
-        object.__setattr__(self, "split", split)
+        object.__setattr__(self, "split", check_split(self.split))
         if self.split_by not in ("random", "order"):
             raise ValueError(f"split_by {self.split_by!r}: expected 'random' or 'order'")
         if self.block_bytes < 1 << 12:
@@ -159,13 +151,8 @@ def convert_criteo(
 
 def _inspect(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Layout], bool]:
     """Layouts of the inputs, and whether they hold labels; all must agree on that."""
-    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
-    if not paths:
-        raise ValueError("inputs: expected at least one file, got none")
     layouts: list[Layout] = []
-    for path in paths:
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file")
+    for path in input_files(inputs):
         f = sniff(path)
         names = _field_names(f)
         if layouts and (LABEL in names) != (LABEL in layouts[0][1]):

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +61,7 @@ from features._csv import (
     Layout,
     SplitAssigner,
     ValueCounter,
+    check_split,
     count_rows,
     iter_files,
     line_of_row,
@@ -170,16 +170,7 @@ class TaobaoAdConfig:
             raise ValueError(f"train_dates {self.train_dates} and test_dates {self.test_dates} overlap")
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"valid_fraction {self.valid_fraction!r}: expected a number in [0, 1)")
-        split = tuple(float(f) for f in self.split)
-        if (
-            len(split) != 3
-            or not all(math.isfinite(f) and f >= 0 for f in split)
-            or abs(sum(split) - 1) > 1e-6
-        ):
-            raise ValueError(
-                f"split {self.split!r}: expected 3 fractions >= 0 (train, valid, test) summing to 1"
-            )
-        object.__setattr__(self, "split", split)
+        object.__setattr__(self, "split", check_split(self.split))
 
 
 @dataclass

@@ -46,7 +46,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from features._csv import VOCABULARY_SCHEMA, CsvFile, Layout, count_rows, iter_files, line_of_row, sniff
+from features._csv import (
+    VOCABULARY_SCHEMA,
+    CsvFile,
+    Layout,
+    count_rows,
+    input_files,
+    iter_files,
+    line_of_row,
+    sniff,
+)
 from features.dataset import DatasetWriter
 from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
 from features.taobao import SPLITS, beijing_day, check_date, day_text, history_lists
@@ -194,13 +203,8 @@ def convert_userbehavior(
 
 
 def _inspect(inputs: str | Path | Sequence[str | Path]) -> list[Layout]:
-    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
-    if not paths:
-        raise ValueError("inputs: expected at least one file, got none")
     layouts: list[Layout] = []
-    for path in paths:
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file")
+    for path in input_files(inputs):
         f = sniff(path)
         if f.header is not None or f.num_fields != len(NAMES):
             raise ValueError(

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset
-from rankers.backbones.din import ACTIVATIONS, ActivationUnit, aligned_mask, attended, mlp_block
+from rankers.backbones.din import ACTIVATIONS, ActivationUnit, InterestMLP, mlp_block
 
 GRU_TYPES = ("AUGRU", "AGRU", "AIGRU")
 
@@ -171,10 +171,17 @@ class DIEN(Backbone):
         self, spec: InputSpec, config: DIENConfig = DIENConfig(), tasks: tuple[str, ...] = ("ctr",)
     ) -> None:
         super().__init__(spec, config, tasks)
-        self.sequence_names, target_fields, self.pooled_names = attended(spec, config.sequences)
-        self.target_fields = target_fields
         self.softmax = config.attention_softmax
-        width = len(self.sequence_names) * spec.embedding_dim
+        self.interest_mlp = InterestMLP(
+            spec,
+            config.sequences,
+            config.dnn_units,
+            config.dnn_activation,
+            config.dnn_dropout,
+            config.dnn_batch_norm,
+            len(self.tasks),
+        )
+        width = self.interest_mlp.width
         self.extractor = JaggedGRU(width)
         units = config.aux_units
         self.aux_first = nn.Linear(2 * width, units[0])  # the aux net over [h_t, e]
@@ -186,16 +193,6 @@ class DIEN(Backbone):
         )
         self.evolving = JaggedGRU(width, config.gru_type)
         self.aux_loss_weight = config.aux_loss_weight
-        in_features = (
-            spec.n_dense
-            + len(spec.field_names) * spec.embedding_dim
-            + width
-            + len(self.pooled_names) * spec.embedding_dim
-        )
-        self.mlp = mlp_block(
-            in_features, config.dnn_units, config.dnn_activation, config.dnn_dropout, config.dnn_batch_norm
-        )
-        self.head = nn.Linear(config.dnn_units[-1], len(self.tasks))
 
     def extract(self, behaviours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Behaviours (B, L, W) -> interest states (B, L, W); zero on padding."""
@@ -237,17 +234,11 @@ class DIEN(Backbone):
     def forward(self, x: Embedded) -> BackboneOutput:
         """(B, n_dense), (B, F, D) and sequences (B, L, D) -> logits (B,) per task, and the weighted
         auxiliary loss in training mode."""
-        query = x.fields[:, self.target_fields].flatten(1)  # (B, W)
-        behaviours = torch.cat([x.sequences[n].values for n in self.sequence_names], dim=2)  # (B, L, W)
-        mask = aligned_mask(x, self.sequence_names)  # (B, L)
+        query, behaviours, mask = self.interest_mlp.inputs(x)  # (B, W), (B, L, W), (B, L)
         states = self.extract(behaviours, mask)  # (B, L, W)
         scores = self.attention.weights(query, states, mask, self.softmax)  # (B, L)
         _, interest = self.evolving(states, mask, scores, all_states=False)  # (B, W)
-        pooled = [
-            (x.sequences[n].values * x.sequences[n].mask.unsqueeze(2)).sum(1) for n in self.pooled_names
-        ]
-        h = torch.cat([x.dense, x.fields.flatten(1), interest, *pooled], dim=1)
-        out = self.head(self.mlp(h))  # (B, K)
+        out = self.interest_mlp(x, interest)  # (B, K)
         aux = None
         if self.training and self.aux_loss_weight > 0:
             aux = self.aux_loss_weight * self.auxiliary_loss(states, behaviours, mask)

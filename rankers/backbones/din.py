@@ -198,6 +198,51 @@ def aligned_mask(x: Embedded, names: list[str]) -> torch.Tensor:
     return mask
 
 
+class InterestMLP(nn.Module):
+    """What DIN and DIEN share around their interest vector: the attended sequences' query, keys and
+    mask (`inputs`), and the MLP over [dense, fields, interest, sum-pooled other sequences] with one
+    logit per task (`forward`).
+
+    Args:
+        spec: the input shapes.
+        sequences: the attended sequences; () = every one with a target field.
+        units, act, dropout, batch_norm: the MLP's.
+        tasks: K.
+    """
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        sequences: tuple[str, ...],
+        units: tuple[int, ...],
+        act: str,
+        dropout: float,
+        batch_norm: bool,
+        tasks: int,
+    ) -> None:
+        super().__init__()
+        self.sequence_names, self.target_fields, self.pooled_names = attended(spec, sequences)
+        self.width = len(self.sequence_names) * spec.embedding_dim  # W = G*D
+        d = spec.embedding_dim
+        in_features = spec.n_dense + len(spec.field_names) * d + self.width + len(self.pooled_names) * d
+        self.mlp = mlp_block(in_features, units, act, dropout, batch_norm)
+        self.head = nn.Linear(units[-1], tasks)
+
+    def inputs(self, x: Embedded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query (B, W), the behaviours (B, L, W) and their mask (B, L)."""
+        query = x.fields[:, self.target_fields].flatten(1)  # (B, W)
+        keys = torch.cat([x.sequences[n].values for n in self.sequence_names], dim=2)  # (B, L, W)
+        return query, keys, aligned_mask(x, self.sequence_names)
+
+    def forward(self, x: Embedded, interest: torch.Tensor) -> torch.Tensor:
+        """The interest (B, W) with the other inputs -> logits (B, K)."""
+        pooled = [
+            (x.sequences[n].values * x.sequences[n].mask.unsqueeze(2)).sum(1) for n in self.pooled_names
+        ]
+        h = torch.cat([x.dense, x.fields.flatten(1), interest, *pooled], dim=1)  # (B, n_dense+F*D+W+...)
+        return self.head(self.mlp(h))
+
+
 class DIN(Backbone):
     """Deep Interest Network: target attention over the behaviour sequence, then an MLP.
 
@@ -213,35 +258,28 @@ class DIN(Backbone):
         self, spec: InputSpec, config: DINConfig = DINConfig(), tasks: tuple[str, ...] = ("ctr",)
     ) -> None:
         super().__init__(spec, config, tasks)
-        self.sequence_names, target_fields, self.pooled_names = attended(spec, config.sequences)
-        self.target_fields = target_fields
         self.softmax = config.attention_softmax
-        width = len(self.sequence_names) * spec.embedding_dim
+        self.interest_mlp = InterestMLP(
+            spec,
+            config.sequences,
+            config.dnn_units,
+            config.dnn_activation,
+            config.dnn_dropout,
+            config.dnn_batch_norm,
+            len(self.tasks),
+        )
         self.attention = ActivationUnit(
-            width, config.attention_units, config.attention_activation, config.attention_dropout
+            self.interest_mlp.width,
+            config.attention_units,
+            config.attention_activation,
+            config.attention_dropout,
         )
-        in_features = (
-            spec.n_dense
-            + len(spec.field_names) * spec.embedding_dim
-            + width
-            + len(self.pooled_names) * spec.embedding_dim
-        )
-        self.mlp = mlp_block(
-            in_features, config.dnn_units, config.dnn_activation, config.dnn_dropout, config.dnn_batch_norm
-        )
-        self.head = nn.Linear(config.dnn_units[-1], len(self.tasks))
 
     def forward(self, x: Embedded) -> BackboneOutput:
         """(B, n_dense), (B, F, D) and sequences (B, L, D) -> logits (B,) per task."""
-        query = x.fields[:, self.target_fields].flatten(1)  # (B, G*D)
-        keys = torch.cat([x.sequences[n].values for n in self.sequence_names], dim=2)  # (B, L, G*D)
-        mask = aligned_mask(x, self.sequence_names)  # (B, L)
-        interest = self.attention.pool(query, keys, mask, self.softmax)  # (B, G*D)
-        pooled = [
-            (x.sequences[n].values * x.sequences[n].mask.unsqueeze(2)).sum(1) for n in self.pooled_names
-        ]
-        h = torch.cat([x.dense, x.fields.flatten(1), interest, *pooled], dim=1)  # (B, n_dense+(F+G)*D+...)
-        out = self.head(self.mlp(h))  # (B, K)
+        query, keys, mask = self.interest_mlp.inputs(x)  # (B, W), (B, L, W), (B, L)
+        interest = self.attention.pool(query, keys, mask, self.softmax)  # (B, W)
+        out = self.interest_mlp(x, interest)  # (B, K)
         return BackboneOutput({t: out[:, i] for i, t in enumerate(self.tasks)})
 
 
