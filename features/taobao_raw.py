@@ -27,13 +27,10 @@ from features.taobao import (
     PROFILE,
     Source,
     TaobaoAdConfig,
-    bad_row,
     beijing_day,
     history_lists,
-    labels,
-    prices,
-    require,
 )
+from features.taobao_csv import bad_row, labels, prices, require
 
 TABLES = ("raw_sample", "ad_feature", "user_profile", "behavior_log")
 COLUMNS = {
