@@ -29,7 +29,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.batch import Batch
 from features.dataset import DATASET_FILE
-from features.schema import SCHEMA_FILE, Schema, SequenceFeature
+from features.schema import SCHEMA_FILE, CategoricalFeature, Schema, SequenceFeature
 
 
 def find_schema(path: str | Path) -> Schema:
@@ -183,7 +183,11 @@ class ParquetBatches:
                     f"{self.files[piece.file]}: column {name!r} has {nulls} null values in row group "
                     f"{piece.row_group}; expected none"
                 )
-        return table.slice(piece.start, piece.stop - piece.start)
+        table = table.slice(piece.start, piece.stop - piece.start)
+        if self.labels:
+            where = f"{self.files[piece.file]}: row group {piece.row_group}"
+            _check_funnel(self.schema, table, where, piece.start)
+        return table
 
     def _emit(
         self, table: pa.Table, rng: np.random.Generator, final: bool
@@ -226,23 +230,25 @@ class _Columns:
         # Shuffled batches gather whole rows of a row-major (N, F) array, 8x faster than gathering
         # from F columns; in-order batches slice a feature-major (F, N) array, which stacks faster.
         self.row_major = row_major
-        cols = [_np(table, f.name) for f in s.categorical]
+        cols = [_np(table, f.name) for f in s.single]
         if cols:
             self.ids = np.stack(cols, axis=1 if row_major else 0)  # (N, F) or (F, N)
         else:
             self.ids = np.zeros((n, 0) if row_major else (0, n), dtype=np.int64)
-        if n and len(self.keys):
+        if n and s.single:
             axis = 0 if row_major else 1
             low, high = self.ids.min(axis=axis), self.ids.max(axis=axis)
-            limits = np.array([f.num_embeddings for f in s.categorical], dtype=np.int64)
+            limits = np.array([f.num_embeddings for f in s.single], dtype=np.int64)
             bad = np.flatnonzero((low < 0) | (high >= limits))
             if bad.size:
-                f = s.categorical[int(bad[0])]
+                f = s.single[int(bad[0])]
                 raise ValueError(
                     f"{where}: column {f.name!r} holds ids in [{low[bad[0]]}, "
                     f"{high[bad[0]]}], expected [0, {f.num_embeddings}) from schema.json"
                 )
-        self.sequences = [_Sequence(table, f, where) for f in s.sequences]
+        # Multi-value features and sequences alike: jagged lists (multi-value ones kept whole).
+        lists: list[CategoricalFeature | SequenceFeature] = [*s.multi, *s.sequences]
+        self.sequences = [_Sequence(table, f, where) for f in lists]
         self.groups = _np(table, s.group).astype(np.int64, copy=False) if s.group else None
         self.labels: dict[str, np.ndarray] = {}
         for lab in s.labels if labels else ():
@@ -277,20 +283,22 @@ class _Columns:
 
 
 class _Sequence:
-    """A `list<int64>` column as flat ids and per-row [start, start + length) ranges, each list cut
-    to its most recent `max_len` ids (lists are stored oldest first; nothing is padded)."""
+    """A `list<int64>` column as flat ids and per-row [start, start + length) ranges; a sequence's
+    lists cut to their most recent `max_len` ids (stored oldest first; nothing is padded), a
+    multi-value feature's kept whole."""
 
-    def __init__(self, table: pa.Table, f: SequenceFeature, where: str) -> None:
+    def __init__(self, table: pa.Table, f: SequenceFeature | CategoricalFeature, where: str) -> None:
         column = table.column(f.name).combine_chunks()
         full = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)  # (N,)
         ends = np.cumsum(full)
         self.values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        self.lengths = np.minimum(full, f.max_len).astype(np.int32)  # (N,)
+        keep = f.max_len if isinstance(f, SequenceFeature) else None
+        self.lengths = (full if keep is None else np.minimum(full, keep)).astype(np.int32)  # (N,)
         self.starts = ends - self.lengths  # the last max_len ids of each row
         if len(self.values) and (self.values.min() < 0 or self.values.max() >= f.num_embeddings):
             bad = self.values[(self.values < 0) | (self.values >= f.num_embeddings)][0]
             raise ValueError(
-                f"{where}: sequence column {f.name!r} holds id {bad}, expected ids in "
+                f"{where}: list column {f.name!r} holds id {bad}, expected ids in "
                 f"[0, {f.num_embeddings}) from schema.json"
             )
 
@@ -310,6 +318,20 @@ def _nulls(column: pa.ChunkedArray) -> int:
     return nulls
 
 
+def _check_funnel(schema: Schema, table: pa.Table, where: str, first: int = 0) -> None:
+    """Raises naming the first row whose conversion (task cvr) label is 1 without a click (task ctr)."""
+    columns = {lab.task: lab.name for lab in schema.labels}
+    if "ctr" not in columns or "cvr" not in columns or not table.num_rows:
+        return
+    click, conversion = _np(table, columns["ctr"]), _np(table, columns["cvr"])
+    bad = np.flatnonzero((conversion == 1) & (click == 0))
+    if bad.size:
+        raise ValueError(
+            f"{where}, row {first + int(bad[0])}: {columns['cvr']!r} is 1 but {columns['ctr']!r} is 0; "
+            "expected a conversion only after a click"
+        )
+
+
 def table_batches(table: pa.Table, schema: Schema, batch_size: int, labels: bool = True) -> Iterator[Batch]:
     """An in-memory arrow table (with the schema's columns) as `Batch`es in row order."""
     if batch_size < 1:
@@ -319,6 +341,8 @@ def table_batches(table: pa.Table, schema: Schema, batch_size: int, labels: bool
         nulls = _nulls(table.column(name))
         if nulls:
             raise ValueError(f"table: column {name!r} has {nulls} nulls; expected none")
+    if labels:
+        _check_funnel(schema, table, "table")
     cols = _Columns(schema, table, "table", labels)
     for s in range(0, table.num_rows, batch_size):
         yield cols.batch(slice(s, min(s + batch_size, table.num_rows)))

@@ -47,18 +47,22 @@ class DenseFeature:
 
 @dataclass(frozen=True)
 class CategoricalFeature:
-    """An int64 column of ids in [0, num_embeddings); one id per row.
+    """An int64 column of ids in [0, num_embeddings); one id per row. With `multi`, a `list<int64>`
+    column of any number of ids per row (a multi-value field such as Ali-CCP's 109_14), embedded as
+    the mean of its ids' vectors (zero for an empty list): still one field vector per row.
 
     Args:
         name: the parquet column and the KeyedJaggedTensor key.
         num_embeddings: rows of the table (ids must be below it).
         table: the embedding table's name; features naming the same table share it. Defaults to
             the feature name.
+        multi: a list of ids per row, mean-pooled.
     """
 
     name: str
     num_embeddings: int
     table: str = ""
+    multi: bool = False
 
     def __post_init__(self) -> None:
         _check_name("categorical feature", self.name)
@@ -146,6 +150,9 @@ class Schema:
             raise ValueError(f"schema: column names {dupes} appear more than once")
         if self.group:
             _check_name("group", self.group)
+        shared = sorted({f.table for f in self.categorical if f.multi} & {f.table for f in self.sequences})
+        if shared:
+            raise ValueError(f"tables {shared}: a multi-value feature cannot share its table with a sequence")
         tasks = [lab.task for lab in self.labels]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"schema: tasks {tasks} must be distinct")
@@ -162,18 +169,27 @@ class Schema:
         return tuple(lab.task for lab in self.labels)
 
     def _sparse(self) -> tuple[CategoricalFeature | SequenceFeature, ...]:
-        return (*self.categorical, *self.sequences)
+        return (*self.single, *self.multi, *self.sequences)
+
+    @property
+    def single(self) -> tuple[CategoricalFeature, ...]:
+        return tuple(f for f in self.categorical if not f.multi)
+
+    @property
+    def multi(self) -> tuple[CategoricalFeature, ...]:
+        return tuple(f for f in self.categorical if f.multi)
 
     @property
     def sparse_keys(self) -> tuple[str, ...]:
-        """Keys of the batch's KeyedJaggedTensor: categorical features, then sequences."""
+        """Keys of the batch's KeyedJaggedTensor: single-id categorical features, multi-value ones,
+        then sequences."""
         return tuple(f.name for f in self._sparse())
 
     def columns(self) -> list[tuple[str, pa.DataType]]:
         """(name, arrow type) of every column the schema describes."""
         return (
             [(f.name, _ARROW_TYPES["dense"]) for f in self.dense]
-            + [(f.name, _ARROW_TYPES["categorical"]) for f in self.categorical]
+            + [(f.name, _ARROW_TYPES["sequence" if f.multi else "categorical"]) for f in self.categorical]
             + [(f.name, _ARROW_TYPES["sequence"]) for f in self.sequences]
             + [(lab.name, _ARROW_TYPES["label"]) for lab in self.labels]
             + ([(self.group, pa.int64())] if self.group and not self.group_is_feature else [])
@@ -198,7 +214,8 @@ class Schema:
         return out
 
     def table_configs(self, embedding_dim: int) -> list[EmbeddingBagConfig]:
-        """TorchRec configs of the tables, one per distinct `table`, sum-pooled over its features.
+        """TorchRec configs of the tables, one per distinct `table`: mean-pooled where a multi-value
+        feature uses it, else sum-pooled (the same for one id per bag).
 
         A sequence feature's table is listed with the sequence among its features; the embedding
         arch decides how sequence ids are looked up (pooled per id, see `rankers.embedding`).
@@ -207,13 +224,14 @@ class Schema:
 
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim {embedding_dim} must be >= 1")
+        mean_tables = {f.table for f in self.multi}
         return [
             EmbeddingBagConfig(
                 name=name,
                 num_embeddings=n,
                 embedding_dim=embedding_dim,
                 feature_names=list(names),
-                pooling=PoolingType.SUM,
+                pooling=PoolingType.MEAN if name in mean_tables else PoolingType.SUM,
             )
             for name, (n, names) in self.tables().items()
         ]

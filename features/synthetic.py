@@ -12,9 +12,25 @@ tail, so most of the signal sits on values frequent enough to be learned. Labels
 Bernoulli(sigmoid(z)) and every row carries its true probability `teacher_p`, so the teacher's AUC
 and LogLoss on any split are the best any model can reach there.
 
+With `funnel=True` the rows are impressions of a funnel (impression -> click -> conversion): the
+click is drawn as above and a conversion ~ Bernoulli(sigmoid(z_cvr)) only where the click is 1, so a
+conversion implies a click. The CVR teacher's logit is its own function of the same features,
+
+    z_cvr = b' + sum_(f not in K) [s w_f[c_f] + sqrt(1 - s^2) v_f[c_f]] - k sum_(f in K) w_f[c_f]
+            + sum_j a'_j t(x_j)
+
+with s = `cvr_shared`, independent per-value effects v drawn as w is (same per-field std and tail
+shrinkage, so the mixed term keeps w's variance and s is its correlation with w), a dense weight
+vector a' of its own, and no interaction terms. K are the N_CLICKBAIT fields whose effects move the
+CTR logit most, entering with weight -k (k = `cvr_clickbait`): values that draw clicks there lower
+the chance of a conversion. So the clicked impressions are a biased sample of all impressions (the
+sample selection bias of ESMM, Ma et al. 2018): their mean pCVR differs from all impressions', and a
+CVR model fit on clicked rows alone is biased on the others. Every impression carries both true
+probabilities, `teacher_p` (pCTR) and `teacher_p_cvr` (pCVR); pCTR * pCVR is its pCTCVR.
+
 Rows are generated in chunks seeded by (seed, chunk index), so the same seed gives the same rows
 whatever the consumer does, and memory stays bounded but for the teacher's metrics, which keep 5
-bytes a row (p as float32, the label as int8): 10M rows need about 50 MB.
+bytes a row (p as float32, the label as int8; 10 with the funnel): 10M rows need about 50 MB (100).
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +64,9 @@ DENSE_MISSING = (0.45, 0.0, 0.21, 0.22, 0.03, 0.22, 0.04, 0.0, 0.04, 0.45, 0.04,
 CAT_MISSING = (0, 0, 0.03, 0.03, 0, 0.12, 0, 0, 0, 0, 0, 0.03, 0, 0, 0, 0.03, 0, 0, 0.44, 0.44,
                0.03, 0.76, 0, 0.03, 0.44, 0.44)  # fmt: skip
 CHUNK_ROWS = 262_144
+# Fields of the CVR teacher on which values that raise pCTR lower pCVR (the funnel's clickbait).
+N_CLICKBAIT = 4
+PROBE_ROWS = 100_000  # rows on which the teachers' biases are fit; fixed so they do not depend on `rows`
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,10 @@ class SyntheticConfig:
     min_count: int = 1  # values seen fewer times in the train split map to the shared rare id 1
     target_ctr: float = 0.22  # the bias is set so the mean probability is about this
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/valid/test by row order (rows are iid)
+    funnel: bool = False  # impressions -> clicks -> conversions, labels `click` (ctr), `conversion` (cvr)
+    target_cvr: float = 0.08  # funnel: the CVR bias is set so the mean pCVR among clicks is about this
+    cvr_shared: float = 0.5  # funnel: correlation of the CVR field effects with the CTR ones, in [0, 1]
+    cvr_clickbait: float = 1.0  # funnel: weight of -(CTR field effects) on the N_CLICKBAIT fields
 
     def __post_init__(self) -> None:
         if self.rows < 1:
@@ -76,6 +100,12 @@ class SyntheticConfig:
             raise ValueError(f"min_count {self.min_count} must be >= 1")
         if not 0 < self.target_ctr < 1:
             raise ValueError(f"target_ctr {self.target_ctr} must be in (0, 1)")
+        if not 0 < self.target_cvr < 1:
+            raise ValueError(f"target_cvr {self.target_cvr} must be in (0, 1)")
+        if not 0 <= self.cvr_shared <= 1:
+            raise ValueError(f"cvr_shared {self.cvr_shared} must be in [0, 1]")
+        if not 0 <= self.cvr_clickbait < float("inf"):
+            raise ValueError(f"cvr_clickbait {self.cvr_clickbait} must be finite and >= 0")
 
     @property
     def cardinalities(self) -> tuple[int, ...]:
@@ -83,7 +113,8 @@ class SyntheticConfig:
 
 
 class Teacher:
-    """The ground-truth model: draws rows and their true click probabilities."""
+    """The ground-truth model: draws rows and their true click (and, for a funnel, conversion)
+    probabilities."""
 
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
@@ -111,14 +142,30 @@ class Teacher:
         self.h, self.h_field = 0.3, int(rng.integers(N_CAT))
         self.wh = rng.normal(0, 1.0, card[self.h_field] + 1)
         self.bias = 0.0
-        probe = self.draw(100_000, chunk=-1)[2]  # fixed size: the bias must not depend on `rows`
-        # Bisection on the bias so the mean probability matches target_ctr.
-        lo, hi = -10.0, 10.0
-        for _ in range(50):
-            self.bias = (lo + hi) / 2
-            lo, hi = (
-                (self.bias, hi) if _sigmoid(probe + self.bias).mean() < config.target_ctr else (lo, self.bias)
-            )
+        x, c, z = self.draw(PROBE_ROWS, chunk=-1)  # fixed size: the bias must not depend on `rows`
+        self.bias = _fit_bias(z, config.target_ctr)
+        if config.funnel:
+            self._init_cvr(x, c, _sigmoid(z + self.bias), [scale[f] * tail[f] for f in range(N_CAT)])
+
+    def _init_cvr(self, x: np.ndarray, c: np.ndarray, p: np.ndarray, std: list[np.ndarray]) -> None:
+        """Draws the CVR teacher from its own stream, so the CTR teacher and rows stay those of
+        `funnel=False`, and fits its bias on the probe rows (counts x, ranks c, pCTR p); `std` holds
+        the per-value std of w, which the own effects v share."""
+        config = self.config
+        rng = np.random.default_rng([config.seed, 4])
+        spread = [self.w[f][c[f]].var() for f in range(N_CAT)]
+        self.clickbait = tuple(sorted(int(f) for f in np.argsort(spread)[-N_CLICKBAIT:]))
+        own = np.sqrt(1 - config.cvr_shared**2)
+        self.w_cvr = [
+            -config.cvr_clickbait * self.w[f]
+            if f in self.clickbait
+            else config.cvr_shared * self.w[f] + own * rng.normal(0, 1, len(std[f])) * std[f]
+            for f in range(N_CAT)
+        ]
+        self.a_cvr = rng.normal(0, 0.3, N_DENSE)
+        self.bias_cvr = 0.0
+        # The mean pCVR among clicks is E[pCTR pCVR] / E[pCTR]: a pCTR-weighted mean.
+        self.bias_cvr = _fit_bias(self.cvr_logit(x, c), config.target_cvr, weight=p)
 
     def draw(self, n: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """n rows of chunk `chunk`: counts (n, 13) float64 with NaN for missing, categorical ranks
@@ -130,7 +177,7 @@ class Teacher:
         for f in range(N_CAT):
             c[f] = np.searchsorted(self.cdfs[f], rng.random(n), side="right") + 1
             c[f][rng.random(n) < CAT_MISSING[f]] = 0
-        t = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x)))
+        t = _transform(x)
         z = self.bias + (t - self.mu) @ self.a
         for f in range(N_CAT):
             z += self.w[f][c[f]]
@@ -138,6 +185,15 @@ class Teacher:
             z += np.einsum("nk,nk->n", self.u[f][c[f]], self.u[g][c[g]])
         z += self.h * (t[:, 0] - self.mu[0]) * self.wh[c[self.h_field]] / 2
         return x, c, z
+
+    def cvr_logit(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The CVR teacher's logits (n,) of counts x (n, 13) and ranks c (26, n), as `draw` gives."""
+        if not self.config.funnel:
+            raise ValueError("cvr_logit: the teacher has no CVR part (config.funnel is False)")
+        z = self.bias_cvr + (_transform(x) - self.mu) @ self.a_cvr
+        for f in range(N_CAT):
+            z += self.w_cvr[f][c[f]]
+        return z
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Yields (first row, counts, ranks, true probabilities, labels) chunk by chunk."""
@@ -148,18 +204,51 @@ class Teacher:
             y = (np.random.default_rng([self.config.seed, 2, i]).random(n) < p).astype(np.int8)
             yield start, x, c, p, y
 
+    def funnel_chunks(
+        self,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yields (first row, counts, ranks, pCTR, clicks, pCVR, conversions) chunk by chunk; rows,
+        pCTR and clicks are those of `chunks`. Every impression draws a uniform (so the draws do not
+        depend on the clicks), kept as a conversion only where it clicked."""
+        for i, (start, x, c, p, y) in enumerate(self.chunks()):
+            q = _sigmoid(self.cvr_logit(x, c))
+            v = ((np.random.default_rng([self.config.seed, 5, i]).random(len(y)) < q) & (y == 1)).astype(
+                np.int8
+            )
+            yield start, x, c, p, y, q, v
+
+
+def _fit_bias(z: np.ndarray, target: float, weight: np.ndarray | None = None) -> float:
+    """The bias b (bisection on [-10, 10]) with mean sigmoid(z + b) = target, weighted by `weight`
+    where given (the plain mean otherwise, so the CTR bias is bit for bit what it always was)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(50):
+        b = (lo + hi) / 2
+        p = _sigmoid(z + b)
+        mean = p.mean() if weight is None else np.average(p, weights=weight)
+        lo, hi = (b, hi) if mean < target else (lo, b)
+    return b
+
+
+def _transform(x: np.ndarray) -> np.ndarray:
+    """Counts -> sign(x) log1p(|x|), 0 where missing."""
+    return np.nan_to_num(np.sign(x) * np.log1p(np.abs(x)))
+
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
 def synthetic_schema(config: SyntheticConfig) -> Schema:
+    """The features and labels: `label` (ctr), or for a funnel `click` (ctr) and `conversion` (cvr);
+    a model that needs ctcvr derives it from these two."""
+    labels = (Label("click", task="ctr"), Label("conversion", task="cvr")) if config.funnel else None
     return Schema(
         dense=tuple(DenseFeature(f"I{j + 1}") for j in range(N_DENSE)),
         categorical=tuple(
             CategoricalFeature(f"C{f + 1}", num_embeddings=v + 2) for f, v in enumerate(config.cardinalities)
         ),
-        labels=(Label("label", task="ctr"),),
+        labels=labels or (Label("label", task="ctr"),),
     )
 
 
@@ -184,27 +273,29 @@ def write_synthetic(
     Ids follow the Criteo converter's convention: 0 missing, 1 rare (values seen fewer than
     `min_count` times in the train split; values never seen there too), 2.. values by frequency
     rank. Dense columns hold sign(x) log1p(|x|), 0 for missing. Besides the schema's columns
-    each row holds `teacher_p`, its true probability; dataset.json records the teacher's
-    AUC and LogLoss per split.
+    each row holds `teacher_p`, its true (click) probability, and for a funnel `teacher_p_cvr`, its
+    true conversion probability given a click (float64, as the teacher computes them; they are no
+    features). dataset.json records the teacher's AUC, LogLoss and click rate per split; for a funnel
+    also, under `tasks`, its AUC and LogLoss for ctr (all rows), cvr (clicked rows, pCVR against
+    conversion) and ctcvr (all rows, pCTR * pCVR against conversion), and under `rates` the click and
+    conversion rates and the mean pCVR over clicked and over all rows (their gap is the selection bias).
     """
     teacher = Teacher(config)
     splits = _split_of_rows(config)
     kept = _frequent_values(teacher, splits[0][2])  # as the converter: unseen in train -> rare id
-    # The teacher's metrics need every row's p and y: 5 bytes a row (float32, int8).
-    per_split: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {s: [] for s, *_ in splits}
+    per_split: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s, *_ in splits}
     t0 = time.perf_counter()
     with (
         DatasetWriter(out, synthetic_schema(config), overwrite=overwrite) as writer,
         tqdm(total=config.rows, unit="rows", unit_scale=True, desc="synthetic", disable=not progress) as bar,
     ):
-        for start, x, c, p, y in teacher.chunks():
-            table = _chunk_table(x, c, p, y, kept)
+        for start, table, scored in _chunk_tables(teacher, kept):
             for name, lo, hi in splits:
-                a, b = max(lo, start) - start, min(hi, start + len(y)) - start
+                a, b = max(lo, start) - start, min(hi, start + table.num_rows) - start
                 if a < b:
                     writer.write(name, table.slice(a, b - a))
-                    per_split[name].append((p[a:b].astype(np.float32), y[a:b]))
-            bar.update(len(y))
+                    per_split[name].append({k: v[a:b] for k, v in scored.items()})
+            bar.update(table.num_rows)
         info = {
             "converter": "synthetic",
             "config": asdict(config),
@@ -214,31 +305,70 @@ def write_synthetic(
         return writer.commit(info)
 
 
+def _chunk_tables(
+    teacher: Teacher, kept: list[np.ndarray]
+) -> Iterator[tuple[int, pa.Table, dict[str, np.ndarray]]]:
+    """Yields (first row, the chunk's columns, what the teacher's metrics keep of it). The metrics
+    keep p and y, and for a funnel q (pCVR) and v (conversions), probabilities as float32: 5 bytes a
+    row, 10 for a funnel."""
+    if not teacher.config.funnel:
+        for start, x, c, p, y in teacher.chunks():
+            table = _chunk_table(x, c, kept, {"label": y}, {"teacher_p": p})
+            yield start, table, {"p": p.astype(np.float32), "y": y}
+        return
+    for start, x, c, p, y, q, v in teacher.funnel_chunks():
+        table = _chunk_table(x, c, kept, {"click": y, "conversion": v}, {"teacher_p": p, "teacher_p_cvr": q})
+        yield start, table, {"p": p.astype(np.float32), "y": y, "q": q.astype(np.float32), "v": v}
+
+
 def _chunk_table(
-    x: np.ndarray, c: np.ndarray, p: np.ndarray, y: np.ndarray, kept: list[np.ndarray]
+    x: np.ndarray,
+    c: np.ndarray,
+    kept: list[np.ndarray],
+    labels: dict[str, np.ndarray],
+    probs: dict[str, np.ndarray],
 ) -> pa.Table:
-    """One chunk of teacher rows as the dataset's columns plus `teacher_p`."""
-    cols = {"label": pa.array(y)}
-    t = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
+    """One chunk of teacher rows as the dataset's columns: labels, features, then the true
+    probabilities."""
+    cols = {name: pa.array(y) for name, y in labels.items()}
+    t = _transform(x).astype(np.float32)
     cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
     for f in range(N_CAT):
         # rank r -> id r + 1 (id 1 is the rare id); missing (rank 0) -> id 0
         cols[f"C{f + 1}"] = pa.array(np.where(c[f] == 0, 0, np.where(kept[f][c[f]], c[f] + 1, 1)))
-    cols["teacher_p"] = pa.array(p)
+    cols |= {name: pa.array(p) for name, p in probs.items()}
     return pa.table(cols)
 
 
-def _metrics(parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int | None]:
+def _scores(p: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
+    """AUC (None with one class) and LogLoss (None without rows) of probabilities p for labels y."""
     from sklearn.metrics import log_loss, roc_auc_score
 
-    p = np.concatenate([a for a, _ in parts]).astype(np.float64)
-    y = np.concatenate([b for _, b in parts])
     return {
         "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
-        "logloss": float(log_loss(y, p, labels=[0, 1])),
+        "logloss": float(log_loss(y, p, labels=[0, 1])) if len(y) else None,
         "rows": len(y),
-        "ctr": float(y.mean()),
     }
+
+
+def _metrics(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The teacher's figures on one split from the kept arrays of its chunks (see `_chunk_tables`)."""
+    cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+    p, y = cols["p"].astype(np.float64), cols["y"]
+    out: dict[str, Any] = _scores(p, y) | {"ctr": float(y.mean())}
+    if "q" not in cols:
+        return out
+    q, v = cols["q"].astype(np.float64), cols["v"]
+    clicked = y == 1
+    out["tasks"] = {"ctr": _scores(p, y), "cvr": _scores(q[clicked], v[clicked]), "ctcvr": _scores(p * q, v)}
+    out["rates"] = {
+        "click": float(y.mean()),
+        "conversion_per_click": float(v[clicked].mean()) if clicked.any() else None,
+        "conversion": float(v.mean()),
+        "mean_pcvr_clicked": float(q[clicked].mean()) if clicked.any() else None,
+        "mean_pcvr_all": float(q.mean()),
+    }
+    return out
 
 
 def _frequent_values(teacher: Teacher, n_train: int) -> list[np.ndarray]:
@@ -270,7 +400,10 @@ def write_synthetic_tsv(
 ) -> Path:
     """Writes the same rows as Criteo Kaggle TSV (label, I1..I13, C1..C26; blank when missing),
     categorical values as 8-digit hex hashes, for converter tests and benchmarks. The true
-    probabilities go to `<path>.teacher_p.npy` in row order."""
+    probabilities go to `<path>.teacher_p.npy` in row order. The Criteo format has one label, so a
+    funnel config raises ValueError."""
+    if config.funnel:
+        raise ValueError("write_synthetic_tsv: funnel=True has two labels; the Criteo TSV format holds one")
     teacher = Teacher(config)
     path = Path(path)
     probs = np.lib.format.open_memmap(

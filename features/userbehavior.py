@@ -24,9 +24,10 @@ Choices:
   (same-second behaviours are not each other's history), oldest first, the `max_len` most recent.
   Negatives come from `numpy.random.default_rng([seed, raw user id])`, so a user's negatives depend
   only on the seed, the user's rows and the catalogue.
-- `buy` (task ctcvr): 1 on a positive whose user buys that item at the behaviour's second or later
-  within the same split (a buy behaviour is its own conversion; a train example never learns of a
-  purchase made on a valid or test day), else 0; always 0 on negatives.
+- `conversion` (task cvr): 1 on a positive whose user buys that item at the behaviour's second or
+  later within the same split (a buy behaviour is its own conversion; a train example never learns
+  of a purchase made on a valid or test day), else 0; always 0 on negatives, so a conversion implies
+  a click, as the ESMM model needs (it computes ctcvr = ctr * cvr itself; no ctcvr column).
 - Split by the positive's day: the last `test_days` days holding kept rows are test, the
   `valid_days` before them valid, earlier days train.
 
@@ -141,7 +142,7 @@ def convert_userbehavior(
     """Converts UserBehavior rows into a dataset of examples with histories (see the module doc).
 
     Columns: user_id, item_id, cate_id (categorical), hist_item_id (table item_id), hist_cate_id
-    (table cate_id), click (task ctr), buy (task ctcvr); the schema's group is user_id.
+    (table cate_id), click (task ctr), conversion (task cvr); the schema's group is user_id.
 
     Args:
         inputs: one file or several, read in order as one sequence of rows.
@@ -376,7 +377,7 @@ def _examples(
         "hist_item_id": history_lists(item, lo[rep], hi[ex][rep]),
         "hist_cate_id": history_lists(cate, lo[rep], hi[ex][rep]),
         "click": np.tile(np.r_[1, np.zeros(k)].astype(np.int8), len(ex)),
-        "buy": np.column_stack([bought, np.zeros((len(ex), k), dtype=np.int8)]).ravel(),
+        "conversion": np.column_stack([bought, np.zeros((len(ex), k), dtype=np.int8)]).ravel(),
     }
     split = days[ex][rep]
     return pa.Table.from_arrays([cols[c] for c in arrow.names], schema=arrow), split
@@ -427,7 +428,7 @@ def _schema(cat: _Catalogue, max_len: int) -> Schema:
             SequenceFeature("hist_item_id", items, max_len, table="item_id"),
             SequenceFeature("hist_cate_id", cates, max_len, table="cate_id"),
         ),
-        labels=(Label("click", task="ctr"), Label("buy", task="ctcvr")),
+        labels=(Label("click", task="ctr"), Label("conversion", task="cvr")),
         group="user_id",
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -20,6 +21,18 @@ def _is_tuple(tp: Any) -> bool:
 
 
 def _parser_for(tp: Any, name: str) -> Any:
+    if any(typing.get_origin(a) is dict for a in typing.get_args(tp)):  # a config of fields: JSON
+
+        def parse_json(text: str) -> dict[str, Any]:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise argparse.ArgumentTypeError(f"--{name}: {text!r} is not JSON ({e})") from None
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"--{name}: {text!r}: expected a JSON object of fields")
+            return value
+
+        return parse_json
     if _is_tuple(tp):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         item = args[0] if args else str
@@ -50,7 +63,8 @@ def add_dataclass_flags(
         if f.name in skip:
             continue
         tp = hints[f.name]
-        if isinstance(tp, types.UnionType):
+        as_json = any(typing.get_origin(a) is dict for a in typing.get_args(tp))  # fields of a config
+        if isinstance(tp, types.UnionType) and not as_json:
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -59,6 +73,9 @@ def add_dataclass_flags(
             group.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
+        elif as_json:
+            help_text += " (a JSON object of its fields)"
+            group.add_argument(flag, dest=f.name, type=_parser_for(tp, f.name), default=None, help=help_text)
         elif tp in (int, float, str) or _is_tuple(tp):
             group.add_argument(flag, dest=f.name, type=_parser_for(tp, f.name), default=None, help=help_text)
 

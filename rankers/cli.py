@@ -4,6 +4,8 @@ rankers convert criteo train.txt --out data/criteo --min-count 10
 rankers convert synthetic --out data/synth --rows 1000000
 rankers convert taobao-ad data/alimama_raw/ --out data/taobao_ad
 rankers convert userbehavior UserBehavior.csv --out data/userbehavior --negatives 1
+rankers convert aliexpress NL/train.csv --test NL/test.csv --out data/aliexpress_nl
+rankers convert aliccp train.csv --valid val.csv --test test.csv --out data/aliccp
 rankers train --data data/criteo --out runs/mlp --backbone mlp --hidden-units 256,128
 rankers train --data data/criteo --out runs/finalmlp --backbone finalmlp_criteo_x1 --epochs 3
 rankers evaluate --checkpoint runs/mlp [--data data/criteo/test]
@@ -53,6 +55,25 @@ def _convert_userbehavior(args: argparse.Namespace) -> None:
 
     config = dataclass_from_args(UserBehaviorConfig, args)
     _print_dataset(convert_userbehavior(args.inputs, args.out, config, args.overwrite, progress=True))
+
+
+def _convert_aliexpress(args: argparse.Namespace) -> None:
+    from features.aliexpress import AliExpressConfig, convert_aliexpress
+
+    config = dataclass_from_args(AliExpressConfig, args)
+    out = convert_aliexpress(
+        args.inputs, args.out, config, args.overwrite, True, args.vocabulary_from, args.test or ()
+    )
+    _print_dataset(out)
+
+
+def _convert_aliccp(args: argparse.Namespace) -> None:
+    from features.aliccp import AliCCPConfig, convert_aliccp
+
+    config = dataclass_from_args(AliCCPConfig, args)
+    _print_dataset(
+        convert_aliccp(args.input, args.out, config, args.overwrite, True, valid=args.valid, test=args.test)
+    )
 
 
 def _convert_synthetic(args: argparse.Namespace) -> None:
@@ -158,6 +179,8 @@ def results_table(result: dict[str, Any], model: str, splits: tuple[str, ...] = 
                 }
             )
             teacher = result.get("teacher", {}).get(split)
+            if teacher and "tasks" in teacher:  # a funnel: the teacher's figures per task
+                teacher = teacher["tasks"].get(task)
             if teacher:
                 rows.append(
                     {
@@ -221,6 +244,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from features.aliccp import AliCCPConfig
+    from features.aliexpress import AliExpressConfig
     from features.criteo import CriteoConfig
     from features.synthetic import SyntheticConfig
     from features.taobao import TaobaoAdConfig
@@ -255,6 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     add_dataclass_flags(p, UserBehaviorConfig)
     p.set_defaults(func=_convert_userbehavior)
+
+    p = convert.add_parser("aliexpress", help="AliExpress click/conversion CSV -> parquet")
+    p.add_argument("inputs", nargs="*", help="train CSV files (train + valid_fraction valid)")
+    p.add_argument("--test", nargs="+", help="CSV files of the test split (mapped with the train vocabulary)")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--vocabulary-from", help="map with this dataset's vocabularies (inputs may be omitted)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_dataclass_flags(p, AliExpressConfig)
+    p.set_defaults(func=_convert_aliexpress)
+
+    p = convert.add_parser("aliccp", help="Ali-CCP (label-encoded CSV or the raw release) -> parquet")
+    p.add_argument("input", help="encoded: the train CSV; raw: the directory of the release's files")
+    p.add_argument("--valid", help="encoded: CSV of the valid split (default: valid_fraction of train)")
+    p.add_argument("--test", help="encoded: CSV of the test split")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_dataclass_flags(p, AliCCPConfig)
+    p.set_defaults(func=_convert_aliccp)
 
     p = convert.add_parser("synthetic", help="teacher-generated Criteo-shaped data")
     p.add_argument("--out", required=True, help="dataset directory (or TSV file with --tsv)")

@@ -35,6 +35,35 @@ def binary_metrics(
     return out
 
 
+def task_metrics(
+    probs: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    prior: dict[str, float],
+    groups: np.ndarray | None = None,
+) -> dict[str, dict[str, float | int | None]]:
+    """`binary_metrics` per predicted task against its label, with the funnel's rules:
+
+    - cvr, when a click (ctr) label is present, over the clicked rows only: conversion rate is
+      defined after a click (the ESMM paper's CVR AUC);
+    - ctcvr, without a label of its own, against the conversion (cvr) label over every row: the
+      conversion label implies a click, so it is "click and conversion".
+    """
+    out = {}
+    for task, p in probs.items():
+        if task in labels:
+            y = labels[task]
+        elif task == "ctcvr" and "cvr" in labels:
+            y = labels["cvr"]
+        else:
+            continue
+        rows = labels["ctr"] == 1 if task == "cvr" and "ctr" in labels else np.ones(len(y), dtype=bool)
+        if not rows.any():
+            continue  # no clicked rows to measure CVR on
+        g = None if groups is None else groups[rows]
+        out[task] = binary_metrics(y[rows], p[rows], prior.get(task), g)
+    return out
+
+
 def group_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float | None:
     """gAUC: the per-group AUC averaged with each group's impression count as its weight (Zhou et
     al., DIN, KDD 2018, eq. 1), over the groups (users) that have both classes; None if none has.

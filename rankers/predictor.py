@@ -20,7 +20,7 @@ from features.reader import ParquetBatches, find_schema, table_batches
 from features.schema import Schema
 from rankers._quiet import quiet_torchrec
 from rankers.checkpoint import CheckpointDir
-from rankers.metrics import binary_metrics
+from rankers.metrics import task_metrics
 from rankers.ranker import Ranker, RankerConfig, build_ranker
 from rankers.train import predict
 
@@ -98,9 +98,7 @@ class Predictor:
         probs, labels, groups = predict(self.ranker, batches)
         if not labels:
             raise ValueError(f"{_describe(rows)}: no labeled rows to evaluate")
-        return {
-            t: binary_metrics(labels[t], probs[t], self.prior.get(t), groups) for t in labels if t in probs
-        }
+        return task_metrics(probs, labels, self.prior, groups)
 
     def iter_proba(self, rows: Rows, batch_size: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
         """Like `predict_proba`, one dict per batch, for inputs larger than memory."""

@@ -151,11 +151,13 @@ class Ranker(nn.Module):
     def loss(
         self, out: BackboneOutput, labels: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of BCE-with-logits over the tasks that have labels, plus the aux loss."""
+        """Weighted sum of BCE-with-logits over the tasks that have labels (each against the label
+        the backbone's `loss_labels` names, by default its own), plus the aux loss."""
+        against = self.backbone.loss_labels or {t: t for t in self.tasks}
         per_task = {  # in fp32 whatever precision the forward pass ran in
-            t: F.binary_cross_entropy_with_logits(out.logits[t].float(), labels[t])
-            for t in self.tasks
-            if t in labels
+            t: F.binary_cross_entropy_with_logits(out.logits[t].float(), labels[label])
+            for t, label in against.items()
+            if label in labels
         }
         if not per_task:
             raise ValueError(f"batch has labels {sorted(labels)}, none of the model's tasks {self.tasks}")

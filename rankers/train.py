@@ -28,7 +28,7 @@ from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
 from rankers import checkpoint
 from rankers.distributed import shard_ranker, single_process_group
-from rankers.metrics import binary_metrics
+from rankers.metrics import task_metrics
 from rankers.ranker import Ranker, RankerConfig, build_ranker
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,20 @@ class TrainConfig:
 
 
 def label_prior(path: Path, schema: Schema) -> dict[str, float]:
-    """Mean of each label column over a split: the constant-prior baseline's prediction."""
+    """Mean of each label column over a split: the constant-prior baseline's prediction. With click
+    (ctr) and conversion (cvr) labels, cvr's is the rate among clicks (where CVR is measured) and
+    ctcvr's the conversion rate over every row."""
     sums, rows = dict.fromkeys(schema.tasks, 0.0), 0
     for f in parquet_files(path):
         table = pq.read_table(f, columns=[lab.name for lab in schema.labels])
         rows += table.num_rows
         for lab in schema.labels:
             sums[lab.task] += float(np.asarray(table.column(lab.name)).sum())
-    return {t: s / rows for t, s in sums.items()}
+    prior = {t: s / rows for t, s in sums.items()}
+    if "ctr" in sums and "cvr" in sums:
+        prior["ctcvr"] = prior["cvr"]
+        prior["cvr"] = sums["cvr"] / sums["ctr"] if sums["ctr"] else 0.0
+    return prior
 
 
 @torch.no_grad()
@@ -123,7 +129,7 @@ def evaluate_batches(
 ) -> dict[str, dict[str, Any]]:
     """AUC, LogLoss and the prior's LogLoss per task, and gAUC when the schema names a user column."""
     probs, labels, groups = predict(model, batches, progress=progress, desc=desc)
-    return {t: binary_metrics(labels[t], probs[t], prior.get(t), groups) for t in labels if t in probs}
+    return task_metrics(probs, labels, prior, groups)
 
 
 def train_step(
@@ -268,17 +274,16 @@ def train(
         torch.set_num_threads(config.threads)
     data = Path(data)
     schema = find_schema(data / "train")
-    tasks = ranker_config.tasks or schema.tasks
-    monitor = config.monitor or tasks[0]
-    if monitor not in tasks:
-        raise ValueError(f"monitor task {monitor!r} is not among the tasks trained {tasks}")
     reader, evals = _readers(data, schema, config)
     prior = label_prior(reader.path, schema)
+    torch.manual_seed(config.seed)
+    ranker = build_ranker(schema, ranker_config, device=torch.device("meta"))
+    monitor = config.monitor or ranker.tasks[0]
+    if monitor not in ranker.tasks:
+        raise ValueError(f"monitor task {monitor!r} is not among the model's tasks {ranker.tasks}")
     ckpt = checkpoint.CheckpointDir.create(out, overwrite)
 
-    torch.manual_seed(config.seed)
     single_process_group()
-    ranker = build_ranker(schema, ranker_config, device=torch.device("meta"))
     model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr)
     ckpt.write_config(schema, ranker_config, config, data, prior)
     best = _BestWeights(ckpt, model, optimizer, config)

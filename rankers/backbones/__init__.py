@@ -13,6 +13,7 @@ from rankers.backbones.autoint import (
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset, Sequence
 from rankers.backbones.dien import DIEN, DIENConfig, dien_taobaoad_x1
 from rankers.backbones.din import DIN, DINConfig, din_taobaoad_x1
+from rankers.backbones.esmm import ESMM, ESMMConfig
 from rankers.backbones.finalmlp import FinalMLP, FinalMLPConfig, finalmlp_criteo_x1
 from rankers.backbones.mlp import MLP, MLPConfig
 
@@ -23,6 +24,7 @@ BACKBONES: dict[str, type[Backbone]] = {
     "finalmlp": FinalMLP,
     "din": DIN,
     "dien": DIEN,
+    "esmm": ESMM,
 }
 
 PRESETS: dict[str, Callable[[], Preset]] = {
@@ -49,6 +51,7 @@ __all__ = [
     "BACKBONES",
     "DIEN",
     "DIN",
+    "ESMM",
     "MLP",
     "PRESETS",
     "AutoInt",
@@ -59,6 +62,7 @@ __all__ = [
     "BackboneOutput",
     "DIENConfig",
     "DINConfig",
+    "ESMMConfig",
     "Embedded",
     "FinalMLP",
     "FinalMLPConfig",

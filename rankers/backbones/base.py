@@ -97,6 +97,9 @@ class Backbone(nn.Module):
     """
 
     config_class: ClassVar[type]
+    # Which label each task's loss is taken against, where that is not the task's own (ESMM: ctcvr
+    # against the conversion label, no loss on cvr); None: every task against its own label.
+    loss_labels: ClassVar[dict[str, str] | None] = None
     tasks: tuple[str, ...]
 
     def __init__(self, spec: InputSpec, config: Any, tasks: tuple[str, ...]) -> None:

@@ -292,7 +292,7 @@ def test_sequence_ids_out_of_range_and_nulls_inside_lists_are_named(
     table = _seq_table(20)
     bad = _replace_column(table, "hist", pa.array([[1, 7]] + [[]] * 19, pa.list_(pa.int64())))
     path = _dataset(tmp_path / "a", monkeypatch, table=bad, schema=SEQ_SCHEMA)
-    with pytest.raises(ValueError, match=r"sequence column 'hist' holds id 7, expected ids in \[0, 7\)"):
+    with pytest.raises(ValueError, match=r"list column 'hist' holds id 7, expected ids in \[0, 7\)"):
         list(ParquetBatches(path))
     bad = _replace_column(table, "hist", pa.array([[1, None]] + [[]] * 19, pa.list_(pa.int64())))
     path = _dataset(tmp_path / "b", monkeypatch, table=bad, schema=SEQ_SCHEMA)
@@ -437,3 +437,41 @@ def test_a_whole_dataset_is_refused_naming_a_split(train: Path) -> None:
         ParquetBatches(train.parent)
     with pytest.raises(ValueError, match="batch_size 0"):
         list(table_batches(_table(0, 4), SCHEMA, batch_size=0))
+
+
+def test_multi_value_features_keep_every_id_and_pool_into_one_field() -> None:
+    """A multi-value categorical column: all its ids per row (none cut), between the single-id keys
+    and the sequences in the KJT; the embedding arch mean-pools them into one field vector."""
+    from rankers.embedding import EmbeddingArch
+
+    schema = Schema(
+        categorical=(
+            CategoricalFeature("tags", 9, multi=True),
+            CategoricalFeature("item", 5),
+        ),
+        sequences=(SequenceFeature("hist", 5, 2, "item"),),
+        labels=(Label("y", "ctr"),),
+    )
+    assert schema.sparse_keys == ("item", "tags", "hist")
+    assert dict(schema.columns())["tags"] == pa.list_(pa.int64())
+    table = pa.table(
+        {
+            "tags": pa.array([[1, 2, 3, 4], [], [8]], pa.list_(pa.int64())),
+            "item": pa.array([1, 2, 3], pa.int64()),
+            "hist": pa.array([[1, 2, 3], [4], []], pa.list_(pa.int64())),
+            "y": pa.array([0, 1, 0], pa.int8()),
+        }
+    )
+    batch = next(table_batches(table, schema, batch_size=3))
+    jt = batch.sparse.to_dict()
+    assert jt["tags"].lengths().tolist() == [4, 0, 1] and jt["tags"].values().tolist() == [1, 2, 3, 4, 8]
+    assert jt["hist"].lengths().tolist() == [2, 1, 0]  # sequences are cut to max_len, tags are not
+    arch = EmbeddingArch(schema, 4)
+    out = arch(batch.dense, batch.sparse)
+    weight = arch.ebc.embedding_bags["tags"].weight
+    assert out.field_names == ("tags", "item")
+    torch.testing.assert_close(out.fields[0, 0], weight[[1, 2, 3, 4]].mean(0))
+    assert (out.fields[1, 0] == 0).all()
+    bad = table.set_column(0, "tags", pa.array([[1], [9], []], pa.list_(pa.int64())))
+    with pytest.raises(ValueError, match=r"list column 'tags' holds id 9, expected ids in \[0, 9\)"):
+        next(table_batches(bad, schema, batch_size=3))

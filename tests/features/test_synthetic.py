@@ -1,11 +1,14 @@
-"""Tests of the synthetic teacher data: seeding, calibration, missing rates, rare ids, the TSV form.
+"""Tests of the synthetic teacher data: seeding, calibration, missing rates, rare ids, the TSV form,
+and the funnel (impressions -> clicks -> conversions).
 
-Datasets have 20,000 rows (16,000 train, 2,000 valid, 2,000 test); tolerances are 5 standard
-errors of the statistic at that size, so a correct generator fails them with probability < 1e-6.
+Datasets have 20,000 rows (16,000 train, 2,000 valid, 2,000 test); the funnel's rates are checked on
+200,000 rows drawn from the teacher without writing them. Tolerances are 5 standard errors of the
+statistic at that size, so a correct generator fails them with probability < 1e-6.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -18,11 +21,12 @@ from sklearn.metrics import log_loss, roc_auc_score
 import features.synthetic
 from features.criteo import CriteoConfig, convert_criteo
 from features.dataset import dataset_info
-from features.schema import Schema
+from features.schema import Label, Schema
 from features.synthetic import (
     CAT_MISSING,
     DENSE_MISSING,
     N_CAT,
+    N_CLICKBAIT,
     N_DENSE,
     SyntheticConfig,
     Teacher,
@@ -201,3 +205,168 @@ def test_rows_of_n_are_a_prefix_of_rows_of_2n(
     # Ids of values unseen in a split's train rows depend on the train rows, so compare the rest.
     raw = ["label", "teacher_p", *(f"I{j}" for j in range(1, 14))]
     assert small.select(raw).equals(big.slice(0, n).select(raw))
+
+
+# sha256 of the funnel=False output of `_digest(SyntheticConfig(rows=3000, seed=5, max_vocab=1000,
+# min_count=2))` and of the TSV of SyntheticConfig(rows=500, seed=5), computed with the generator
+# as it was before the funnel was added: adding it must not change a byte. (A numpy release that
+# changed the Generator streams would change them too.)
+PRE_FUNNEL_PARQUET = "7ebbce364bab9dec5c5b5201acfc887f86288845979ff40d4134f1803795fb32"
+PRE_FUNNEL_TSV = "6e0da5fb26ddf3b4b75566f762d8052481c2117379302a0ef3170f6d50030407"
+FUNNEL_ROWS = 200_000
+
+
+def _digest(out: Path) -> str:
+    h = hashlib.sha256()
+    for s in SPLITS:
+        t = pq.read_table(out / s)
+        for name in t.column_names:
+            h.update(f"{s}/{name}/{t[name].type}".encode())
+            h.update(np.ascontiguousarray(t[name].to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+def test_without_funnel_the_output_is_unchanged(tmp_path: Path) -> None:
+    config = SyntheticConfig(rows=3000, seed=5, max_vocab=1000, min_count=2)
+    out = write_synthetic(tmp_path / "a", config, progress=False)
+    assert _digest(out) == PRE_FUNNEL_PARQUET
+    assert "tasks" not in dataset_info(out)["teacher"]["test"]
+    tsv = write_synthetic_tsv(tmp_path / "a.tsv", SyntheticConfig(rows=500, seed=5), progress=False)
+    assert hashlib.sha256(tsv.read_bytes()).hexdigest() == PRE_FUNNEL_TSV
+
+
+@pytest.fixture(scope="module")
+def funnel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write(tmp_path_factory.mktemp("funnel") / "seed0", funnel=True)
+
+
+@pytest.fixture(scope="module")
+def drawn() -> tuple[Teacher, tuple[np.ndarray, ...]]:
+    """FUNNEL_ROWS impressions straight from the teacher: (teacher, (ranks, pCTR, clicks, pCVR,
+    conversions))."""
+    teacher = Teacher(SyntheticConfig(rows=FUNNEL_ROWS, funnel=True))
+    chunks = list(teacher.funnel_chunks())
+    c = np.concatenate([ch[2] for ch in chunks], axis=1)
+    return teacher, (c, *(np.concatenate([ch[k] for ch in chunks]) for k in range(3, 7)))
+
+
+def test_funnel_columns_schema_and_clicks(funnel: Path, data: Path) -> None:
+    config = SyntheticConfig(rows=ROWS, funnel=True)
+    schema = synthetic_schema(config)
+    assert schema.labels == (Label("click", task="ctr"), Label("conversion", task="cvr"))
+    assert Schema.load(funnel) == schema
+    assert synthetic_schema(SyntheticConfig(rows=ROWS)).labels == (Label("label", task="ctr"),)
+    for s in SPLITS:
+        t = pq.read_table(funnel / s)
+        schema.check_arrow(t.schema, where="synthetic funnel")
+        assert "label" not in t.column_names
+        assert t.schema.field("teacher_p").type == t.schema.field("teacher_p_cvr").type == pa.float64()
+        q = t["teacher_p_cvr"].to_numpy()
+        assert ((q > 0) & (q < 1)).all()
+        # The funnel's impressions and clicks are the rows and labels of funnel=False.
+        plain = pq.read_table(data / s)
+        assert t["click"].equals(plain["label"])
+        assert t.drop_columns(["click", "conversion", "teacher_p_cvr"]).equals(plain.drop_columns(["label"]))
+
+
+def test_conversion_implies_click(funnel: Path) -> None:
+    t = _all(funnel)
+    y, v = t["click"].to_numpy(), t["conversion"].to_numpy()
+    assert set(np.unique(v).tolist()) == {0, 1}
+    assert not ((v == 1) & (y == 0)).any()
+
+
+def test_funnel_rates_match_the_teacher(drawn: tuple[Teacher, tuple[np.ndarray, ...]]) -> None:
+    _, (_, p, y, q, v) = drawn
+    clicked = y == 1
+    assert not (v[~clicked]).any()
+    # Given the probabilities, counts are Poisson-binomial: variance sum p(1 - p).
+    assert abs(y.sum() - p.sum()) < 5 * math.sqrt((p * (1 - p)).sum()), (y.mean(), p.mean())
+    qc = q[clicked]
+    assert abs(v.sum() - qc.sum()) < 5 * math.sqrt((qc * (1 - qc)).sum()), (v[clicked].mean(), qc.mean())
+    # The CVR bias is fit on the 100,000-row probe so that the pCTR-weighted mean pCVR (the mean
+    # among clicks) is target_cvr; the probe's effective size is n (mean p)^2 / mean(p^2).
+    probe_n = 100_000 * p.mean() ** 2 / (p**2).mean()
+    se = qc.std() * math.sqrt(1 / clicked.sum() + 1 / probe_n)
+    assert abs(qc.mean() - 0.08) < 5 * se, (qc.mean(), se)
+
+
+def test_cvr_depends_on_the_features_otherwise_than_ctr(
+    drawn: tuple[Teacher, tuple[np.ndarray, ...]],
+) -> None:
+    teacher, (c, p, y, q, _) = drawn
+    assert abs(np.corrcoef(p, q)[0, 1]) < 0.5
+    assert q.std() > 0.03  # pCVR varies: a near-constant one would make the checks here vacuous
+    # Selection bias: were the clicked rows a random sample, their mean pCVR would differ from all
+    # rows' by sampling noise alone, of variance var(q) (1 / n_clicked - 1 / n).
+    clicked = y == 1
+    gap = q[clicked].mean() - q.mean()
+    assert abs(gap) > 5 * math.sqrt(q.var() * (1 / clicked.sum() - 1 / len(q))), gap
+    # On the clickbait fields the values that raise pCTR lower pCVR: rows in the top quarter of
+    # those fields' CTR effects have a higher mean pCTR and a lower mean pCVR than the bottom quarter.
+    assert len(teacher.clickbait) == N_CLICKBAIT
+    bait = sum(teacher.w[f][c[f]] for f in teacher.clickbait)
+    lo, hi = bait <= np.quantile(bait, 0.25), bait >= np.quantile(bait, 0.75)
+    for r, sign in ((p, 1), (q, -1)):
+        diff = r[hi].mean() - r[lo].mean()
+        se = math.sqrt(r[hi].var() / hi.sum() + r[lo].var() / lo.sum())
+        assert sign * diff > 5 * se, (sign, diff, se)
+
+
+def test_funnel_same_seed_same_rows_other_seed_other_rows(funnel: Path, tmp_path: Path) -> None:
+    again = _write(tmp_path / "again", funnel=True)
+    assert _digest(again) == _digest(funnel)
+    other = _write(tmp_path / "other", funnel=True, seed=1)
+    a, b = pq.read_table(funnel / "train"), pq.read_table(other / "train")
+    for col in ("teacher_p_cvr", "conversion", "C1"):
+        assert not np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
+
+
+def test_funnel_rows_of_n_are_a_prefix_of_rows_of_2n(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features.synthetic, "CHUNK_ROWS", 1_000)
+    short = list(Teacher(SyntheticConfig(rows=3_000, funnel=True)).funnel_chunks())
+    long = list(Teacher(SyntheticConfig(rows=6_000, funnel=True)).funnel_chunks())
+    assert len(short) == 3 and len(long) == 6
+    for a, b in zip(short, long, strict=False):
+        for u, v in zip(a[1:], b[1:], strict=True):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_recorded_funnel_metrics_match_the_stored_columns(funnel: Path) -> None:
+    teacher = dataset_info(funnel)["teacher"]
+    for s in SPLITS:
+        t = pq.read_table(funnel / s)
+        p, y = t["teacher_p"].to_numpy(), t["click"].to_numpy()
+        q, v = t["teacher_p_cvr"].to_numpy(), t["conversion"].to_numpy()
+        k = y == 1
+        assert teacher[s]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)  # ctr, as without funnel
+        want = {"ctr": (p, y), "cvr": (q[k], v[k]), "ctcvr": (p * q, v)}
+        for task, (pt, yt) in want.items():
+            got = teacher[s]["tasks"][task]
+            assert got["rows"] == len(yt), (s, task)
+            assert got["auc"] == pytest.approx(roc_auc_score(yt, pt), abs=1e-6), (s, task)
+            assert got["logloss"] == pytest.approx(log_loss(yt, pt), abs=1e-6), (s, task)
+        rates = teacher[s]["rates"]
+        assert rates["click"] == pytest.approx(y.mean(), abs=1e-12)
+        assert rates["conversion_per_click"] == pytest.approx(v[k].mean(), abs=1e-12)
+        assert rates["conversion"] == pytest.approx(v.mean(), abs=1e-12)
+        assert rates["mean_pcvr_clicked"] == pytest.approx(q[k].mean(), abs=1e-6)
+        assert rates["mean_pcvr_all"] == pytest.approx(q.mean(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"target_cvr": 0.0}, {"target_cvr": 1.0}, {"cvr_shared": 1.5}, {"cvr_shared": -0.1},
+           {"cvr_clickbait": -1.0}, {"cvr_clickbait": math.inf}, {"cvr_clickbait": math.nan}],
+)  # fmt: skip
+def test_funnel_config_is_checked(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        SyntheticConfig(funnel=True, **kw)
+
+
+def test_funnel_has_no_tsv_form(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="funnel"):
+        write_synthetic_tsv(tmp_path / "f.tsv", SyntheticConfig(rows=100, funnel=True), progress=False)
+    with pytest.raises(ValueError, match="funnel"):
+        Teacher(SyntheticConfig(rows=100)).cvr_logit(
+            np.zeros((1, N_DENSE)), np.zeros((N_CAT, 1), dtype=np.int64)
+        )

@@ -66,8 +66,8 @@ def _ids(out: Path, feature: str) -> dict[str, int]:
 
 
 def _expected(behaviours: list[tuple[int, int, str, str, str]], max_len: int) -> list[tuple]:
-    """(item, history items, buy, day) of every positive of one user, recomputed naively: buy when
-    the user buys the item at that second or later, in the same split."""
+    """(item, history items, conversion, day) of every positive of one user, recomputed naively:
+    conversion when the user buys the item at that second or later, in the same split."""
     out = []
     for t, _, item, _, _ in behaviours:
         earlier = [b[2] for b in behaviours if b[0] < t]
@@ -80,7 +80,7 @@ def _expected(behaviours: list[tuple[int, int, str, str, str]], max_len: int) ->
 
 
 @pytest.mark.shared_data
-def test_positives_histories_and_buy_match_a_naive_recomputation(
+def test_positives_histories_and_conversion_match_a_naive_recomputation(
     converted: dict[int, Path], behaviours: dict[str, list]
 ) -> None:
     out = converted[0]
@@ -96,7 +96,7 @@ def test_positives_histories_and_buy_match_a_naive_recomputation(
             (
                 raw_item[table["item_id"][i]],
                 tuple(raw_item[h] for h in table["hist_item_id"][i]),
-                table["buy"][i],
+                table["conversion"][i],
             )
             for i in rows
         )
@@ -131,7 +131,8 @@ def test_negatives_never_the_positive_and_seeded(converted: dict[int, Path], tmp
     a, b = (pq.read_table(converted[s] / "train") for s in (0, 1))
     item = a["item_id"].to_numpy().reshape(-1, 3)  # positive, negative, negative
     assert (a["click"].to_numpy().reshape(-1, 3) == [1, 0, 0]).all()
-    assert (a["buy"].to_numpy().reshape(-1, 3)[:, 1:] == 0).all()
+    assert (a["conversion"].to_numpy().reshape(-1, 3)[:, 1:] == 0).all()
+    assert (a["conversion"].to_numpy() <= a["click"].to_numpy()).all()  # a conversion implies a click
     assert (item[:, 1:] != item[:, :1]).all()
     hist = a["hist_item_id"].to_pylist()
     assert all(hist[i] == hist[i + 1] == hist[i + 2] for i in range(0, len(hist), 3))
@@ -150,7 +151,8 @@ def test_negatives_never_the_positive_and_seeded(converted: dict[int, Path], tmp
 def test_schema_and_reader(converted: dict[int, Path]) -> None:
     out = converted[0]
     schema = Schema.load(out)
-    assert schema.group == "user_id" and schema.tasks == ("ctr", "ctcvr")
+    assert schema.group == "user_id" and schema.tasks == ("ctr", "cvr")
+    assert [lab.name for lab in schema.labels] == ["click", "conversion"]
     assert [(s.name, s.table, s.max_len) for s in schema.sequences] == [
         ("hist_item_id", "item_id", 5),
         ("hist_cate_id", "cate_id", 5),
@@ -193,7 +195,7 @@ def test_same_second_behaviours_are_not_history_and_existing_output_kept(tmp_pat
     path = _write(tmp_path, "1,10,100,pv,1511600000\n1,11,100,cart,1511600000\n1,12,101,buy,1511600001\n")
     out = convert_userbehavior(path, tmp_path / "out", UserBehaviorConfig(negatives=1), progress=False)
     rows = _all(out).to_pydict()
-    assert rows["click"] == [1, 0] and rows["buy"] == [1, 0]
+    assert rows["click"] == [1, 0] and rows["conversion"] == [1, 0]
     assert rows["hist_item_id"] == [[1, 2], [1, 2]]  # items 10 and 11, both a second earlier
     with pytest.raises(ValueError, match="already exists"):
         convert_userbehavior(path, out, progress=False)

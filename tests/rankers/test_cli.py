@@ -152,7 +152,8 @@ def test_convert_taobao_samples(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["convert", "userbehavior", str(src), "--out", str(tmp_path / "ub"), "--max-len", "20"]) == 0
     assert "| test | 18,366 |" in capsys.readouterr().out
     schema = Schema.load(tmp_path / "ub")
-    assert schema.tasks == ("ctr", "ctcvr") and schema.sequences[0].max_len == 20
+    assert schema.tasks == ("ctr", "cvr") and schema.sequences[0].max_len == 20
+    assert [lab.name for lab in schema.labels] == ["click", "conversion"]
     src = shared_file("taobao/alimama_joined_sample100.csv")
     args = ["convert", "taobao-ad", str(src), "--out", str(tmp_path / "ad"), "--split-by", "random"]
     assert main([*args, "--split", "0.8,0.1,0.1"]) == 0
@@ -196,3 +197,72 @@ def test_taobao_sources_train_din_and_dien_end_to_end(
     metrics = json.loads((ckpt / "metrics.json").read_text())
     assert set(metrics["test"]) == {"ctr"} and "gauc" in metrics["test"]["ctr"]
     assert main(["evaluate", "--checkpoint", str(ckpt)]) == 0
+
+
+@pytest.mark.shared_data
+def test_convert_aliexpress_and_aliccp_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from features.schema import Schema
+
+    train, test = shared_file("aliexpress/train_1k.csv"), shared_file("aliexpress/test_1k.csv")
+    args = ["convert", "aliexpress", str(train), "--test", str(test), "--out", str(tmp_path / "ax")]
+    assert main([*args, "--min-count", "2", "--valid-fraction", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "| train | 800 |" in out and "| valid | 200 |" in out and "| test | 1,000 |" in out
+    schema = Schema.load(tmp_path / "ax")
+    assert schema.tasks == ("ctr", "cvr") and schema.group == "search_id" and len(schema.categorical) == 16
+    args = ["convert", "aliexpress", "--test", str(test), "--out", str(tmp_path / "ax2")]
+    assert main([*args, "--vocabulary-from", str(tmp_path / "ax")]) == 0
+    assert pq.read_table(tmp_path / "ax2" / "test").equals(pq.read_table(tmp_path / "ax" / "test"))
+
+    files = [shared_file(f"ali_ccp/{s}_sample.csv") for s in ("train", "val", "test")]
+    args = ["convert", "aliccp", str(files[0]), "--valid", str(files[1]), "--test", str(files[2])]
+    assert main([*args, "--out", str(tmp_path / "cc")]) == 0
+    out = capsys.readouterr().out
+    assert "| train | 100 |" in out and "| valid | 50 |" in out and "| test | 50 |" in out
+    schema = Schema.load(tmp_path / "cc")
+    assert [lab.name for lab in schema.labels] == ["click", "conversion"] and schema.group == "101"
+    raw = ["convert", "aliccp", str(tmp_path), "--test", str(files[2]), "--out", str(tmp_path / "x")]
+    assert main(raw) == 2  # a directory is the raw layout, which takes no --test file
+    assert "valid/test files are for the encoded layout" in capsys.readouterr().err
+
+
+def test_esmm_trains_from_the_cli_with_tower_configs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    data, ckpt = tmp_path / "funnel", tmp_path / "ck"
+    args = ["convert", "synthetic", "--out", str(data), "--rows", "3000", "--funnel"]
+    assert main(args) == 0
+    tower = ["--ctr-tower", "mlp", "--cvr-tower", "autoint", "--cvr-config", '{"attention_layers": 1}']
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(ckpt),
+        "--backbone",
+        "esmm",
+        *tower,
+        "--monitor",
+        "ctcvr",
+    ]
+    assert main([*args, "--epochs", "1", "--batch-size", "256", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for task in ("ctr", "cvr", "ctcvr"):
+        assert f"| esmm | test | {task} |" in out
+    config = json.loads((ckpt / "config.json").read_text())["ranker"]["backbone_config"]
+    assert config["cvr_tower"] == "autoint" and dict(config["cvr_config"]) == {"attention_layers": 1}
+    bad = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "x"),
+        "--backbone",
+        "esmm",
+        "--cvr-config",
+        "[1]",
+    ]
+    with pytest.raises(SystemExit):
+        main(bad)
