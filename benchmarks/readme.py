@@ -276,6 +276,18 @@ def _sequences(rows: list[dict[str, Any]]) -> str:
     return out
 
 
+def _real_row(dataset: str, model: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean test AUC and LogLoss per task over seeds; AUCs with their seed-to-seed spread."""
+    row: dict[str, Any] = {"dataset": dataset, "model": model, "seeds": len(rs)}
+    for t in ("ctr", "cvr", "ctcvr"):
+        aucs = [r[f"{t}_auc"] for r in rs if r.get(f"{t}_auc") is not None]
+        sd = f" ± {statistics.stdev(aucs):.4f}" if len(aucs) > 1 else ""
+        row[f"{t} AUC"] = f"{statistics.mean(aucs):.4f}{sd}" if aucs else None
+        lls = [r[f"{t}_logloss"] for r in rs if r.get(f"{t}_logloss") is not None]
+        row[f"{t} LogLoss"] = statistics.mean(lls) if lls else None
+    return row
+
+
 def _esmm(rows: list[dict[str, Any]]) -> str:
     out = "## ESMM (benchmarks/esmm.py)\n\n"
     bias = _latest_per_model(rows, "esmm_bias")
@@ -318,14 +330,9 @@ def _esmm(rows: list[dict[str, Any]]) -> str:
             by_data[r["dataset"]].append(r)
         table = []
         for dataset, rs in by_data.items():
-            row: dict[str, Any] = {"dataset": dataset, "model": rs[0]["model"], "seeds": len(rs)}
-            for t in ("ctr", "cvr", "ctcvr"):
-                aucs = [r[f"{t}_auc"] for r in rs if r.get(f"{t}_auc") is not None]
-                row[f"{t} AUC"] = f"{statistics.mean(aucs):.4f}" if aucs else None
-                row[f"{t} LogLoss"] = (
-                    statistics.mean(r[f"{t}_logloss"] for r in rs) if f"{t}_logloss" in rs[0] else None
-                )
-            table.append(row)
+            models = sorted({r["model"] for r in rs}, key=lambda m: m.startswith("logistic"))
+            for model in models:
+                table.append(_real_row(dataset, model, [r for r in rs if r["model"] == model]))
         table.append(
             {
                 "dataset": "Ali-CCP full (ESMM paper, for context only)",

@@ -150,6 +150,10 @@ class Schema:
             raise ValueError(f"schema: column names {dupes} appear more than once")
         if self.group:
             _check_name("group", self.group)
+            if self.group in {f.name for f in self.categorical if f.multi}:
+                raise ValueError(
+                    f"schema: group {self.group!r} is a multi-value feature; expected one id per row"
+                )
         shared = sorted({f.table for f in self.categorical if f.multi} & {f.table for f in self.sequences})
         if shared:
             raise ValueError(f"tables {shared}: a multi-value feature cannot share its table with a sequence")

@@ -48,7 +48,7 @@ def task_metrics(
     - ctcvr, without a label of its own, against the conversion (cvr) label over every row: the
       conversion label implies a click, so it is "click and conversion".
     """
-    out = {}
+    out: dict[str, dict[str, float | int | None]] = {}
     for task, p in probs.items():
         if task in labels:
             y = labels[task]
@@ -57,8 +57,9 @@ def task_metrics(
         else:
             continue
         rows = labels["ctr"] == 1 if task == "cvr" and "ctr" in labels else np.ones(len(y), dtype=bool)
-        if not rows.any():
-            continue  # no clicked rows to measure CVR on
+        if not rows.any():  # no clicked rows to measure CVR on
+            out[task] = {"auc": None, "logloss": None, "rows": 0, "positive_rate": None}
+            continue
         g = None if groups is None else groups[rows]
         out[task] = binary_metrics(y[rows], p[rows], prior.get(task), g)
     return out

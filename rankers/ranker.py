@@ -130,10 +130,11 @@ class Ranker(nn.Module):
         self.embedding_l2 = embedding_l2
         self.backbone = backbone
         self.tasks = backbone.tasks
-        unknown = sorted(set(task_weights) - set(self.tasks))
+        trained = tuple(backbone.loss_labels or self.tasks)  # the tasks that take a loss
+        unknown = sorted(set(task_weights) - set(trained))
         if unknown:
             raise ValueError(
-                f"task weights name tasks {unknown} the model does not have; its tasks: {self.tasks}"
+                f"task weights name tasks {unknown} that take no loss in this model; its losses: {trained}"
             )
         self.task_weights = {t: float(task_weights.get(t, 1.0)) for t in self.tasks}
 
@@ -152,13 +153,24 @@ class Ranker(nn.Module):
         self, out: BackboneOutput, labels: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted sum of BCE-with-logits over the tasks that have labels (each against the label
-        the backbone's `loss_labels` names, by default its own), plus the aux loss."""
+        the backbone's `loss_labels` names, by default its own), plus the aux loss.
+
+        A cvr task trained against its own label beside a click (ctr) label learns on the clicked
+        rows only (conversion rate is defined after a click; evaluation measures it there too).
+        ESMM instead trains ctcvr on every row and takes no loss on cvr.
+        """
         against = self.backbone.loss_labels or {t: t for t in self.tasks}
-        per_task = {  # in fp32 whatever precision the forward pass ran in
-            t: F.binary_cross_entropy_with_logits(out.logits[t].float(), labels[label])
-            for t, label in against.items()
-            if label in labels
-        }
+        per_task = {}
+        for t, label in against.items():
+            if label not in labels:
+                continue
+            logit, y = out.logits[t].float(), labels[label]  # in fp32 whatever the forward ran in
+            if t == "cvr" and label == "cvr" and "ctr" in labels:
+                clicked = labels["ctr"]
+                bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
+                per_task[t] = (bce * clicked).sum() / clicked.sum().clamp(min=1)
+            else:
+                per_task[t] = F.binary_cross_entropy_with_logits(logit, y)
         if not per_task:
             raise ValueError(f"batch has labels {sorted(labels)}, none of the model's tasks {self.tasks}")
         total = sum(self.task_weights[t] * v for t, v in per_task.items())

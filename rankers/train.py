@@ -85,7 +85,7 @@ def label_prior(path: Path, schema: Schema) -> dict[str, float]:
             sums[lab.task] += float(np.asarray(table.column(lab.name)).sum())
     prior = {t: s / rows for t, s in sums.items()}
     if "ctr" in sums and "cvr" in sums:
-        prior["ctcvr"] = prior["cvr"]
+        prior.setdefault("ctcvr", prior["cvr"])
         prior["cvr"] = sums["cvr"] / sums["ctr"] if sums["ctr"] else 0.0
     return prior
 
@@ -301,7 +301,8 @@ def train(
         if "valid" in evals:
             row["valid"] = evaluate_batches(model, evals["valid"], prior, config.progress, "valid")
             auc, logloss = row["valid"][monitor]["auc"], row["valid"][monitor]["logloss"]
-            summary += f", valid {monitor} AUC {'-' if auc is None else f'{auc:.4f}'} LogLoss {logloss:.4f}"
+            shown = ["-" if v is None else f"{v:.4f}" for v in (auc, logloss)]
+            summary += f", valid {monitor} AUC {shown[0]} LogLoss {shown[1]}"
         log.info(summary)
         history.append(row)
         stop = best.end_epoch(epoch + 1, auc)

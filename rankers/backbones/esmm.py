@@ -23,6 +23,7 @@ Notation: B batch, K = 3 tasks (ctr, cvr, ctcvr).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,12 +51,21 @@ class ESMMConfig:
     def __post_init__(self) -> None:
         for name in ("ctr_config", "cvr_config"):
             object.__setattr__(self, name, _pairs(getattr(self, name)))
-        from rankers.backbones import backbone_class
+        from rankers.backbones import PRESETS, backbone_class
 
-        for tower, fields in ((self.ctr_tower, self.ctr_config), (self.cvr_tower, self.cvr_config)):
-            if tower == "esmm":
-                raise ValueError("an ESMM tower cannot be ESMM; expected a single-task backbone")
-            backbone_class(tower).config_class(**dict(fields))  # type: ignore[arg-type]  # raises naming a bad field
+        for which, tower, fields in (
+            ("ctr_tower", self.ctr_tower, self.ctr_config),
+            ("cvr_tower", self.cvr_tower, self.cvr_config),
+        ):
+            if tower == "esmm" or tower in PRESETS:
+                raise ValueError(
+                    f"{which} {tower!r}: expected a single-task backbone by name (not ESMM or a preset)"
+                )
+            config_class = backbone_class(tower).config_class
+            unknown = sorted(set(dict(fields)) - {f.name for f in dataclasses.fields(config_class)})
+            if unknown:
+                raise ValueError(f"{which} {tower!r} has no config fields {unknown}")
+            config_class(**dict(fields))  # type: ignore[arg-type]  # raises naming a bad value
 
 
 def ctcvr_logit(ctr: torch.Tensor, cvr: torch.Tensor) -> torch.Tensor:
@@ -108,7 +118,7 @@ class ESMM(Backbone):
     def forward(self, x: Embedded) -> BackboneOutput:
         """Embedded inputs -> logits (B,) for ctr, cvr and ctcvr, and the towers' auxiliary losses."""
         ctr, cvr = self.ctr_tower(x), self.cvr_tower(x)
-        a, b = ctr.logits["ctr"], cvr.logits["cvr"]
+        a, b = ctr.logits["ctr"].float(), cvr.logits["cvr"].float()  # fp32 even under bf16 autocast
         aux = [o.aux_loss for o in (ctr, cvr) if o.aux_loss is not None]
         return BackboneOutput(
             {"ctr": a, "cvr": b, "ctcvr": ctcvr_logit(a, b)},

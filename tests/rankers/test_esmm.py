@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -103,7 +105,7 @@ def test_tower_configs_and_labels_are_checked() -> None:
         ESMMConfig(cvr_config={"hidden_units": ()})
     with pytest.raises(ValueError, match="unknown backbone 'gbdt'"):
         ESMMConfig(ctr_tower="gbdt")
-    with pytest.raises(ValueError, match="cannot be ESMM"):
+    with pytest.raises(ValueError, match="not ESMM or a preset"):
         ESMMConfig(ctr_tower="esmm")
     with pytest.raises(ValueError, match=r"lack \['cvr'\]"):
         ESMM(SPEC, ESMMConfig(), ("ctr",))
@@ -123,7 +125,8 @@ def test_metrics_measure_cvr_on_clicks_and_ctcvr_on_every_impression() -> None:
     assert got["ctcvr"] == binary_metrics(conversion, probs["ctcvr"])
     assert got["ctr"] == binary_metrics(click, probs["ctr"])
     assert got["cvr"]["rows"] == int(clicked.sum()) < 200
-    assert "cvr" not in task_metrics(probs, {"ctr": np.zeros(200), "cvr": np.zeros(200)}, {})
+    no_clicks = task_metrics(probs, {"ctr": np.zeros(200), "cvr": np.zeros(200)}, {})
+    assert no_clicks["cvr"] == {"auc": None, "logloss": None, "rows": 0, "positive_rate": None}
 
 
 def test_trains_end_to_end_with_funnel_priors_and_a_chosen_monitor(tmp_path: pytest.TempPathFactory) -> None:
@@ -155,3 +158,68 @@ def test_trains_end_to_end_with_funnel_priors_and_a_chosen_monitor(tmp_path: pyt
     with pytest.raises(ValueError, match="monitor task 'cvr2'"):
         train(out, Path(str(tmp_path)) / "ck2", RankerConfig(backbone="esmm"), TrainConfig(monitor="cvr2"))
     assert not (Path(str(tmp_path)) / "ck2").exists()  # refused before anything was written
+
+
+def test_a_cvr_head_trained_directly_learns_on_clicked_rows_only() -> None:
+    """Not ESMM: an MLP with ctr and cvr heads on funnel data takes its cvr loss over the clicked
+    rows, where conversion rate is defined (and measured)."""
+    torch.manual_seed(0)
+    ranker = build_ranker(FUNNEL, RankerConfig(backbone="mlp"))
+    batch = next(table_batches(_funnel_table([1, 0, 1, 0], [1, 0, 0, 0]), FUNNEL, batch_size=8))
+    out = ranker(batch)
+    _, per_task = ranker.loss(out, batch.labels)
+    clicked = batch.labels["ctr"] == 1
+    want = F.binary_cross_entropy_with_logits(out.logits["cvr"][clicked], batch.labels["cvr"][clicked])
+    torch.testing.assert_close(per_task["cvr"], want)
+    no_clicks = next(table_batches(_funnel_table([0, 0], [0, 0]), FUNNEL, batch_size=8))
+    _, per_task = ranker.loss(ranker(no_clicks), no_clicks.labels)
+    assert float(per_task["cvr"].detach()) == 0.0
+
+
+def test_config_mistakes_are_value_errors_naming_the_tower() -> None:
+    with pytest.raises(ValueError, match=r"cvr_tower 'mlp' has no config fields \['hiden_units'\]"):
+        ESMMConfig(cvr_config={"hiden_units": (8,)})
+    with pytest.raises(ValueError, match="not ESMM or a preset"):
+        ESMMConfig(ctr_tower="finalmlp_criteo_x1")
+    with pytest.raises(ValueError, match=r"\['cvr'\] that take no loss"):
+        build_ranker(FUNNEL, RankerConfig(backbone="esmm", task_weights=(("cvr", 2.0),)))
+    ranker = build_ranker(FUNNEL, RankerConfig(backbone="esmm", task_weights=(("ctcvr", 2.0),)))
+    batch = next(table_batches(_funnel_table([1, 0, 1], [1, 0, 0]), FUNNEL, batch_size=8))
+    total, per_task = ranker.loss(ranker(batch), batch.labels)
+    torch.testing.assert_close(total, per_task["ctr"] + 2.0 * per_task["ctcvr"])
+
+
+def test_cvr_learns_only_through_ctcvr() -> None:
+    """The cvr tower's gradient comes from the ctcvr loss alone: zero with ctcvr's weight at 0."""
+    torch.manual_seed(0)
+    batch = next(table_batches(_funnel_table([1, 0, 1, 1], [1, 0, 0, 1]), FUNNEL, batch_size=8))
+    for weight, reaches in ((1.0, True), (0.0, False)):
+        ranker = build_ranker(FUNNEL, RankerConfig(backbone="esmm", task_weights=(("ctcvr", weight),)))
+        total, _ = ranker.loss(ranker(batch), batch.labels)
+        total.backward()
+        grads = [p.grad for p in ranker.backbone.cvr_tower.parameters()]
+        assert all(g is not None for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads) == reaches  # type: ignore[union-attr]
+
+
+def test_the_reader_names_the_row_group_and_row_of_a_conversion_without_click(tmp_path: Path) -> None:
+    from features.dataset import DatasetWriter
+    from features.reader import ParquetBatches
+
+    rows = 300
+    click = [1] * rows
+    conversion = [0] * rows
+    click[250] = 0
+    conversion[250] = 1
+    out = tmp_path / "bad"
+    import features.dataset
+
+    features.dataset.ROW_GROUP_ROWS, saved = 128, features.dataset.ROW_GROUP_ROWS
+    try:
+        with DatasetWriter(out, FUNNEL, splits=("train",)) as w:
+            w.write("train", _funnel_table(click, conversion))
+            w.commit({})
+    finally:
+        features.dataset.ROW_GROUP_ROWS = saved
+    with pytest.raises(ValueError, match=r"row group 1, row 122: 'conversion' is 1 but 'click' is 0"):
+        list(ParquetBatches(out / "train", 64))
