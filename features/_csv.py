@@ -371,3 +371,28 @@ def lookup_ids(col: pa.Array, values: pa.Array, missing: int) -> np.ndarray:
     if col.null_count:
         ids[col.is_null().to_numpy(zero_copy_only=False)] = missing
     return ids
+
+
+def bad_row(f: CsvFile, first: int, i: int, column: str, value: object, expected: str) -> ValueError:
+    """The error for data row `first + i` of `f`: file, line, column, value and what was expected."""
+    shown = "empty" if value is None else repr(value)
+    return ValueError(
+        f"{f.path}: line {line_of_row(f, first + i)}, column {column}: {shown}; expected {expected}"
+    )
+
+
+def require(batch: pa.RecordBatch, columns: Sequence[str], f: CsvFile, first: int) -> None:
+    """Raises naming the first empty field of `columns`."""
+    for c in columns:
+        if batch[c].null_count:
+            i = int(np.flatnonzero(batch[c].is_null().to_numpy(zero_copy_only=False))[0])
+            raise bad_row(f, first, i, c, None, "a value (this column has no missing values)")
+
+
+def labels(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.Array:
+    """`col` as int8, raising naming the first value that is not 0 or 1."""
+    bad = pc.invert(pc.fill_null(pc.is_in(col, value_set=pa.array([0, 1], col.type)), False))
+    if pc.any(bad).as_py():
+        i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+        raise bad_row(f, first, i, name, col[i].as_py(), "0 or 1")
+    return col.cast(pa.int8())

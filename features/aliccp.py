@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from features._csv import input_files, sniff
+from features._csv import bad_row, input_files, require, sniff
 from features.aliexpress import (
     FUNNEL,
     SPLITS,
@@ -55,7 +55,6 @@ from features.aliexpress import (
 )
 from features.dataset import DatasetWriter
 from features.schema import CategoricalFeature, DenseFeature, Schema
-from features.taobao_csv import bad_row, require
 
 logger = logging.getLogger(__name__)
 

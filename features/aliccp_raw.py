@@ -45,10 +45,12 @@ from features._csv import (
     MISSING,
     CsvFile,
     Layout,
+    bad_row,
     count_rows,
     iter_files,
     line_of_row,
     lookup_ids,
+    require,
     sniff,
     vocabulary_table,
 )
@@ -56,7 +58,6 @@ from features.aliccp import FIELDS, USER, AliCCPConfig
 from features.aliexpress import FUNNEL, SPLITS, funnel_labels, positive_counts, split_rows, write_splits
 from features.dataset import DatasetWriter
 from features.schema import CategoricalFeature, Schema
-from features.taobao_csv import bad_row, require
 
 logger = logging.getLogger(__name__)
 

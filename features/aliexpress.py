@@ -44,17 +44,19 @@ from features._csv import (
     Layout,
     SplitAssigner,
     ValueCounter,
+    bad_row,
     count_rows,
     input_files,
     iter_files,
+    labels,
     lookup_ids,
     read_vocabulary,
+    require,
     sniff,
     vocabulary_table,
 )
 from features.dataset import DatasetWriter
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
-from features.taobao_csv import bad_row, labels, require
 
 logger = logging.getLogger(__name__)
 

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features._csv import CsvFile, Layout, count_rows, iter_files, line_of_row, sniff
+from features._csv import CsvFile, Layout, bad_row, count_rows, iter_files, labels, require, sniff
 from features.taobao import (
     _DAY,
     BEHAVIOR_SEQUENCES,
@@ -23,31 +23,6 @@ from features.taobao import (
     Source,
     TaobaoAdConfig,
 )
-
-
-def bad_row(f: CsvFile, first: int, i: int, column: str, value: object, expected: str) -> ValueError:
-    """The error for data row `first + i` of `f`: file, line, column, value and what was expected."""
-    shown = "empty" if value is None else repr(value)
-    return ValueError(
-        f"{f.path}: line {line_of_row(f, first + i)}, column {column}: {shown}; expected {expected}"
-    )
-
-
-def require(batch: pa.RecordBatch, columns: Sequence[str], f: CsvFile, first: int) -> None:
-    """Raises naming the first empty field of `columns`."""
-    for c in columns:
-        if batch[c].null_count:
-            i = int(np.flatnonzero(batch[c].is_null().to_numpy(zero_copy_only=False))[0])
-            raise bad_row(f, first, i, c, None, "a value (this column has no missing values)")
-
-
-def labels(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.Array:
-    """`col` as int8, raising naming the first value that is not 0 or 1."""
-    bad = pc.invert(pc.fill_null(pc.is_in(col, value_set=pa.array([0, 1], col.type)), False))
-    if pc.any(bad).as_py():
-        i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-        raise bad_row(f, first, i, name, col[i].as_py(), "0 or 1")
-    return col.cast(pa.int8())
 
 
 def prices(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.Array:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from features._csv import CsvFile, Layout, count_rows, iter_files, sniff
+from features._csv import CsvFile, Layout, bad_row, count_rows, iter_files, labels, require, sniff
 from features.taobao import (
     BEHAVIOR_SEQUENCES,
     CATEGORICAL,
@@ -30,7 +30,7 @@ from features.taobao import (
     beijing_day,
     history_lists,
 )
-from features.taobao_csv import bad_row, labels, prices, require
+from features.taobao_csv import prices
 
 TABLES = ("raw_sample", "ad_feature", "user_profile", "behavior_log")
 COLUMNS = {
