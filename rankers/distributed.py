@@ -1,12 +1,21 @@
 """Process groups, sharding plans and DistributedModelParallel for a Ranker's tables.
 
-This version serves one process; the multi-process launcher, per-table sharding constraints and
-row-wise sharding come with the distributed issue.
+Sharding types per table (`ShardingConfig`): table_wise (the default), row_wise, column_wise on
+TorchRec's fused kernel, updated by rowwise Adagrad inside the backward pass; data_parallel on the
+dense kernel (replicated, trained by the dense optimizer with the other dense parameters); "auto"
+lets the planner pick among the three sharded types. On CPU TorchRec's planner refuses row-wise for
+bag collections although it computes correctly (../shared/TORCHREC_CPU.md), so `RowWiseBagSharder`
+offers it; a data-parallel unpooled collection crashes on CPU and is refused up front.
+
+The training loop (rankers.train) still runs one process; the launcher, cross-rank evaluation and
+resumable checkpoints come with the rest of the distributed issue.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -16,12 +25,96 @@ from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from rankers._quiet import quiet_torchrec
 from rankers.ranker import Ranker
+
+SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
+SHARDED = ("table_wise", "row_wise", "column_wise")
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    """How the tables are sharded: one type for all, and per-table exceptions."""
+
+    sharding_type: str = "table_wise"  # one of SHARDING_TYPES, for every table not named in `tables`
+    tables: tuple[tuple[str, str], ...] | dict[str, str] = ()  # table -> its sharding type
+
+    def __post_init__(self) -> None:
+        items = self.tables.items() if isinstance(self.tables, dict) else self.tables
+        object.__setattr__(self, "tables", tuple(sorted((str(t), str(v)) for t, v in items)))
+        for where, value in (("sharding_type", self.sharding_type), *self.tables):
+            if value not in SHARDING_TYPES:
+                raise ValueError(f"{where}: sharding type {value!r}, expected one of {SHARDING_TYPES}")
+
+    def type_of(self, table: str) -> str:
+        return dict(self.tables).get(table, self.sharding_type)
+
+
+class RowWiseBagSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's bag-collection sharder, offering row-wise on CPU too (measured correct there)."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = list(super().sharding_types(compute_device_type))
+        return types if ShardingType.ROW_WISE.value in types else [*types, ShardingType.ROW_WISE.value]
+
+
+def plan_constraints(
+    ranker: Ranker, config: ShardingConfig, world_size: int = 1, device: str = "cpu"
+) -> dict[str, ParameterConstraints]:
+    """Planner constraints per table from `config`; ValueError naming a table for a combination that
+    cannot work (an unknown table, a data-parallel unpooled collection on CPU)."""
+    names = ranker.embedding.table_names()
+    unknown = sorted(set(dict(config.tables)) - set(names))
+    if unknown:
+        raise ValueError(f"sharding: tables {unknown} are not the model's; its tables: {names}")
+    unpooled = set(ranker.embedding.unpooled_table_names())
+    out = {}
+    for table in names:
+        kind = config.type_of(table)
+        if kind == "data_parallel" and table in unpooled and device == "cpu":
+            raise ValueError(
+                f"table {table}: data_parallel for an unpooled EmbeddingCollection crashes on CPU; "
+                f"expected one of {SHARDED} (or the 'bag' sequence lookup)"
+            )
+        types = list(SHARDED) if kind == "auto" else [kind]
+        kernels = ["dense"] if kind == "data_parallel" else ["fused"]
+        dim = ranker.embedding.table_shapes[table][1]
+        block = dim // world_size if world_size > 1 and dim % world_size == 0 else None
+        out[table] = ParameterConstraints(sharding_types=types, compute_kernels=kernels, min_partition=block)
+    return out
+
+
+def describe_plan(plan: ShardingPlan, ranker: Ranker, world_size: int) -> list[dict[str, Any]]:
+    """One row per table: its sharding type, kernel, ranks and bytes of table held by each rank."""
+    sizes = ranker.embedding.table_shapes
+    rows = []
+    for module_plan in plan.plan.values():
+        for table, sharding in module_plan.items():  # type: ignore[attr-defined]
+            held, shards = [0] * world_size, 1
+            if sharding.sharding_spec is None:  # replicated on every rank
+                n, d = sizes[table]
+                held = [n * d * 4] * world_size
+            else:
+                shards = len(sharding.sharding_spec.shards)
+                for shard in sharding.sharding_spec.shards:
+                    rank = int(str(shard.placement).split("rank:")[1].split("/")[0])
+                    held[rank] += shard.shard_sizes[0] * shard.shard_sizes[1] * 4
+            rows.append(
+                {
+                    "table": table,
+                    "sharding": sharding.sharding_type,
+                    "kernel": sharding.compute_kernel,
+                    "shards": shards,
+                    "ranks": ",".join(map(str, sorted(set(sharding.ranks or range(world_size))))),
+                    **{f"bytes rank {r}": b for r, b in enumerate(held)},
+                }
+            )
+    return rows
 
 
 def single_process_group() -> None:
@@ -35,36 +128,40 @@ def _memory_bytes() -> int:
 
 
 def shard_ranker(
-    ranker: Ranker, lr: float, weight_decay: float, embedding_lr: float
+    ranker: Ranker,
+    lr: float,
+    weight_decay: float,
+    embedding_lr: float,
+    sharding: ShardingConfig = ShardingConfig(),
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """Wraps `ranker` (tables on `meta`) in DistributedModelParallel: every table table-wise on the
-    fused kernel, updated by rowwise Adagrad inside the backward pass; the dense parameters get
-    Adam. Returns the wrapped model and one optimizer over both.
+    """Wraps `ranker` (tables on `meta`) in DistributedModelParallel over the current process group:
+    tables sharded as `sharding` says, the sharded ones updated by rowwise Adagrad inside the backward
+    pass; the dense parameters (data-parallel tables included) get Adam. Returns the wrapped model
+    and one optimizer over both; `model.plan` is the sharding plan (see `describe_plan`).
     """
     with quiet_torchrec():
-        return _shard(ranker, lr, weight_decay, embedding_lr)
+        return _shard(ranker, lr, weight_decay, embedding_lr, sharding)
 
 
 def _shard(
-    ranker: Ranker, lr: float, weight_decay: float, embedding_lr: float
+    ranker: Ranker, lr: float, weight_decay: float, embedding_lr: float, sharding: ShardingConfig
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     world = dist.get_world_size()
+    constraints = plan_constraints(ranker, sharding, world)
     # Register the fused optimizer before wrapping: a fused table without one trains with SGD.
     # No weight decay on the tables: fbgemm-gpu-cpu 1.8.0's rowwise Adagrad CPU kernel was measured
-    # to ignore weight_decay (L2 and decoupled modes alike).
-    modules = ranker.embedding.table_modules()
-    _apply_optimizer_in_backward(
-        RowWiseAdagrad,
-        [p for m in modules for p in m.parameters()],
-        {"lr": embedding_lr, "eps": 1e-8},
-    )
+    # to ignore weight_decay (L2 and decoupled modes alike). Data-parallel tables are dense
+    # parameters: Adam trains them.
+    fused = [
+        p
+        for m in ranker.embedding.table_modules()
+        for name, p in m.named_parameters()
+        if sharding.type_of(name.split(".")[-2]) != "data_parallel"
+    ]
+    _apply_optimizer_in_backward(RowWiseAdagrad, fused, {"lr": embedding_lr, "eps": 1e-8})
     # A sequence and its target field are one table, so they are always sharded together.
-    tables = ranker.embedding.table_names()
-    constraints = {
-        t: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for t in tables
-    }
     topology = Topology(world_size=world, compute_device="cpu", ddr_cap=_memory_bytes() // world)
-    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+    sharders = [RowWiseBagSharder(), EmbeddingCollectionSharder()]
     plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
         ranker, sharders, dist.GroupMember.WORLD
     )

@@ -90,6 +90,9 @@ class EmbeddingArch(nn.Module):
         # table -> its features, categorical (one id per row) first, then sequences
         self.sequence_features = {c.name: list(c.feature_names) for c in configs if c.name in seq_tables}
         self.sequence_names = tuple(s.name for s in schema.sequences)
+        # table -> (rows, dim), kept here because sharding replaces the TorchRec modules
+        self.table_shapes = {c.name: (c.num_embeddings, c.embedding_dim) for c in configs}
+        self.unpooled: tuple[str, ...] = ()
         self.sequence_tables: EmbeddingBagCollection | EmbeddingCollection | None = None
         sequenced = [c for c in configs if c.name in seq_tables]
         if sequenced and sequence_lookup == "bag":
@@ -108,19 +111,18 @@ class EmbeddingArch(nn.Module):
                 for c in sequenced
             ]
             self.sequence_tables = EmbeddingCollection(unpooled, device=device)
+            self.unpooled = tuple(c.name for c in sequenced)
 
     def table_modules(self) -> list[EmbeddingBagCollection | EmbeddingCollection]:
         """The TorchRec modules holding tables (what the sharder shards)."""
         return [m for m in (self.ebc, self.sequence_tables) if m is not None]
 
     def table_names(self) -> list[str]:
-        names = []
-        for m in self.table_modules():
-            configs = (
-                m.embedding_bag_configs() if isinstance(m, EmbeddingBagCollection) else m.embedding_configs()
-            )
-            names += [c.name for c in configs]
-        return names
+        return list(self.table_shapes)
+
+    def unpooled_table_names(self) -> list[str]:
+        """Tables of the unpooled EmbeddingCollection (the "collection" sequence lookup)."""
+        return list(self.unpooled)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> Embedded:
         """dense (B, n_dense) and the batch's KJT -> Embedded with fields (B, F, D) and sequences."""

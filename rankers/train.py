@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -27,8 +28,14 @@ from features.dataset import dataset_info
 from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
 from rankers import checkpoint
-from rankers.distributed import shard_ranker, single_process_group
-from rankers.metrics import task_metrics
+from rankers.distributed import (
+    SHARDING_TYPES,
+    ShardingConfig,
+    describe_plan,
+    shard_ranker,
+    single_process_group,
+)
+from rankers.metrics import markdown_table, task_metrics
 from rankers.ranker import Ranker, RankerConfig, build_ranker
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,7 @@ class TrainConfig:
     # "bf16": training forward passes under bfloat16 autocast (the dense matmuls in bf16, the
     # tables, softmax, loss and optimizer state in fp32); evaluation stays fp32. "fp32": none.
     precision: str = "fp32"
+    sharding: str = "table_wise"  # every table's sharding type (rankers.distributed.SHARDING_TYPES)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -67,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"lr_decay {self.lr_decay} must be in (0, 1]")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay {self.weight_decay} must be >= 0")
+        if self.sharding not in SHARDING_TYPES:
+            raise ValueError(f"sharding {self.sharding!r}: expected one of {SHARDING_TYPES}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
         if self.patience < 0 or self.threads < 0 or self.max_steps < 0 or self.shuffle_buffer < 0:
@@ -284,7 +294,11 @@ def train(
     ckpt = checkpoint.CheckpointDir.create(out, overwrite)
 
     single_process_group()
-    model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr)
+    sharding = ShardingConfig(config.sharding)
+    model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr, sharding)
+    plan = describe_plan(model.plan, ranker, dist.get_world_size())
+    columns = list(plan[0]) if plan else []
+    log.info("sharding plan:\n%s", markdown_table(plan, columns))
     ckpt.write_config(schema, ranker_config, config, data, prior)
     best = _BestWeights(ckpt, model, optimizer, config)
     history: list[dict[str, Any]] = []
