@@ -69,17 +69,26 @@ class CheckpointDir:
         (self.path / CONFIG_FILE).write_text(json.dumps(config, indent=1))
 
     def save_weights(self, model: nn.Module) -> None:
+        """Every rank writes its shards into a temporary directory; rank 0 then renames it into place
+        (the previous weights stay complete until then)."""
+        from rankers.distributed import barrier, is_main
+
         tmp, old = self.path / f".{WEIGHTS_DIR}.partial", self.path / OLD_WEIGHTS
         final = self.path / WEIGHTS_DIR
-        shutil.rmtree(tmp, ignore_errors=True)
+        if is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
         dcp.save(model.state_dict(), checkpoint_id=str(tmp))
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
+        barrier()
+        if is_main():
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(final)
+        barrier()
 
     def weights_dir(self) -> Path | None:
         """The complete weights: `weights/`, or `.weights.old` after a save cut between renames."""

@@ -7,8 +7,8 @@ lets the planner pick among the three sharded types. On CPU TorchRec's planner r
 bag collections although it computes correctly (../shared/TORCHREC_CPU.md), so `RowWiseBagSharder`
 offers it; a data-parallel unpooled collection crashes on CPU and is refused up front.
 
-The training loop (rankers.train) still runs one process; the launcher, cross-rank evaluation and
-resumable checkpoints come with the rest of the distributed issue.
+Processes come from torchrun's environment (`init_process_group`); `rankers train --nproc N`
+launches them. Evaluation gathers every rank's predictions (`gather_arrays`), so metrics are exact.
 """
 
 from __future__ import annotations
@@ -115,6 +115,38 @@ def describe_plan(plan: ShardingPlan, ranker: Ranker, world_size: int) -> list[d
                 }
             )
     return rows
+
+
+def init_process_group() -> None:
+    """The process group torchrun describes in the environment (gloo on CPU, nccl with CUDA), or a
+    one-process group when not launched by torchrun; nothing if one exists."""
+    if dist.is_initialized():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    else:
+        single_process_group()
+
+
+def is_main() -> bool:
+    """Rank 0 (or no process group): the process that writes files and logs."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def gather_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
+    """Every rank's numpy arrays under each key, concatenated in rank order (identical on all ranks)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return arrays
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, arrays)
+    import numpy as np
+
+    return {k: None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in arrays}
 
 
 def single_process_group() -> None:

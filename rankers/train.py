@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sized
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,12 @@ from rankers import checkpoint
 from rankers.distributed import (
     SHARDING_TYPES,
     ShardingConfig,
+    barrier,
     describe_plan,
+    gather_arrays,
+    init_process_group,
+    is_main,
     shard_ranker,
-    single_process_group,
 )
 from rankers.metrics import markdown_table, task_metrics
 from rankers.ranker import Ranker, RankerConfig, build_ranker
@@ -139,7 +142,17 @@ def evaluate_batches(
 ) -> dict[str, dict[str, Any]]:
     """AUC, LogLoss and the prior's LogLoss per task, and gAUC when the schema names a user column."""
     probs, labels, groups = predict(model, batches, progress=progress, desc=desc)
-    return task_metrics(probs, labels, prior, groups)
+    # Each rank predicted its own rows: the metrics are over all of them, the same on every rank.
+    gathered = gather_arrays(
+        {
+            **{f"p_{t}": v for t, v in probs.items()},
+            **{f"y_{t}": v for t, v in labels.items()},
+            "groups": groups,
+        }
+    )
+    probs = {t: gathered[f"p_{t}"] for t in probs}
+    labels = {t: gathered[f"y_{t}"] for t in labels}
+    return task_metrics(probs, labels, prior, gathered["groups"])
 
 
 def train_step(
@@ -170,10 +183,11 @@ def _epoch(
     epoch: int,
     config: TrainConfig,
     steps_left: int,
+    steps_per_epoch: int,
 ) -> dict[str, float]:
     """One pass over the training split; returns mean loss, steps and steady examples/s."""
     batches.set_epoch(epoch)
-    total = min(len(batches), steps_left) if steps_left else len(batches)
+    total = min(steps_per_epoch, steps_left) if steps_left else steps_per_epoch
     warm_steps = min(10, total // 5)
     loss_sum, steps, rows, t_warm, rows_warm = torch.zeros(()), 0, 0, time.perf_counter(), 0
     with tqdm(
@@ -240,23 +254,57 @@ class _BestWeights:
 
 
 def _readers(
-    data: Path, schema: Schema, config: TrainConfig
+    data: Path, schema: Schema, config: TrainConfig, rank: int = 0, world: int = 1
 ) -> tuple[ParquetBatches, dict[str, ParquetBatches]]:
-    """The shuffled training reader and the evaluation readers of the splits that hold rows."""
+    """This rank's shuffled training reader (its share of `batch_size`) and evaluation readers of
+    the splits that hold rows."""
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must divide among {world} processes")
+    per_rank = config.batch_size // world
     reader = ParquetBatches(
-        data / "train", config.batch_size, config.shuffle_buffer, config.seed, schema=schema
+        data / "train",
+        per_rank,
+        config.shuffle_buffer,
+        config.seed,
+        schema=schema,
+        rank=rank,
+        world_size=world,
     )
     if reader.num_rows == 0:
         raise ValueError(f"{data}/train: no training rows")
     # Drop each epoch's short last batch (one row would break batch norm); shuffling varies it.
-    reader.drop_last = reader.num_rows >= config.batch_size
+    reader.drop_last = reader.num_rows >= per_rank
     evals = {}
     for split in ("valid", "test"):
         if (data / split).is_dir():
-            r = ParquetBatches(data / split, config.eval_batch_size, schema=schema)
-            if r.num_rows:
+            r = ParquetBatches(
+                data / split, config.eval_batch_size, schema=schema, rank=rank, world_size=world
+            )
+            if _same_on_all_ranks(len(r), f"{data}/{split}: batches per process") and r.num_rows:
                 evals[split] = r
     return reader, evals
+
+
+def _fewest(n: int) -> int:
+    """The smallest `n` over the ranks."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t)
+
+
+def _same_on_all_ranks(n: int, what: str) -> bool:
+    """True; ValueError when ranks disagree on `n` (each step of a sharded model is collective)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        low, high = torch.tensor([n]), torch.tensor([-n])
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MIN)
+        if int(low) != -int(high):
+            raise ValueError(
+                f"{what} differ between processes ({int(low)} to {-int(high)}); change the batch size"
+            )
+    return True
 
 
 def train(
@@ -284,28 +332,35 @@ def train(
         torch.set_num_threads(config.threads)
     data = Path(data)
     schema = find_schema(data / "train")
-    reader, evals = _readers(data, schema, config)
+    init_process_group()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if not is_main():
+        config = replace(config, progress=False)
+    reader, evals = _readers(data, schema, config, rank, world)
+    steps_per_epoch = _fewest(len(reader))  # every rank takes the same steps (they are collective)
     prior = label_prior(reader.path, schema)
     torch.manual_seed(config.seed)
     ranker = build_ranker(schema, ranker_config, device=torch.device("meta"))
     monitor = config.monitor or ranker.tasks[0]
     if monitor not in ranker.tasks:
         raise ValueError(f"monitor task {monitor!r} is not among the model's tasks {ranker.tasks}")
-    ckpt = checkpoint.CheckpointDir.create(out, overwrite)
-
-    single_process_group()
+    ckpt = checkpoint.CheckpointDir(out)
+    if is_main():
+        checkpoint.CheckpointDir.create(out, overwrite)
+    barrier()
     sharding = ShardingConfig(config.sharding)
     model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr, sharding)
     plan = describe_plan(model.plan, ranker, dist.get_world_size())
     columns = list(plan[0]) if plan else []
-    log.info("sharding plan:\n%s", markdown_table(plan, columns))
-    ckpt.write_config(schema, ranker_config, config, data, prior)
+    if is_main():
+        log.info("sharding plan:\n%s", markdown_table(plan, columns))
+        ckpt.write_config(schema, ranker_config, config, data, prior)
     best = _BestWeights(ckpt, model, optimizer, config)
     history: list[dict[str, Any]] = []
     steps_done = 0
     for epoch in range(config.epochs):
         steps_left = config.max_steps - steps_done if config.max_steps else 0
-        stats = _epoch(model, ranker, optimizer, reader, epoch, config, steps_left)
+        stats = _epoch(model, ranker, optimizer, reader, epoch, config, steps_left, steps_per_epoch)
         steps_done += int(stats["steps"])
         row: dict[str, Any] = {"epoch": epoch + 1, **stats}
         auc, summary = (
@@ -317,7 +372,8 @@ def train(
             auc, logloss = row["valid"][monitor]["auc"], row["valid"][monitor]["logloss"]
             shown = ["-" if v is None else f"{v:.4f}" for v in (auc, logloss)]
             summary += f", valid {monitor} AUC {shown[0]} LogLoss {shown[1]}"
-        log.info(summary)
+        if is_main():
+            log.info(summary)
         history.append(row)
         stop = best.end_epoch(epoch + 1, auc)
         if stop or (config.max_steps and steps_done >= config.max_steps):
@@ -335,5 +391,7 @@ def train(
     if teacher:
         result["teacher"] = teacher
     result["train_config"] = asdict(config)
-    ckpt.write_metrics(result)
+    result["processes"] = world
+    if is_main():
+        ckpt.write_metrics(result)
     return result
