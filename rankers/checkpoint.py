@@ -18,6 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 CONFIG_FILE, WEIGHTS_DIR, METRICS_FILE = "config.json", "weights", "metrics.json"
 OLD_WEIGHTS = f".{WEIGHTS_DIR}.old"
+STATE_DIR, PROGRESS_FILE = "state", "progress.json"
 
 
 class CheckpointDir:
@@ -89,6 +92,64 @@ class CheckpointDir:
             else:
                 tmp.rename(final)
         barrier()
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Rank 0 renames the complete `tmp` to `final`, keeping the previous one until then."""
+        from rankers.distributed import barrier, is_main
+
+        barrier()
+        if is_main():
+            old = final.with_name(f".{final.name}.old")
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(final)
+        barrier()
+
+    def save_state(self, model: nn.Module, optimizer: Any, progress: dict[str, Any]) -> None:
+        """What `--resume` needs: model and optimizer state (every rank's shards, DCP), each rank's
+        torch RNG state and the loop's progress, in a temporary directory renamed into place, so a
+        kill at any instant leaves the previous state or the new one."""
+        from rankers.distributed import barrier, is_main
+
+        tmp = self.path / f".{STATE_DIR}.partial"
+        if is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
+        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+        if is_main():
+            (tmp / PROGRESS_FILE).write_text(json.dumps(progress, indent=1, default=float))
+        self._publish(tmp, self.path / STATE_DIR)
+
+    def state_dir(self) -> Path | None:
+        for name in (STATE_DIR, f".{STATE_DIR}.old"):
+            if (self.path / name / PROGRESS_FILE).is_file():
+                return self.path / name
+        return None
+
+    def load_state(self, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+        """Restores what `save_state` wrote (with any number of processes; the RNG state of a rank
+        that did not exist then is left as it is) and returns the progress."""
+        state_dir = self.state_dir()
+        if state_dir is None:
+            raise ValueError(f"{self.path}: no {STATE_DIR}/ to resume from (train with --checkpoint-every)")
+        for _, opt in optimizer.optimizers:  # lazily created state (Adam's moments) must exist first
+            if not opt.state:
+                opt.init_state()
+        state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+        dcp.load(state, checkpoint_id=str(state_dir))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        rng = state_dir / f"rng-{rank}.pt"
+        if rng.is_file():
+            torch.set_rng_state(torch.load(rng))
+        return json.loads((state_dir / PROGRESS_FILE).read_text())
 
     def weights_dir(self) -> Path | None:
         """The complete weights: `weights/`, or `.weights.old` after a save cut between renames."""

@@ -154,6 +154,26 @@ def _launch(args: argparse.Namespace) -> None:
         raise ValueError(f"torchrun with {args.nproc} processes exited with code {code}")
 
 
+def _resume(args: argparse.Namespace) -> None:
+    """Continues the run of checkpoint directory `args.resume` with the settings it was started with."""
+    from rankers.checkpoint import CheckpointDir
+    from rankers.distributed import is_main
+    from rankers.ranker import RankerConfig
+    from rankers.train import TrainConfig, train
+
+    ckpt = CheckpointDir(args.resume)
+    saved = ckpt.config()
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["train"].items()}
+    if args.progress is not None:
+        fields["progress"] = args.progress
+    result = train(
+        saved["data"], ckpt.path, RankerConfig.from_dict(saved["ranker"]), TrainConfig(**fields), resume=True
+    )
+    if is_main():
+        print(f"\ncheckpoint: {ckpt.path} (best epoch {result['best_epoch']})\n")
+        print(results_table(result, saved["ranker"].get("preset") or saved["ranker"]["backbone"]))
+
+
 def _train(args: argparse.Namespace) -> None:
     from rankers.distributed import is_main
     from rankers.train import TrainConfig, train
@@ -161,6 +181,11 @@ def _train(args: argparse.Namespace) -> None:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         _launch(args)
         return
+    if args.resume:
+        _resume(args)
+        return
+    if not args.data or not args.out:
+        raise ValueError("train: --data and --out are required (or --resume DIR)")
     toml = read_toml(args.config)
     ranker_config = _ranker_config(args, toml)
     base = dict(toml.get("train", {}))
@@ -334,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert_synthetic)
 
     p = sub.add_parser("train", help="train a ranker on a dataset's train split")
-    p.add_argument("--data", required=True, help="dataset directory with train/ (valid/, test/ optional)")
-    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--data", help="dataset directory with train/ (valid/, test/ optional)")
+    p.add_argument("--out", help="checkpoint directory")
+    p.add_argument("--resume", help="continue this checkpoint directory's run (see --checkpoint-every)")
     p.add_argument(
         "--backbone",
         choices=sorted(BACKBONES) + sorted(PRESETS),

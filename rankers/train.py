@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sized
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,8 @@ class TrainConfig:
     # tables, softmax, loss and optimizer state in fp32); evaluation stays fp32. "fp32": none.
     precision: str = "fp32"
     sharding: str = "table_wise"  # every table's sharding type (rankers.distributed.SHARDING_TYPES)
+    # Save everything `--resume` needs every this many steps (and after each epoch); 0 = never.
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -82,8 +84,8 @@ class TrainConfig:
             raise ValueError(f"sharding {self.sharding!r}: expected one of {SHARDING_TYPES}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
-        if self.patience < 0 or self.threads < 0 or self.max_steps < 0 or self.shuffle_buffer < 0:
-            raise ValueError("patience, threads, max_steps and shuffle_buffer must be >= 0")
+        if min(self.patience, self.threads, self.max_steps, self.shuffle_buffer, self.checkpoint_every) < 0:
+            raise ValueError("patience, threads, max_steps, shuffle_buffer and checkpoint_every must be >= 0")
 
 
 def label_prior(path: Path, schema: Schema) -> dict[str, float]:
@@ -184,23 +186,33 @@ def _epoch(
     config: TrainConfig,
     steps_left: int,
     steps_per_epoch: int,
+    start: int = 0,
+    loss_start: float = 0.0,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over the training split; returns mean loss, steps and steady examples/s."""
+    """One pass over the training split; returns mean loss, steps and steady examples/s. A resumed
+    epoch skips its first `start` batches (the same ones: the shuffle is seeded by the epoch) and
+    carries on the loss sum; `on_step(steps, loss_sum)` follows every step."""
     batches.set_epoch(epoch)
-    total = min(steps_per_epoch, steps_left) if steps_left else steps_per_epoch
-    warm_steps = min(10, total // 5)
-    loss_sum, steps, rows, t_warm, rows_warm = torch.zeros(()), 0, 0, time.perf_counter(), 0
+    total = min(steps_per_epoch, start + steps_left) if steps_left else steps_per_epoch
+    warm_steps = start + min(10, (total - start) // 5)
+    loss_sum, steps, rows, t_warm, rows_warm = torch.tensor(loss_start), start, 0, time.perf_counter(), 0
     with tqdm(
         total=total, unit="step", desc=f"epoch {epoch + 1}", disable=not config.progress, dynamic_ncols=True
     ) as bar:
         # Batches are read in this thread: a prefetch thread was measured 20% slower on 2 cores
         # (it competes with torch's threads and the GIL); reading costs about 3 ms of a 40 ms step.
-        for batch in batches:
+        bar.update(start)
+        for i, batch in enumerate(batches):
+            if i < start:
+                continue
             where = f"epoch {epoch + 1}, step {steps + 1}"
             loss = train_step(model, ranker, optimizer, batch, where, config.precision)
             loss_sum += loss.detach()
             steps += 1
             rows += len(batch)
+            if on_step is not None:
+                on_step(steps, float(loss_sum))
             if steps == warm_steps:
                 t_warm, rows_warm = time.perf_counter(), rows
             if steps % 20 == 0 or steps == total:
@@ -313,6 +325,7 @@ def train(
     ranker_config: RankerConfig = RankerConfig(),
     config: TrainConfig = TrainConfig(),
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Trains on `data/train`, early-stops on `data/valid`, evaluates the best weights on
     `data/test`, and leaves a checkpoint directory at `out` (see rankers.checkpoint).
@@ -323,6 +336,8 @@ def train(
         ranker_config: the model.
         config: how to train it.
         overwrite: replace an existing checkpoint directory at `out`.
+        resume: continue the run whose checkpoint directory is `out` from its last saved state
+            (`checkpoint_every`): weights, optimizer state, RNG, the epoch and the step within it.
 
     Returns:
         The metrics written to `out/metrics.json`: per-epoch history, best epoch, valid and test
@@ -345,7 +360,9 @@ def train(
     if monitor not in ranker.tasks:
         raise ValueError(f"monitor task {monitor!r} is not among the model's tasks {ranker.tasks}")
     ckpt = checkpoint.CheckpointDir(out)
-    if is_main():
+    if resume and ckpt.state_dir() is None:
+        raise ValueError(f"{out}: no saved state to resume from (train with --checkpoint-every N)")
+    if is_main() and not resume:
         checkpoint.CheckpointDir.create(out, overwrite)
     barrier()
     sharding = ShardingConfig(config.sharding)
@@ -354,14 +371,54 @@ def train(
     columns = list(plan[0]) if plan else []
     if is_main():
         log.info("sharding plan:\n%s", markdown_table(plan, columns))
-        ckpt.write_config(schema, ranker_config, config, data, prior)
+        if not resume:
+            ckpt.write_config(schema, ranker_config, config, data, prior)
     best = _BestWeights(ckpt, model, optimizer, config)
-    history: list[dict[str, Any]] = []
-    steps_done = 0
-    for epoch in range(config.epochs):
+    saved: dict[str, Any] = {"epoch": 0, "step": 0, "steps_done": 0, "loss_sum": 0.0, "history": []}
+    if resume:
+        saved = ckpt.load_state(model, optimizer)
+        best.best_auc, best.best_epoch, best.bad_epochs = saved["best"]
+        log.info("resuming %s at epoch %d, step %d", out, saved["epoch"] + 1, saved["step"])
+    history: list[dict[str, Any]] = saved["history"]
+    steps_done = int(saved["steps_done"])
+
+    def save(epoch: int, step: int, loss_sum: float, done: int, stopped: bool = False) -> None:
+        best_state = [best.best_auc, best.best_epoch, best.bad_epochs]
+        progress = {
+            "epoch": epoch,
+            "step": step,
+            "steps_done": done,
+            "loss_sum": loss_sum,
+            "stopped": stopped,
+        }
+        ckpt.save_state(model, optimizer, progress | {"history": history, "best": best_state})
+
+    for epoch in range(int(saved["epoch"]), 0 if saved.get("stopped") else config.epochs):
+        start = int(saved["step"]) if epoch == saved["epoch"] else 0
         steps_left = config.max_steps - steps_done if config.max_steps else 0
-        stats = _epoch(model, ranker, optimizer, reader, epoch, config, steps_left, steps_per_epoch)
-        steps_done += int(stats["steps"])
+
+        def on_step(
+            steps: int, loss_sum: float, epoch: int = epoch, start: int = start, base: int = steps_done
+        ) -> None:
+            done = base + steps - start
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and steps < steps_per_epoch:
+                save(epoch, steps, loss_sum, done)
+
+        loss_start = float(saved["loss_sum"]) if start else 0.0
+        stats = _epoch(
+            model,
+            ranker,
+            optimizer,
+            reader,
+            epoch,
+            config,
+            steps_left,
+            steps_per_epoch,
+            start,
+            loss_start,
+            on_step,
+        )
+        steps_done += int(stats["steps"]) - start
         row: dict[str, Any] = {"epoch": epoch + 1, **stats}
         auc, summary = (
             None,
@@ -376,7 +433,10 @@ def train(
             log.info(summary)
         history.append(row)
         stop = best.end_epoch(epoch + 1, auc)
-        if stop or (config.max_steps and steps_done >= config.max_steps):
+        stop = bool(stop or (config.max_steps and steps_done >= config.max_steps))
+        if config.checkpoint_every:
+            save(epoch + 1, 0, 0.0, steps_done, stop)
+        if stop:
             break
     ckpt.load_weights(model)
     result: dict[str, Any] = {

@@ -291,3 +291,69 @@ def test_two_processes_match_one_and_their_checkpoint_loads_in_one(
     again = Predictor.load(two).evaluate(criteo_8k_2k / "test")["ctr"]
     assert again["auc"] == pytest.approx(m2["test"]["ctr"]["auc"], abs=1e-6)
     assert again["rows"] == m2["test"]["ctr"]["rows"]
+
+
+@pytest.mark.shared_data
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(
+    criteo_8k_2k: Path, tmp_path: Path
+) -> None:
+    """SIGKILL after a checkpoint partway through an epoch, `--resume`, finish: the weights
+    (predictions) and metrics equal an uninterrupted run's bit for bit (1 thread, CPU)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    from rankers.predictor import Predictor
+
+    flags = [
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--checkpoint-every",
+        "7",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", "--data", str(criteo_8k_2k), "--out", str(whole), *flags]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "rankers",
+        "train",
+        "--data",
+        str(criteo_8k_2k),
+        "--out",
+        str(cut),
+        *flags,
+    ]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = cut / "state" / "progress.json"
+    deadline, seen = time.monotonic() + 120, None
+    while time.monotonic() < deadline and run.poll() is None:
+        try:
+            seen = json.loads(progress.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):  # not there yet, or being replaced
+            seen = None
+        if seen and seen["step"] > 0 and seen["epoch"] >= 1:  # mid-epoch, in the second epoch
+            break
+        time.sleep(0.005)
+    assert run.poll() is None, "the run ended before a mid-epoch checkpoint could be seen"
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (cut / "metrics.json").exists()
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
+    for row in (*a["history"], *b["history"]):
+        row.pop("examples_per_s")
+    assert a["history"] == b["history"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    pa, pb = (Predictor.load(d).predict_proba(criteo_8k_2k / "test")["ctr"] for d in (whole, cut))
+    assert np.array_equal(pa, pb)
