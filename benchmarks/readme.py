@@ -373,6 +373,39 @@ def _esmm(rows: list[dict[str, Any]]) -> str:
     return out
 
 
+def _scaling(rows: list[dict[str, Any]]) -> str:
+    rs = _latest_run([r for r in rows if r.get("benchmark") == "scaling"], "scaling-")
+    if not rs:
+        return ""
+    by: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rs:
+        by[r["processes"]].append(r)
+    table = [
+        {
+            "processes": n,
+            "training loop": _figure(group, "examples_per_s", "ex/s"),
+            "peak RSS per process (MB)": ", ".join(f"{m:,.0f}" for m in group[-1]["peak_rss_mb"]),
+            "table bytes per rank (plan)": ", ".join(f"{b:,}" for b in group[-1]["table_bytes_per_rank"]),
+            "load before / after": _loads(group),
+        }
+        for n, group in sorted(by.items())
+    ]
+    cols = [
+        "processes",
+        "training loop",
+        "peak RSS per process (MB)",
+        "table bytes per rank (plan)",
+        "load before / after",
+    ]
+    return (
+        f"## One process against two (benchmarks/scaling.py)\n\n{rs[0]['dataset']}.  \n{_header(rs)}\n"
+        + markdown_table(table, cols)
+        + "\n\nTwo CPU cores bound what scaling can show here: two processes get one core each where one "
+        "process gets two threads, so the gain to look for is memory per process (the tables split "
+        "table-wise), not speed. No GPU machine was lent to this session.\n"
+    )
+
+
 def write_readme() -> Path:
     rows = results()
     parts = [INTRO]
@@ -388,6 +421,8 @@ def write_readme() -> Path:
         parts.append(_sequences(rows))
     if any(str(r.get("run", "")).startswith("esmm-") for r in rows):
         parts.append(_esmm(rows))
+    if any(str(r.get("run", "")).startswith("scaling-") for r in rows):
+        parts.append(_scaling(rows))
     notes = README.with_name("NOTES.md")
     if notes.is_file():
         parts.append(notes.read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import asdict, dataclass, replace
@@ -452,6 +453,14 @@ def train(
         result["teacher"] = teacher
     result["train_config"] = asdict(config)
     result["processes"] = world
+    result["sharding_plan"] = plan
+    # Peak resident memory of each process (ru_maxrss is in KiB on Linux).
+    result["peak_rss_mb"] = [
+        float(m)
+        for m in gather_arrays({"m": np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])})[
+            "m"
+        ]
+    ]
     if is_main():
         ckpt.write_metrics(result)
     return result
