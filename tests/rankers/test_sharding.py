@@ -164,3 +164,55 @@ def test_constraints_name_the_table_of_an_impossible_combination() -> None:
     collection = build_ranker(seq, config, torch.device("meta"))
     with pytest.raises(ValueError, match="table item: data_parallel for an unpooled EmbeddingCollection"):
         plan_constraints(collection, ShardingConfig("data_parallel"))
+
+
+def _load_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) -> None:
+    import numpy as np
+
+    from features.reader import ParquetBatches
+    from rankers.checkpoint import CheckpointDir
+    from rankers.distributed import gather_arrays
+    from rankers.train import predict
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        directory = CheckpointDir(ckpt)
+        schema = Schema.load(ckpt)
+        ranker = build_ranker(
+            schema, RankerConfig.from_dict(directory.config()["ranker"]), torch.device("meta")
+        )
+        model, _ = shard_ranker(ranker, 1e-3, 0.0, 0.05, ShardingConfig("row_wise"))
+        directory.load_weights(model)
+        reader = ParquetBatches(Path(data), 500, schema=schema, labels=False, rank=rank, world_size=world)
+        probs, _, _ = predict(model, reader)
+        p = gather_arrays({"p": probs["ctr"]})["p"]
+        if rank == 0:
+            np.save(out, p)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_a_one_process_checkpoint_loads_row_wise_in_two_processes(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """The reverse of the CLI test (2 -> 1): weights saved by one process, loaded by two sharding
+    the tables row-wise, give the same predictions as the single-process Predictor."""
+    import numpy as np
+
+    from rankers.cli import main
+    from rankers.predictor import Predictor
+
+    ckpt = tmp_path / "ck"
+    args = ["train", "--data", str(synthetic_small), "--out", str(ckpt), "--epochs", "1", "--max-steps", "5"]
+    assert main([*args, "--batch-size", "256", "--no-progress"]) == 0
+    want = Predictor.load(ckpt).predict_proba(synthetic_small / "test")["ctr"]
+    out = tmp_path / "p.npy"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(
+        _load_worker, args=(2, _free_port(), str(ckpt), str(synthetic_small / "test"), str(out)), nprocs=2
+    )
+    got = np.load(out)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
