@@ -30,7 +30,6 @@ from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
 from rankers import checkpoint
 from rankers.distributed import (
-    SHARDING_TYPES,
     ShardingConfig,
     barrier,
     describe_plan,
@@ -67,6 +66,8 @@ class TrainConfig:
     # tables, softmax, loss and optimizer state in fp32); evaluation stays fp32. "fp32": none.
     precision: str = "fp32"
     sharding: str = "table_wise"  # every table's sharding type (rankers.distributed.SHARDING_TYPES)
+    # Per-table exceptions, table -> type (a dict is accepted; `--sharding-tables '{"C3": "row_wise"}'`).
+    sharding_tables: tuple[tuple[str, str], ...] | dict[str, str] = ()
     # Save everything `--resume` needs every this many steps (and after each epoch); 0 = never.
     checkpoint_every: int = 0
 
@@ -81,8 +82,10 @@ class TrainConfig:
             raise ValueError(f"lr_decay {self.lr_decay} must be in (0, 1]")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay {self.weight_decay} must be >= 0")
-        if self.sharding not in SHARDING_TYPES:
-            raise ValueError(f"sharding {self.sharding!r}: expected one of {SHARDING_TYPES}")
+        tables = self.sharding_tables
+        pairs = tables.items() if isinstance(tables, dict) else tables
+        object.__setattr__(self, "sharding_tables", tuple(sorted((str(t), str(v)) for t, v in pairs)))
+        ShardingConfig(self.sharding, self.sharding_tables)  # raises naming a bad type
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
         if min(self.patience, self.threads, self.max_steps, self.shuffle_buffer, self.checkpoint_every) < 0:
@@ -366,7 +369,7 @@ def train(
     if is_main() and not resume:
         checkpoint.CheckpointDir.create(out, overwrite)
     barrier()
-    sharding = ShardingConfig(config.sharding)
+    sharding = ShardingConfig(config.sharding, config.sharding_tables)
     model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr, sharding)
     plan = describe_plan(model.plan, ranker, dist.get_world_size())
     columns = list(plan[0]) if plan else []

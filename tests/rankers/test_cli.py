@@ -357,3 +357,18 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(
     assert a["history"] == b["history"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
     pa, pb = (Predictor.load(d).predict_proba(criteo_8k_2k / "test")["ctr"] for d in (whole, cut))
     assert np.array_equal(pa, pb)
+
+
+def test_per_table_sharding_from_flags(synthetic_small: Path, tmp_path: Path) -> None:
+    import json
+
+    ckpt = tmp_path / "ck"
+    args = ["train", "--data", str(synthetic_small), "--out", str(ckpt), "--epochs", "1", "--max-steps", "3"]
+    tables = '{"C1": "data_parallel", "C2": "row_wise"}'
+    assert main([*args, "--batch-size", "256", "--no-progress", "--sharding-tables", tables]) == 0
+    plan = {row["table"]: row for row in json.loads((ckpt / "metrics.json").read_text())["sharding_plan"]}
+    assert plan["C1"]["sharding"] == "data_parallel" and plan["C1"]["kernel"] == "dense"
+    assert plan["C2"]["sharding"] == "row_wise" and plan["C3"]["sharding"] == "table_wise"
+    bad = [*args[:4], str(tmp_path / "x"), "--sharding-tables", '{"C1": "grid"}', "--no-progress"]
+    assert main(bad) == 2
+    assert main([*args[:4], str(tmp_path / "y"), "--sharding-tables", '{"Z9": "row_wise"}']) == 2

@@ -74,14 +74,22 @@ def _load_tables(model: torch.nn.Module, tables: dict[str, torch.Tensor]) -> Non
 
 
 def _check_shards(model: torch.nn.Module, tables: dict[str, torch.Tensor]) -> None:
+    """Each rank's shards (or replicas) of `tables` equal the reference's slices."""
+    checked = set()
     for key, value in model.state_dict().items():
         table = key.split(".")[-2]
-        if table in tables and key.endswith("weight"):
-            for shard in getattr(value, "local_shards", lambda: [])():
-                (r, c), (n, d) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                # float32 sums in another order (fused kernel, all-to-all) differ by ~1e-6
-                want = tables[table][r : r + n, c : c + d]
-                torch.testing.assert_close(shard.tensor, want, rtol=1e-4, atol=1e-5)
+        if table not in tables or not key.endswith("weight"):
+            continue
+        shards = value.local_shards() if hasattr(value, "local_shards") else None
+        if shards is None:  # data-parallel: a full replica
+            torch.testing.assert_close(value, tables[table], rtol=1e-4, atol=1e-5)
+        for shard in shards or ():
+            (r, c), (n, d) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            # float32 sums in another order (fused kernel, all-to-all) differ by ~1e-6
+            want = tables[table][r : r + n, c : c + d]
+            torch.testing.assert_close(shard.tensor, want, rtol=1e-4, atol=1e-5)
+        checked.add(table)
+    assert checked == set(tables), checked
 
 
 def _worker(rank: int, world: int, port: int, sharding_type: str, out: str) -> None:
@@ -106,21 +114,25 @@ def _worker(rank: int, world: int, port: int, sharding_type: str, out: str) -> N
         torch.testing.assert_close(model(mine).logits["ctr"], reference(mine).logits["ctr"])
         # The same steps: the sharded model on its half, the reference on the whole global batch.
         ref_tables = [reference.embedding.ebc.embedding_bags[t].weight for t in tables]
-        adam = torch.optim.Adam(reference.backbone.parameters(), lr=1e-3)
+        replicated = sharding_type == "data_parallel"  # tables trained by Adam with the dense part
+        adam = torch.optim.Adam(
+            [*reference.backbone.parameters(), *(ref_tables if replicated else [])], lr=1e-3
+        )
+        ref_adagrad = [] if replicated else ref_tables
         # Rowwise Adagrad keeps one accumulator per row of each shard: a column-wise table has one
         # per row and column block (2 blocks here), the others one per row.
         blocks = 2 if sharding_type == "column_wise" else 1
-        states = [torch.zeros(w.shape[0], blocks) for w in ref_tables]
+        states = [torch.zeros(w.shape[0], blocks) for w in ref_adagrad]
         for _ in range(STEPS):
             train_step(model, ranker, optimizer, mine)
             adam.zero_grad()
-            for w in ref_tables:
+            for w in ref_adagrad:
                 w.grad = None
             loss, _ = reference.loss(reference(everyone), everyone.labels)
             loss.backward()
             adam.step()
             with torch.no_grad():
-                for w, state in zip(ref_tables, states, strict=True):
+                for w, state in zip(ref_adagrad, states, strict=True):
                     g = w.grad.view(w.shape[0], blocks, -1)  # type: ignore[union-attr]
                     state += g.square().mean(2)
                     w -= (0.1 * g / (state.sqrt().unsqueeze(2) + 1e-8)).view_as(w)
@@ -136,7 +148,7 @@ def _worker(rank: int, world: int, port: int, sharding_type: str, out: str) -> N
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("sharding_type", ["table_wise", "row_wise", "column_wise"])
+@pytest.mark.parametrize("sharding_type", ["table_wise", "row_wise", "column_wise", "data_parallel"])
 def test_two_process_sharded_model_computes_and_trains_like_the_unsharded_one(
     sharding_type: str, tmp_path: Path
 ) -> None:
