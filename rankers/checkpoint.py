@@ -66,7 +66,7 @@ class CheckpointDir:
         config = {
             "ranker": ranker_config.to_dict(),
             "train": asdict(train_config),
-            "data": str(data),
+            "data": str(Path(data).resolve()),
             "prior": prior,
         }
         (self.path / CONFIG_FILE).write_text(json.dumps(config, indent=1))
@@ -123,6 +123,11 @@ class CheckpointDir:
         rank = dist.get_rank() if dist.is_initialized() else 0
         torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
         if is_main():
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            # TorchRec's optimizers leave their param groups (the decayed learning rates) out of
+            # state_dict(): they travel here.
+            lrs = [group["lr"] for group in optimizer.param_groups]
+            progress = progress | {"processes": world, "lrs": lrs}
             (tmp / PROGRESS_FILE).write_text(json.dumps(progress, indent=1, default=float))
         self._publish(tmp, self.path / STATE_DIR)
 
@@ -133,11 +138,18 @@ class CheckpointDir:
         return None
 
     def load_state(self, model: nn.Module, optimizer: Any) -> dict[str, Any]:
-        """Restores what `save_state` wrote (with any number of processes; the RNG state of a rank
-        that did not exist then is left as it is) and returns the progress."""
+        """Restores what `save_state` wrote (with as many processes as wrote it) and returns the
+        progress."""
         state_dir = self.state_dir()
         if state_dir is None:
             raise ValueError(f"{self.path}: no {STATE_DIR}/ to resume from (train with --checkpoint-every)")
+        progress = json.loads((state_dir / PROGRESS_FILE).read_text())
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if progress.get("processes", 1) != world:
+            raise ValueError(
+                f"{self.path}: the run was saved by {progress.get('processes', 1)} processes; resume it "
+                f"with --nproc {progress.get('processes', 1)}, not {world} (each process reads its own rows)"
+            )
         for _, opt in optimizer.optimizers:  # lazily created state (Adam's moments) must exist first
             if not opt.state:
                 opt.init_state()
@@ -146,10 +158,10 @@ class CheckpointDir:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
         rank = dist.get_rank() if dist.is_initialized() else 0
-        rng = state_dir / f"rng-{rank}.pt"
-        if rng.is_file():
-            torch.set_rng_state(torch.load(rng))
-        return json.loads((state_dir / PROGRESS_FILE).read_text())
+        torch.set_rng_state(torch.load(state_dir / f"rng-{rank}.pt"))
+        for group, lr in zip(optimizer.param_groups, progress["lrs"], strict=True):
+            group["lr"] = lr
+        return progress
 
     def weights_dir(self) -> Path | None:
         """The complete weights: `weights/`, or `.weights.old` after a save cut between renames."""

@@ -138,9 +138,15 @@ def _launch(args: argparse.Namespace) -> None:
     import os
     import subprocess
 
-    argv = list(args.argv)
-    i = argv.index("--nproc")
-    del argv[i : i + 2]
+    argv, skip = [], False  # without --nproc (torchrun's own parser would take it)
+    for a in args.argv:
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        argv.append(a)
     command = [
         sys.executable,
         "-m",
@@ -182,6 +188,10 @@ def _train(args: argparse.Namespace) -> None:
         _launch(args)
         return
     if args.resume:
+        if args.data or args.out or args.config:
+            raise ValueError(
+                "--resume DIR continues with the run's own data and settings; drop --data/--out/--config"
+            )
         _resume(args)
         return
     if not args.data or not args.out:

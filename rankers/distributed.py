@@ -118,12 +118,12 @@ def describe_plan(plan: ShardingPlan, ranker: Ranker, world_size: int) -> list[d
 
 
 def init_process_group() -> None:
-    """The process group torchrun describes in the environment (gloo on CPU, nccl with CUDA), or a
-    one-process group when not launched by torchrun; nothing if one exists."""
+    """The process group torchrun describes in the environment (gloo: this version trains on CPU),
+    or a one-process group when not launched by torchrun; nothing if one exists."""
     if dist.is_initialized():
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo")
     else:
         single_process_group()
 

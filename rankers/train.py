@@ -188,7 +188,7 @@ def _epoch(
     batches: ParquetBatches,
     epoch: int,
     config: TrainConfig,
-    steps_left: int,
+    steps_left: int | None,
     steps_per_epoch: int,
     start: int = 0,
     loss_start: float = 0.0,
@@ -198,7 +198,7 @@ def _epoch(
     epoch skips its first `start` batches (the same ones: the shuffle is seeded by the epoch) and
     carries on the loss sum; `on_step(steps, loss_sum)` follows every step."""
     batches.set_epoch(epoch)
-    total = min(steps_per_epoch, start + steps_left) if steps_left else steps_per_epoch
+    total = min(steps_per_epoch, start + steps_left) if steps_left is not None else steps_per_epoch
     warm_steps = start + min(10, (total - start) // 5)
     loss_sum, steps, rows, t_warm, rows_warm = torch.tensor(loss_start), start, 0, time.perf_counter(), 0
     with tqdm(
@@ -286,8 +286,8 @@ def _readers(
         rank=rank,
         world_size=world,
     )
-    if reader.num_rows == 0:
-        raise ValueError(f"{data}/train: no training rows")
+    if _fewest(reader.num_rows) == 0:  # decided on every rank alike, so none is left waiting
+        raise ValueError(f"{data}/train: no training rows for every process")
     # Drop each epoch's short last batch (one row would break batch norm); shuffling varies it.
     reader.drop_last = reader.num_rows >= per_rank
     evals = {}
@@ -399,7 +399,9 @@ def train(
 
     for epoch in range(int(saved["epoch"]), 0 if saved.get("stopped") else config.epochs):
         start = int(saved["step"]) if epoch == saved["epoch"] else 0
-        steps_left = config.max_steps - steps_done if config.max_steps else 0
+        steps_left = config.max_steps - steps_done if config.max_steps else None  # None: no limit
+        if steps_left is not None and steps_left <= 0:
+            break
 
         def on_step(
             steps: int, loss_sum: float, epoch: int = epoch, start: int = start, base: int = steps_done

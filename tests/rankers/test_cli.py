@@ -283,7 +283,7 @@ def test_two_processes_match_one_and_their_checkpoint_loads_in_one(
     common = ["--epochs", "3", "--batch-size", "256", "--embedding-lr", "0.02", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["train", "--data", str(criteo_8k_2k), "--out", str(one), *common]) == 0
-    args = ["train", "--data", str(criteo_8k_2k), "--out", str(two), "--nproc", "2", "--sharding", "row_wise"]
+    args = ["train", "--data", str(criteo_8k_2k), "--out", str(two), "--nproc=2", "--sharding", "row_wise"]
     assert main([*args, *common]) == 0
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert m2["processes"] == 2 and m1["processes"] == 1

@@ -267,3 +267,43 @@ def test_task_weights_must_name_tasks(synthetic_small: Path) -> None:
         build_ranker(Schema.load(synthetic_small), RankerConfig(task_weights=(("cvt", 2.0),)))
     with pytest.raises(ValueError, match="-1"):
         RankerConfig(task_weights=(("ctr", -1.0),))
+
+
+def test_resume_state_restores_decayed_learning_rates_and_refuses_another_process_count(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """TorchRec's optimizers leave param groups out of state_dict(): the saved state carries the
+    learning rates (cut by reduce-on-plateau) and the number of processes that wrote it."""
+    import json
+
+    from features.reader import find_schema
+    from rankers.checkpoint import CheckpointDir
+    from rankers.distributed import shard_ranker, single_process_group
+    from rankers.ranker import RankerConfig, build_ranker
+
+    single_process_group()
+    schema = find_schema(synthetic_small / "train")
+
+    def sharded() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        ranker = build_ranker(schema, RankerConfig(embedding_dim=4), device=torch.device("meta"))
+        return shard_ranker(ranker, 1e-3, 0.0, 0.05)
+
+    model, optimizer = sharded()
+    from features.reader import ParquetBatches
+    from rankers.train import train_step
+
+    batch = next(iter(ParquetBatches(synthetic_small / "train", 64)))
+    train_step(model, model.module, optimizer, batch)  # optimizer state exists from the first step on
+    for group in optimizer.param_groups:
+        group["lr"] *= 0.1
+    assert len({g["lr"] for g in optimizer.param_groups}) == 2  # tables 0.005, dense 1e-4
+    ckpt = CheckpointDir(tmp_path)
+    ckpt.save_state(model, optimizer, {"epoch": 1, "step": 0})
+    model2, optimizer2 = sharded()
+    progress = ckpt.load_state(model2, optimizer2)
+    assert progress["processes"] == 1 and progress["epoch"] == 1
+    assert [g["lr"] for g in optimizer2.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    path = tmp_path / "state" / "progress.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"processes": 2}))
+    with pytest.raises(ValueError, match="saved by 2 processes; resume it with --nproc 2"):
+        ckpt.load_state(*sharded())
