@@ -76,22 +76,12 @@ class CheckpointDir:
         (the previous weights stay complete until then)."""
         from rankers.distributed import barrier, is_main
 
-        tmp, old = self.path / f".{WEIGHTS_DIR}.partial", self.path / OLD_WEIGHTS
-        final = self.path / WEIGHTS_DIR
+        tmp = self.path / f".{WEIGHTS_DIR}.partial"
         if is_main():
             shutil.rmtree(tmp, ignore_errors=True)
         barrier()
         dcp.save(model.state_dict(), checkpoint_id=str(tmp))
-        barrier()
-        if is_main():
-            if final.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(final)
-        barrier()
+        self._publish(tmp, self.path / WEIGHTS_DIR)  # the previous weights as .weights.old meanwhile
 
     def _publish(self, tmp: Path, final: Path) -> None:
         """Rank 0 renames the complete `tmp` to `final`, keeping the previous one until then."""
