@@ -323,15 +323,16 @@ class ValueCounter:
         return kept["value"].combine_chunks(), kept["count"].combine_chunks()
 
 
-def vocabulary_table(vocab: Mapping[str, tuple[pa.Array, pa.Array]]) -> pa.Table:
-    """Vocabularies (column -> (values by id from 2, counts)) as a table (feature, value, id, count)."""
+def vocabulary_table(vocab: Mapping[str, tuple[pa.Array, pa.Array]], first_id: int = 2) -> pa.Table:
+    """Vocabularies (column -> (values by id from `first_id`, counts)) as a table (feature, value,
+    id, count); ids 0 and 1 are missing and rare by default."""
     parts = [VOCABULARY_SCHEMA.empty_table()]
     for c, (values, counts) in vocab.items():
         try:
             text = values.cast(pa.string())
         except pa.ArrowInvalid as e:
             raise ValueError(f"column {c}: a value is not UTF-8 text ({e}); expected text") from None
-        ids = pa.array(np.arange(2, 2 + len(values), dtype=np.int64))
+        ids = pa.array(np.arange(first_id, first_id + len(values), dtype=np.int64))
         parts.append(
             pa.table([pa.repeat(pa.scalar(c), len(values)), text, ids, counts], schema=VOCABULARY_SCHEMA)
         )

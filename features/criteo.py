@@ -47,7 +47,7 @@ from features._csv import (
     count_rows,
     input_files,
     iter_files,
-    line_of_row,
+    labels,
     lookup_ids,
     read_vocabulary,
     sniff,
@@ -256,17 +256,6 @@ def _load_vocabulary(
     return expected, vocab
 
 
-def _labels(col: pa.Array, f: CsvFile, first_row: int) -> pa.Array:
-    bad = pc.invert(pc.fill_null(pc.is_in(col, value_set=pa.array([0, 1])), False))
-    if pc.any(bad).as_py():
-        i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-        value = "empty" if col[i].as_py() is None else repr(str(col[i].as_py()))
-        raise ValueError(
-            f"{f.path}: line {line_of_row(f, first_row + i)}, column label: {value}; expected 0 or 1"
-        )
-    return col.cast(pa.int8())
-
-
 def _write(
     writer: DatasetWriter,
     layouts: list[Layout],
@@ -294,7 +283,7 @@ def _write(
                     x = pc.fill_null(batch[c], 0).to_numpy().astype(np.float64)
                     cols[c] = (np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
             if labeled:
-                cols[LABEL] = _labels(batch[LABEL], f, first_row)
+                cols[LABEL] = labels(batch[LABEL], f, first_row, LABEL)
             table = pa.Table.from_arrays([cols[name] for name in arrow.names], schema=arrow)
             split = assign.take(batch.num_rows)
             for s, name in enumerate(SPLITS):

@@ -355,12 +355,13 @@ def _metrics(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """The teacher's figures on one split from the kept arrays of its chunks (see `_chunk_tables`)."""
     cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     p, y = cols["p"].astype(np.float64), cols["y"]
-    out: dict[str, Any] = _scores(p, y) | {"ctr": float(y.mean())}
+    ctr = _scores(p, y)
+    out: dict[str, Any] = ctr | {"ctr": float(y.mean())}
     if "q" not in cols:
         return out
     q, v = cols["q"].astype(np.float64), cols["v"]
     clicked = y == 1
-    out["tasks"] = {"ctr": _scores(p, y), "cvr": _scores(q[clicked], v[clicked]), "ctcvr": _scores(p * q, v)}
+    out["tasks"] = {"ctr": ctr, "cvr": _scores(q[clicked], v[clicked]), "ctcvr": _scores(p * q, v)}
     out["rates"] = {
         "click": float(y.mean()),
         "conversion_per_click": float(v[clicked].mean()) if clicked.any() else None,

@@ -48,14 +48,15 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from features._csv import (
-    VOCABULARY_SCHEMA,
     CsvFile,
     Layout,
+    bad_row,
     count_rows,
     input_files,
     iter_files,
     line_of_row,
     sniff,
+    vocabulary_table,
 )
 from features.dataset import DatasetWriter
 from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
@@ -225,16 +226,12 @@ def _blocks(layouts: list[Layout], block_bytes: int) -> Iterator[tuple[CsvFile, 
         for name in NAMES:
             if batch[name].null_count:
                 i = int(np.flatnonzero(batch[name].is_null().to_numpy(zero_copy_only=False))[0])
-                raise ValueError(
-                    f"{f.path}: line {line_of_row(f, first + i)}, column {name}: empty; "
-                    f"expected {_EXPECT.get(name, 'one of ' + ', '.join(BEHAVIORS))}"
-                )
+                raise bad_row(f, first, i, name, None, _EXPECT.get(name, "one of " + ", ".join(BEHAVIORS)))
         code = pc.index_in(batch["behavior"], value_set=pa.array(BEHAVIORS))
         if code.null_count:
             i = int(np.flatnonzero(code.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(
-                f"{f.path}: line {line_of_row(f, first + i)}, column behavior: "
-                f"{batch['behavior'][i].as_py()!r}; expected one of {', '.join(BEHAVIORS)}"
+            raise bad_row(
+                f, first, i, "behavior", batch["behavior"][i].as_py(), "one of " + ", ".join(BEHAVIORS)
             )
         n = batch.num_rows
         user, item, cate, t = (
@@ -435,17 +432,12 @@ def _schema(cat: _Catalogue, max_len: int) -> Schema:
 
 def _vocabulary(cat: _Catalogue) -> pa.Table:
     """(feature, raw value, id, behaviours) of users, items and categories; ids from 1."""
-    parts = []
-    for name, values, counts in (
-        ("user_id", cat.user, cat.user_count),
-        ("item_id", cat.item, cat.item_count),
-        ("cate_id", cat.cate, cat.cate_count),
-    ):
-        ids = np.arange(1, len(values) + 1, dtype=np.int64)
-        names = pa.array([name] * len(values), pa.string())
-        parts.append(pa.Table.from_arrays([names, pa.array(values).cast(pa.string()), ids, counts],
-                                          schema=VOCABULARY_SCHEMA))  # fmt: skip
-    return pa.concat_tables(parts)
+    vocab = {
+        "user_id": (pa.array(cat.user), pa.array(cat.user_count)),
+        "item_id": (pa.array(cat.item), pa.array(cat.item_count)),
+        "cate_id": (pa.array(cat.cate), pa.array(cat.cate_count)),
+    }
+    return vocabulary_table(vocab, first_id=1)
 
 
 def _catalogue_table(cat: _Catalogue) -> pa.Table:

@@ -305,6 +305,17 @@ def _demo(args: argparse.Namespace) -> None:
     print("\n(bidding replay: comes with the bidding issue; see README)")
 
 
+def _add_converter(convert: Any, name: str, help_: str, config: type, func: Any) -> argparse.ArgumentParser:
+    """`rankers convert NAME`: --out, --overwrite and a flag per field of `config`; the caller adds
+    the inputs."""
+    p = convert.add_parser(name, help=help_)
+    p.add_argument("--out", required=True, help="dataset directory to create (a TSV file with --tsv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_dataclass_flags(p, config)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from features.aliccp import AliCCPConfig
     from features.aliexpress import AliExpressConfig
@@ -321,52 +332,33 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="raw logs -> parquet dataset").add_subparsers(
         dest="source", required=True
     )
-    p = convert.add_parser("criteo", help="Criteo TSV/CSV -> parquet")
+    p = _add_converter(convert, "criteo", "Criteo TSV/CSV -> parquet", CriteoConfig, _convert_criteo)
     p.add_argument("inputs", nargs="+", help="Criteo files (TSV without header, or CSV/TSV with one)")
-    p.add_argument("--out", required=True, help="dataset directory to create")
     p.add_argument("--vocabulary-from", help="map with this dataset's vocabularies (new rows to score)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    add_dataclass_flags(p, CriteoConfig)
-    p.set_defaults(func=_convert_criteo)
 
-    p = convert.add_parser("taobao-ad", help="Alimama display ads (raw tables, joined or dmr CSV) -> parquet")
+    help_ = "Alimama display ads (raw tables, joined or dmr CSV) -> parquet"
+    p = _add_converter(convert, "taobao-ad", help_, TaobaoAdConfig, _convert_taobao_ad)
     p.add_argument("inputs", nargs="+", help="a directory with the four raw tables, or joined/dmr CSV files")
-    p.add_argument("--out", required=True, help="dataset directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    add_dataclass_flags(p, TaobaoAdConfig)
-    p.set_defaults(func=_convert_taobao_ad)
 
-    p = convert.add_parser("userbehavior", help="Taobao UserBehavior CSV -> examples with histories")
+    help_ = "Taobao UserBehavior CSV -> examples with histories"
+    p = _add_converter(convert, "userbehavior", help_, UserBehaviorConfig, _convert_userbehavior)
     p.add_argument("inputs", nargs="+", help="UserBehavior CSV files (no header), grouped by user")
-    p.add_argument("--out", required=True, help="dataset directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    add_dataclass_flags(p, UserBehaviorConfig)
-    p.set_defaults(func=_convert_userbehavior)
 
-    p = convert.add_parser("aliexpress", help="AliExpress click/conversion CSV -> parquet")
+    help_ = "AliExpress click/conversion CSV -> parquet"
+    p = _add_converter(convert, "aliexpress", help_, AliExpressConfig, _convert_aliexpress)
     p.add_argument("inputs", nargs="*", help="train CSV files (train + valid_fraction valid)")
     p.add_argument("--test", nargs="+", help="CSV files of the test split (mapped with the train vocabulary)")
-    p.add_argument("--out", required=True, help="dataset directory to create")
     p.add_argument("--vocabulary-from", help="map with this dataset's vocabularies (inputs may be omitted)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    add_dataclass_flags(p, AliExpressConfig)
-    p.set_defaults(func=_convert_aliexpress)
 
-    p = convert.add_parser("aliccp", help="Ali-CCP (label-encoded CSV or the raw release) -> parquet")
+    help_ = "Ali-CCP (label-encoded CSV or the raw release) -> parquet"
+    p = _add_converter(convert, "aliccp", help_, AliCCPConfig, _convert_aliccp)
     p.add_argument("input", help="encoded: the train CSV; raw: the directory of the release's files")
     p.add_argument("--valid", help="encoded: CSV of the valid split (default: valid_fraction of train)")
     p.add_argument("--test", help="encoded: CSV of the test split")
-    p.add_argument("--out", required=True, help="dataset directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    add_dataclass_flags(p, AliCCPConfig)
-    p.set_defaults(func=_convert_aliccp)
 
-    p = convert.add_parser("synthetic", help="teacher-generated Criteo-shaped data")
-    p.add_argument("--out", required=True, help="dataset directory (or TSV file with --tsv)")
-    p.add_argument("--tsv", action="store_true", help="write Criteo-format TSV instead of parquet")
-    p.add_argument("--overwrite", action="store_true")
-    add_dataclass_flags(p, SyntheticConfig)
-    p.set_defaults(func=_convert_synthetic)
+    help_ = "teacher-generated Criteo-shaped data"
+    p = _add_converter(convert, "synthetic", help_, SyntheticConfig, _convert_synthetic)
+    p.add_argument("--tsv", action="store_true", help="write Criteo-format TSV to --out instead of parquet")
 
     p = sub.add_parser("train", help="train a ranker on a dataset's train split")
     p.add_argument("--data", help="dataset directory with train/ (valid/, test/ optional)")

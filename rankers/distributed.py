@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -144,8 +145,6 @@ def gather_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
         return arrays
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, arrays)
-    import numpy as np
-
     return {k: None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in arrays}
 
 

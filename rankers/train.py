@@ -296,7 +296,12 @@ def _readers(
             r = ParquetBatches(
                 data / split, config.eval_batch_size, schema=schema, rank=rank, world_size=world
             )
-            if _same_on_all_ranks(len(r), f"{data}/{split}: batches per process") and r.num_rows:
+            fewest, most = _fewest(len(r)), -_fewest(-len(r))  # each eval step is collective too
+            if fewest != most:
+                raise ValueError(
+                    f"{data}/{split}: {fewest} to {most} batches per process; change --eval-batch-size"
+                )
+            if r.num_rows:
                 evals[split] = r
     return reader, evals
 
@@ -308,19 +313,6 @@ def _fewest(n: int) -> int:
     t = torch.tensor([n])
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t)
-
-
-def _same_on_all_ranks(n: int, what: str) -> bool:
-    """True; ValueError when ranks disagree on `n` (each step of a sharded model is collective)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        low, high = torch.tensor([n]), torch.tensor([-n])
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MIN)
-        if int(low) != -int(high):
-            raise ValueError(
-                f"{what} differ between processes ({int(low)} to {-int(high)}); change the batch size"
-            )
-    return True
 
 
 def train(
@@ -371,7 +363,7 @@ def train(
     barrier()
     sharding = ShardingConfig(config.sharding, config.sharding_tables)
     model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr, sharding)
-    plan = describe_plan(model.plan, ranker, dist.get_world_size())
+    plan = describe_plan(model.plan, ranker, world)
     columns = list(plan[0]) if plan else []
     if is_main():
         log.info("sharding plan:\n%s", markdown_table(plan, columns))

@@ -172,15 +172,7 @@ class DIEN(Backbone):
     ) -> None:
         super().__init__(spec, config, tasks)
         self.softmax = config.attention_softmax
-        self.interest_mlp = InterestMLP(
-            spec,
-            config.sequences,
-            config.dnn_units,
-            config.dnn_activation,
-            config.dnn_dropout,
-            config.dnn_batch_norm,
-            len(self.tasks),
-        )
+        self.interest_mlp = InterestMLP(spec, config, len(self.tasks))
         width = self.interest_mlp.width
         self.extractor = JaggedGRU(width)
         units = config.aux_units

@@ -27,12 +27,16 @@ attended sequences (the behaviour vector has G*D values), N real positions in th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset
+
+if TYPE_CHECKING:
+    from rankers.backbones.dien import DIENConfig
 
 ACTIVATIONS = ("relu", "dice", "prelu", "sigmoid")
 
@@ -205,27 +209,20 @@ class InterestMLP(nn.Module):
 
     Args:
         spec: the input shapes.
-        sequences: the attended sequences; () = every one with a target field.
-        units, act, dropout, batch_norm: the MLP's.
+        config: a DINConfig or DIENConfig (its `sequences` and `dnn_*` fields).
         tasks: K.
     """
 
-    def __init__(
-        self,
-        spec: InputSpec,
-        sequences: tuple[str, ...],
-        units: tuple[int, ...],
-        act: str,
-        dropout: float,
-        batch_norm: bool,
-        tasks: int,
-    ) -> None:
+    def __init__(self, spec: InputSpec, config: DINConfig | DIENConfig, tasks: int) -> None:
         super().__init__()
-        self.sequence_names, self.target_fields, self.pooled_names = attended(spec, sequences)
+        self.sequence_names, self.target_fields, self.pooled_names = attended(spec, config.sequences)
         self.width = len(self.sequence_names) * spec.embedding_dim  # W = G*D
         d = spec.embedding_dim
         in_features = spec.n_dense + len(spec.field_names) * d + self.width + len(self.pooled_names) * d
-        self.mlp = mlp_block(in_features, units, act, dropout, batch_norm)
+        units = config.dnn_units
+        self.mlp = mlp_block(
+            in_features, units, config.dnn_activation, config.dnn_dropout, config.dnn_batch_norm
+        )
         self.head = nn.Linear(units[-1], tasks)
 
     def inputs(self, x: Embedded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -259,15 +256,7 @@ class DIN(Backbone):
     ) -> None:
         super().__init__(spec, config, tasks)
         self.softmax = config.attention_softmax
-        self.interest_mlp = InterestMLP(
-            spec,
-            config.sequences,
-            config.dnn_units,
-            config.dnn_activation,
-            config.dnn_dropout,
-            config.dnn_batch_norm,
-            len(self.tasks),
-        )
+        self.interest_mlp = InterestMLP(spec, config, len(self.tasks))
         self.attention = ActivationUnit(
             self.interest_mlp.width,
             config.attention_units,
