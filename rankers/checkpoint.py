@@ -128,17 +128,26 @@ class CheckpointDir:
         return None
 
     def load_state(self, model: nn.Module, optimizer: Any) -> dict[str, Any]:
-        """Restores what `save_state` wrote (with as many processes as wrote it) and returns the
-        progress."""
+        """Restores what `save_state` wrote and returns the progress.
+
+        A state saved at the end of an epoch loads with any number of processes: DCP re-shards the
+        tables and their optimizer state, and a rank the saving run did not have takes rank 0's
+        RNG state (every rank starts from the same seed anyway). A state saved partway through an
+        epoch needs as many processes as saved it: each process reads its own contiguous share of
+        the rows, so another count would repeat or skip rows of that epoch.
+        """
         state_dir = self.state_dir()
         if state_dir is None:
             raise ValueError(f"{self.path}: no {STATE_DIR}/ to resume from (train with --checkpoint-every)")
         progress = json.loads((state_dir / PROGRESS_FILE).read_text())
         world = dist.get_world_size() if dist.is_initialized() else 1
-        if progress.get("processes", 1) != world:
+        saved_by = progress.get("processes", 1)
+        if saved_by != world and progress["step"]:
             raise ValueError(
-                f"{self.path}: the run was saved by {progress.get('processes', 1)} processes; resume it "
-                f"with --nproc {progress.get('processes', 1)}, not {world} (each process reads its own rows)"
+                f"{self.path}: the run was saved by {saved_by} processes partway through epoch "
+                f"{progress['epoch'] + 1} (step {progress['step']}); resume it with --nproc {saved_by}, "
+                f"not {world} (each process reads its own rows). A state saved at the end of an epoch "
+                "resumes with any number of processes."
             )
         for _, opt in optimizer.optimizers:  # lazily created state (Adam's moments) must exist first
             if not opt.state:
@@ -148,7 +157,8 @@ class CheckpointDir:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
         rank = dist.get_rank() if dist.is_initialized() else 0
-        torch.set_rng_state(torch.load(state_dir / f"rng-{rank}.pt"))
+        rng = state_dir / f"rng-{rank}.pt"
+        torch.set_rng_state(torch.load(rng if rng.is_file() else state_dir / "rng-0.pt"))
         for group, lr in zip(optimizer.param_groups, progress["lrs"], strict=True):
             group["lr"] = lr
         return progress

@@ -160,6 +160,12 @@ def _launch(args: argparse.Namespace) -> None:
         raise ValueError(f"torchrun with {args.nproc} processes exited with code {code}")
 
 
+# What `train --resume DIR` takes beside the run's own settings: more epochs in all (to continue
+# a finished run), progress bars, threads, and the number of processes.
+RESUME_FLAGS = ("epochs", "progress", "threads")
+_RESUME_ARGS = {"--resume", "--nproc", "--epochs", "--progress", "--no-progress", "--threads"}
+
+
 def _resume(args: argparse.Namespace) -> None:
     """Continues the run of checkpoint directory `args.resume` with the settings it was started with."""
     from rankers.checkpoint import CheckpointDir
@@ -170,8 +176,9 @@ def _resume(args: argparse.Namespace) -> None:
     ckpt = CheckpointDir(args.resume)
     saved = ckpt.config()
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["train"].items()}
-    if args.progress is not None:
-        fields["progress"] = args.progress
+    for name in RESUME_FLAGS:
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     result = train(
         saved["data"], ckpt.path, RankerConfig.from_dict(saved["ranker"]), TrainConfig(**fields), resume=True
     )
@@ -181,16 +188,34 @@ def _resume(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from rankers.distributed import is_main
-    from rankers.train import TrainConfig, train
-
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         _launch(args)
         return
+    if "LOCAL_RANK" not in os.environ:
+        _train_here(args)
+        return
+    import torch.distributed as dist
+
+    try:
+        _train_here(args)
+    finally:
+        # A torchrun rank leaving with its gloo group alive was seen to abort at exit
+        # ("terminate called without an active exception") on a loaded machine.
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train_here(args: argparse.Namespace) -> None:
+    """`train` in this process (one of torchrun's ranks, or the only process)."""
+    from rankers.distributed import is_main
+    from rankers.train import TrainConfig, train
+
     if args.resume:
-        if args.data or args.out or args.config:
+        others = [a for a in args.argv if a.startswith("--") and a.split("=")[0] not in _RESUME_ARGS]
+        if others:
             raise ValueError(
-                "--resume DIR continues with the run's own data and settings; drop --data/--out/--config"
+                f"--resume DIR continues with the run's own data and settings; drop {' '.join(others)} "
+                f"(it takes {', '.join(sorted(_RESUME_ARGS))})"
             )
         _resume(args)
         return

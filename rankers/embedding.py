@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection, EmbeddingConfig
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from features.schema import Schema
 from rankers.backbones.base import Embedded, Sequence
@@ -125,64 +125,99 @@ class EmbeddingArch(nn.Module):
         return list(self.unpooled)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> Embedded:
-        """dense (B, n_dense) and the batch's KJT -> Embedded with fields (B, F, D) and sequences."""
-        rows: dict[str, torch.Tensor] = {}  # categorical feature -> (B, D)
-        sequences: dict[str, Sequence] = {}
+        """dense (B, n_dense) and the batch's KJT -> Embedded with fields (B, F, D) and sequences.
+
+        The table modules are called here and everything else happens in fx-wrapped functions, so
+        TorchRec's train pipeline can trace this to find each table module's input: the pooled
+        tables of a model without sequences take the batch's KJT itself and are pipelined.
+        """
+        kt = None
         if self.ebc is not None:
             kt = self.ebc(_select(sparse, self.pooled_keys) if self.sequence_names else sparse)
-            if not self.sequence_names and kt.keys() == list(self.field_names):
-                fields = kt.values().view(-1, len(self.field_names), self.embedding_dim)  # (B, F, D)
-                return Embedded(dense=dense, fields=fields, field_names=self.field_names)
-            rows.update(kt.to_dict())  # sharding may reorder keys: read them by name
-        if self.sequence_tables is not None:
-            looked_up = self._per_id(sparse) if self.sequence_lookup == "bag" else self._unpooled(sparse)
-            for name, (values, lengths) in looked_up.items():
-                if name in self.sequence_names:
-                    sequences[name] = pad_sequence(values, lengths)
-                else:
-                    rows[name] = values
-        fields = torch.stack([rows[k] for k in self.field_names], dim=1)  # (B, F, D)
-        return Embedded(
-            dense=dense,
-            fields=fields,
-            field_names=self.field_names,
-            sequences={k: sequences[k] for k in self.sequence_names},
-        )
+        looked_up = None
+        if self.sequence_tables is not None and self.sequence_lookup == "bag":
+            by_table = self.sequence_tables(_per_id_bags(sparse, self.sequence_features))
+            looked_up = _split_per_id(by_table, sparse, self.sequence_features)
+        elif self.sequence_tables is not None:
+            keys = [f for features in self.sequence_features.values() for f in features]
+            looked_up = _jagged_rows(self.sequence_tables(_select(sparse, keys)), keys)
+        return _assemble(dense, kt, looked_up, self.field_names, self.sequence_names, self.embedding_dim)
 
-    def _per_id(self, sparse: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Bag path: each table's ids (its features' ids concatenated) as one bag each, in one KJT
-        whose keys are the tables; shorter keys are filled up with empty bags to a common stride."""
-        index = {k: i for i, k in enumerate(sparse.keys())}
-        offsets, values = sparse.offset_per_key(), sparse.values()
-        lengths = sparse.lengths().view(len(index), -1)  # (keys, B)
-        ids, counts = [], []
-        for features in self.sequence_features.values():
-            ids.append(torch.cat([values[offsets[index[f]] : offsets[index[f] + 1]] for f in features]))
-            counts.append(ids[-1].numel())
-        stride = max(1, *counts)
-        bags = torch.zeros(len(counts), stride, dtype=torch.int32)
-        for t, n in enumerate(counts):
-            bags[t, :n] = 1
-        kjt = KeyedJaggedTensor(
-            keys=list(self.sequence_features),
-            values=torch.cat(ids),
-            lengths=bags.view(-1).to(values.device),
-            stride=stride,
-        )
-        assert self.sequence_tables is not None
-        by_table = self.sequence_tables(kjt).to_dict()  # table -> (stride, D)
-        out = {}
-        for table, features in self.sequence_features.items():
-            start = 0
-            for f in features:
-                n = offsets[index[f] + 1] - offsets[index[f]]
-                out[f] = (by_table[table][start : start + n], lengths[index[f]])
-                start += n
-        return out
 
-    def _unpooled(self, sparse: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Collection path: TorchRec's EmbeddingCollection on the batch's own KJT."""
-        keys = [f for features in self.sequence_features.values() for f in features]
-        assert self.sequence_tables is not None
-        jts = self.sequence_tables(_select(sparse, keys))  # feature -> JaggedTensor (ids, D)
-        return {k: (jts[k].values(), jts[k].lengths()) for k in keys}
+def _assemble(
+    dense: torch.Tensor,
+    kt: KeyedTensor | None,
+    looked_up: dict[str, tuple[torch.Tensor, torch.Tensor]] | None,
+    field_names: tuple[str, ...],
+    sequence_names: tuple[str, ...],
+    dim: int,
+) -> Embedded:
+    """The pooled tables' KeyedTensor and the sequence tables' jagged rows -> Embedded."""
+    if kt is not None and not sequence_names and kt.keys() == list(field_names):
+        fields = kt.values().view(-1, len(field_names), dim)  # (B, F, D)
+        return Embedded(dense=dense, fields=fields, field_names=field_names)
+    rows: dict[str, torch.Tensor] = kt.to_dict() if kt is not None else {}  # sharding may reorder keys
+    sequences: dict[str, Sequence] = {}
+    for name, (values, lengths) in (looked_up or {}).items():
+        if name in sequence_names:
+            sequences[name] = pad_sequence(values, lengths)
+        else:
+            rows[name] = values
+    return Embedded(
+        dense=dense,
+        fields=torch.stack([rows[k] for k in field_names], dim=1),  # (B, F, D)
+        field_names=field_names,
+        sequences={k: sequences[k] for k in sequence_names},
+    )
+
+
+def _per_id_bags(sparse: KeyedJaggedTensor, sequence_features: dict[str, list[str]]) -> KeyedJaggedTensor:
+    """Bag path: each table's ids (its features' ids concatenated) as one bag each, in one KJT
+    whose keys are the tables; shorter keys are filled up with empty bags to a common stride."""
+    index = {k: i for i, k in enumerate(sparse.keys())}
+    offsets, values = sparse.offset_per_key(), sparse.values()
+    ids = [
+        torch.cat([values[offsets[index[f]] : offsets[index[f] + 1]] for f in features])
+        for features in sequence_features.values()
+    ]
+    counts = [t.numel() for t in ids]
+    stride = max(1, *counts)
+    bags = torch.zeros(len(counts), stride, dtype=torch.int32)
+    for t, n in enumerate(counts):
+        bags[t, :n] = 1
+    return KeyedJaggedTensor(
+        keys=list(sequence_features),
+        values=torch.cat(ids),
+        lengths=bags.view(-1).to(values.device),
+        stride=stride,
+    )
+
+
+def _split_per_id(
+    by_table: KeyedTensor, sparse: KeyedJaggedTensor, sequence_features: dict[str, list[str]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The bag path's (stride, D) rows per table -> feature -> (its ids' rows, its lengths)."""
+    tables = by_table.to_dict()
+    index = {k: i for i, k in enumerate(sparse.keys())}
+    offsets = sparse.offset_per_key()
+    lengths = sparse.lengths().view(len(index), -1)  # (keys, B)
+    out = {}
+    for table, features in sequence_features.items():
+        start = 0
+        for f in features:
+            n = offsets[index[f] + 1] - offsets[index[f]]
+            out[f] = (tables[table][start : start + n], lengths[index[f]])
+            start += n
+    return out
+
+
+def _jagged_rows(
+    jts: dict[str, JaggedTensor], keys: list[str]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Collection path: feature -> (its ids' rows, its lengths)."""
+    return {k: (jts[k].values(), jts[k].lengths()) for k in keys}
+
+
+# Traced as calls, not into (TorchRec's pipeline traces the model to find the tables' inputs).
+for _f in ("_select", "_assemble", "_per_id_bags", "_split_per_id", "_jagged_rows"):
+    torch.fx.wrap(_f)

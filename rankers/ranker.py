@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from features.batch import Batch
 from features.schema import Schema
 from rankers.backbones import PRESETS, Backbone, BackboneOutput, InputSpec, backbone_class
+from rankers.backbones.base import Embedded
 from rankers.embedding import SEQUENCE_LOOKUPS, EmbeddingArch, default_sequence_lookup
 
 
@@ -142,11 +143,7 @@ class Ranker(nn.Module):
         x = self.embedding(batch.dense, batch.sparse)
         out = self.backbone(x)
         if self.training and self.embedding_l2:
-            # Only the vectors this batch looked up: the fused table optimizer never sees a penalty
-            # on whole tables (FuxiCTR's form), and rows absent from the batch get no gradient.
-            squares = x.fields.square().sum() + sum(s.values.square().sum() for s in x.sequences.values())
-            penalty = self.embedding_l2 * squares / x.fields.shape[0]  # padding is zero
-            out = out._replace(aux_loss=penalty if out.aux_loss is None else out.aux_loss + penalty)
+            out = _with_l2_penalty(out, x, self.embedding_l2)
         return out
 
     def loss(
@@ -198,3 +195,15 @@ def build_ranker(schema: Schema, config: RankerConfig, device: torch.device | No
         dict(config.task_weights),
         embedding_l2=config.embedding_l2 or 0.0,
     )
+
+
+def _with_l2_penalty(out: BackboneOutput, x: Embedded, l2: float) -> BackboneOutput:
+    """`out` with l2 x the squared norm of the vectors this batch looked up (mean over rows) added
+    to its aux loss. Only those vectors: the fused table optimizer never sees a penalty on whole
+    tables (FuxiCTR's form), and rows absent from the batch get no gradient."""
+    squares = x.fields.square().sum() + sum(s.values.square().sum() for s in x.sequences.values())
+    penalty = l2 * squares / x.fields.shape[0]  # padding is zero
+    return out._replace(aux_loss=penalty if out.aux_loss is None else out.aux_loss + penalty)
+
+
+torch.fx.wrap("_with_l2_penalty")  # traced as a call (see rankers.embedding)

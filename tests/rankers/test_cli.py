@@ -372,3 +372,36 @@ def test_per_table_sharding_from_flags(synthetic_small: Path, tmp_path: Path) ->
     bad = [*args[:4], str(tmp_path / "x"), "--sharding-tables", '{"C1": "grid"}', "--no-progress"]
     assert main(bad) == 2
     assert main([*args[:4], str(tmp_path / "y"), "--sharding-tables", '{"Z9": "row_wise"}']) == 2
+
+
+@pytest.mark.distributed
+def test_a_state_saved_at_an_epoch_end_resumes_with_another_process_count(
+    synthetic_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One process trains an epoch; `--resume --nproc 2 --epochs 2` trains the second in two
+    processes on the re-sharded state. `--resume` takes no other settings."""
+    import json
+
+    ckpt = tmp_path / "ck"
+    args = [
+        "train",
+        "--data",
+        str(synthetic_small),
+        "--out",
+        str(ckpt),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "512",
+    ]
+    assert main([*args, "--checkpoint-every", "1000", "--no-progress"]) == 0
+    first = json.loads((ckpt / "metrics.json").read_text())
+    assert main(["train", "--resume", str(ckpt), "--lr", "0.1"]) == 2
+    assert "own data and settings; drop --lr (it takes --epochs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(ckpt), "--nproc", "2", "--epochs", "2", "--no-progress"]) == 0
+    second = json.loads((ckpt / "metrics.json").read_text())
+    assert second["processes"] == 2 and second["train_config"]["epochs"] == 2
+    assert [r["epoch"] for r in second["history"]] == [1, 2]
+    assert second["history"][0] == first["history"][0]
+    assert second["history"][1]["steps"] == first["history"][0]["steps"]  # the global batch is kept
+    assert second["history"][1]["loss"] < first["history"][0]["loss"]

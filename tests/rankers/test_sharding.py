@@ -194,8 +194,11 @@ def _load_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: st
         ranker = build_ranker(
             schema, RankerConfig.from_dict(directory.config()["ranker"]), torch.device("meta")
         )
-        model, _ = shard_ranker(ranker, 1e-3, 0.0, 0.05, ShardingConfig("row_wise"))
+        model, optimizer = shard_ranker(ranker, 1e-3, 0.0, 0.05, ShardingConfig("row_wise"))
         directory.load_weights(model)
+        # The resume state saved at the end of an epoch re-shards too: load it, write it again.
+        progress = directory.load_state(model, optimizer)
+        CheckpointDir(Path(out).parent / "resaved").save_state(model, optimizer, progress)
         reader = ParquetBatches(Path(data), 500, schema=schema, labels=False, rank=rank, world_size=world)
         probs, _, _ = predict(model, reader)
         p = gather_arrays({"p": probs["ctr"]})["p"]
@@ -210,15 +213,18 @@ def test_a_one_process_checkpoint_loads_row_wise_in_two_processes(
     synthetic_small: Path, tmp_path: Path
 ) -> None:
     """The reverse of the CLI test (2 -> 1): weights saved by one process, loaded by two sharding
-    the tables row-wise, give the same predictions as the single-process Predictor."""
+    the tables row-wise, give the same predictions as the single-process Predictor. The resume
+    state saved at the end of the epoch loads in two processes, and what they save of it again
+    loads in one as the same model and optimizer state (Adagrad and Adam included)."""
     import numpy as np
 
     from rankers.cli import main
     from rankers.predictor import Predictor
 
     ckpt = tmp_path / "ck"
+    (tmp_path / "resaved").mkdir()
     args = ["train", "--data", str(synthetic_small), "--out", str(ckpt), "--epochs", "1", "--max-steps", "5"]
-    assert main([*args, "--batch-size", "256", "--no-progress"]) == 0
+    assert main([*args, "--batch-size", "256", "--checkpoint-every", "100", "--no-progress"]) == 0
     want = Predictor.load(ckpt).predict_proba(synthetic_small / "test")["ctr"]
     out = tmp_path / "p.npy"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -228,3 +234,38 @@ def test_a_one_process_checkpoint_loads_row_wise_in_two_processes(
     got = np.load(out)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    first, again = (_resume_state(ckpt, d) for d in (ckpt, tmp_path / "resaved"))
+    assert first.keys() == again.keys()
+    assert any("momentum1" in k for k in first) and any(".exp_avg" in k for k in first), sorted(first)
+    for k, v in first.items():
+        assert torch.equal(v, again[k]), k
+    assert any(k.endswith("momentum1") and v.abs().sum() > 0 for k, v in first.items())
+
+
+def _resume_state(ckpt: Path, state_of: Path) -> dict[str, torch.Tensor]:
+    """Model and optimizer tensors (flattened, by name) after `load_state` of `state_of` in one
+    process, into the model of checkpoint `ckpt`."""
+    from rankers.checkpoint import CheckpointDir
+    from rankers.distributed import single_process_group
+
+    single_process_group()
+    schema = Schema.load(ckpt)
+    ranker = build_ranker(
+        schema, RankerConfig.from_dict(CheckpointDir(ckpt).config()["ranker"]), torch.device("meta")
+    )
+    model, optimizer = shard_ranker(ranker, 1e-3, 0.0, 0.05)
+    CheckpointDir(state_of).load_state(model, optimizer)
+    out: dict[str, torch.Tensor] = {}
+
+    def flatten(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}", v)
+        elif hasattr(value, "local_shards"):  # one process holds every shard
+            out[prefix] = value.local_shards()[0].tensor.clone()
+        elif isinstance(value, torch.Tensor):
+            out[prefix] = value.clone()
+
+    flatten("model", model.state_dict())
+    flatten("optim", optimizer.state_dict()["state"])
+    return out
