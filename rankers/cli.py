@@ -312,6 +312,25 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from rankers.bidding.calibration import calibrate, plot_reliability, report_markdown
+    from rankers.checkpoint import CheckpointDir
+    from rankers.predictor import Predictor
+
+    predictor = Predictor.load(args.checkpoint)
+    data = Path(CheckpointDir(args.checkpoint).config()["data"])
+    valid = Path(args.valid) if args.valid else data / "valid"
+    test = Path(args.test) if args.test else (data / "test" if (data / "test").is_dir() else None)
+    calibration, report = calibrate(predictor, valid, test, args.method, args.bins)
+    out = Path(args.checkpoint)
+    calibration.save(out)
+    text = report_markdown(report)
+    (out / "calibration.md").write_text(text)
+    plot = plot_reliability(report, out / "calibration.png")
+    saved = [out / "calibration.json", out / "calibration.md", *([plot] if plot else [])]
+    print(text + "\nsaved " + ", ".join(map(str, saved)))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from features.synthetic import SyntheticConfig, write_synthetic
     from rankers.ranker import RankerConfig
@@ -424,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="split directory or parquet file (default: the training data's test split)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit isotonic or Platt calibration; saved in the checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--valid", help="labeled rows to fit on (default: the training data's valid split)")
+    p.add_argument("--test", help="labeled rows to measure ECE on (default: the training data's test split)")
+    p.add_argument("--method", choices=["isotonic", "platt"], default="isotonic")
+    p.add_argument("--bins", type=int, default=20, help="calibration bins that give each value's sigma")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("predict", help="probabilities per task for new rows")
     p.add_argument("--checkpoint", required=True)

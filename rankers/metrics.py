@@ -35,21 +35,19 @@ def binary_metrics(
     return out
 
 
-def task_metrics(
-    probs: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    prior: dict[str, float],
-    groups: np.ndarray | None = None,
-) -> dict[str, dict[str, float | int | None]]:
-    """`binary_metrics` per predicted task against its label, with the funnel's rules:
+def task_labels(
+    probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per predicted task, its labels and the rows it is measured on, with the funnel's rules:
 
     - cvr, when a click (ctr) label is present, over the clicked rows only: conversion rate is
       defined after a click (the ESMM paper's CVR AUC);
     - ctcvr, without a label of its own, against the conversion (cvr) label over every row: the
       conversion label implies a click, so it is "click and conversion".
+    Tasks without a label are left out.
     """
-    out: dict[str, dict[str, float | int | None]] = {}
-    for task, p in probs.items():
+    out = {}
+    for task in probs:
         if task in labels:
             y = labels[task]
         elif task == "ctcvr" and "cvr" in labels:
@@ -57,11 +55,24 @@ def task_metrics(
         else:
             continue
         rows = labels["ctr"] == 1 if task == "cvr" and "ctr" in labels else np.ones(len(y), dtype=bool)
+        out[task] = (y, rows)
+    return out
+
+
+def task_metrics(
+    probs: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    prior: dict[str, float],
+    groups: np.ndarray | None = None,
+) -> dict[str, dict[str, float | int | None]]:
+    """`binary_metrics` per predicted task against its label on its rows (see `task_labels`)."""
+    out: dict[str, dict[str, float | int | None]] = {}
+    for task, (y, rows) in task_labels(probs, labels).items():
         if not rows.any():  # no clicked rows to measure CVR on
             out[task] = {"auc": None, "logloss": None, "rows": 0, "positive_rate": None}
             continue
         g = None if groups is None else groups[rows]
-        out[task] = binary_metrics(y[rows], p[rows], prior.get(task), g)
+        out[task] = binary_metrics(y[rows], probs[task][rows], prior.get(task), g)
     return out
 
 

@@ -19,6 +19,7 @@ from features.batch import Batch
 from features.reader import ParquetBatches, find_schema, table_batches
 from features.schema import Schema
 from rankers._quiet import quiet_torchrec
+from rankers.bidding.calibration import Calibration
 from rankers.checkpoint import CheckpointDir
 from rankers.metrics import task_metrics
 from rankers.ranker import Ranker, RankerConfig, build_ranker
@@ -39,11 +40,20 @@ class Predictor:
         prior: training base rate per task, for the constant-prior baseline.
     """
 
-    def __init__(self, ranker: Ranker, schema: Schema, prior: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        ranker: Ranker,
+        schema: Schema,
+        prior: dict[str, float] | None = None,
+        path: Path | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
         self.ranker = ranker.eval()
         self.schema = schema
         self.prior = prior or {}
         self.tasks = ranker.tasks
+        self.path = path  # the checkpoint directory it was loaded from
+        self.calibration = calibration  # fitted by `rankers calibrate` (rankers.bidding.calibration)
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
@@ -59,7 +69,7 @@ class Predictor:
         with quiet_torchrec():
             ranker = build_ranker(schema, ranker_config, device=torch.device("cpu"))
             ckpt.load_weights(ranker, no_dist=True)
-        return cls(ranker, schema, config.get("prior"))
+        return cls(ranker, schema, config.get("prior"), ckpt.path, Calibration.load(ckpt.path))
 
     def _batches(self, rows: Rows, batch_size: int, labels: bool) -> Iterable[Batch]:
         if isinstance(rows, Batch):
@@ -94,11 +104,17 @@ class Predictor:
     def evaluate(self, rows: Rows, batch_size: int = 65_536) -> dict[str, dict[str, Any]]:
         """AUC, LogLoss and the prior's LogLoss per task on labeled rows, and gAUC when the schema
         names a user column."""
-        batches = self._batches(rows, batch_size, labels=True)
-        probs, labels, groups = predict(self.ranker, batches)
-        if not labels:
-            raise ValueError(f"{_describe(rows)}: no labeled rows to evaluate")
+        probs, labels, groups = self.predict_labeled(rows, batch_size)
         return task_metrics(probs, labels, self.prior, groups)
+
+    def predict_labeled(
+        self, rows: Rows, batch_size: int = 65_536
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+        """Probabilities and labels per task of labeled rows, and their user ids (or None)."""
+        probs, labels, groups = predict(self.ranker, self._batches(rows, batch_size, labels=True))
+        if not labels:
+            raise ValueError(f"{_describe(rows)}: no labeled rows")
+        return probs, labels, groups
 
     def iter_proba(self, rows: Rows, batch_size: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
         """Like `predict_proba`, one dict per batch, for inputs larger than memory."""

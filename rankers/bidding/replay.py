@@ -1,0 +1,137 @@
+"""Replay: an agent bids on logged opportunities in time order, episode by episode, against the
+logged market prices, under its budget.
+
+Each episode is split into `ticks` equal runs of opportunities. At each tick the agent bids for the
+whole run; the auction decides wins and costs; then the opportunities are settled in order and a
+win whose bid exceeds the budget left is not placed, so spend never exceeds the budget (in second
+and first price alike, the cost is at most the bid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rankers.bidding.agents import Agent, AgentState
+from rankers.bidding.auctions import single_auction
+from rankers.bidding.values import BidValues, check_array
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Logged opportunities in time order: values, market prices and real outcomes (0/1)."""
+
+    values: BidValues
+    prices: np.ndarray
+    outcomes: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not len(self.values) == len(self.prices) == len(self.outcomes):
+            raise ValueError(
+                f"episode arrays differ in length: values {len(self.values)}, prices {len(self.prices)}, "
+                f"outcomes {len(self.outcomes)}"
+            )
+        check_array("price", np.asarray(self.prices, dtype=np.float64))
+
+
+def run_episode(
+    agent: Agent,
+    episode: Episode,
+    budget: float,
+    ticks: int = 48,
+    auction: str = "second_price",
+    reserve: float = 0.0,
+    target_cpa: float | None = None,
+) -> dict[str, Any]:
+    """One episode; returns its outcome (see `outcome`)."""
+    if not (np.isfinite(budget) and budget > 0):
+        raise ValueError(f"budget {budget} must be finite and > 0")
+    n = len(episode.values)
+    state = AgentState(budget=budget, ticks=ticks)
+    agent.reset(state)
+    won_any = np.zeros(n, dtype=bool)
+    for t, part in enumerate(np.array_split(np.arange(n), ticks)):
+        state.tick = t
+        values = episode.values[part]
+        bids = agent.bid(values, state)
+        result = single_auction(auction, bids, episode.prices[part], reserve)
+        spent, converted = 0.0, 0.0
+        for i in np.flatnonzero(result.won):  # settle in order; never past the budget
+            if bids[i] > state.budget_left - spent:
+                continue
+            spent += float(result.cost[i])
+            converted += float(episode.outcomes[part[i]])
+            won_any[part[i]] = True
+            state.value_won += float(values.value[i])
+            state.wins += 1
+        state.spend += spent
+        state.conversions += converted
+        state.tick = t + 1
+        agent.observe(state, spent, converted)
+    return outcome(state, n, target_cpa)
+
+
+def outcome(state: AgentState, opportunities: int, target_cpa: float | None = None) -> dict[str, Any]:
+    """Conversions (or clicks), expected ones, spend, CPA, win rate, budget used and, with a
+    target CPA, AuctionNet's score: conversions x min(1, (target CPA / CPA)^2)."""
+    cpa = state.spend / state.conversions if state.conversions else float("inf") if state.spend else 0.0
+    row: dict[str, Any] = {
+        "conversions": state.conversions,
+        "expected": state.value_won,
+        "spend": state.spend,
+        "cpa": cpa,
+        "wins": state.wins,
+        "win_rate": state.wins / max(opportunities, 1),
+        "budget_used": state.spend / state.budget,
+    }
+    if target_cpa is not None:
+        row["score"] = state.conversions * min(1.0, (target_cpa / cpa) ** 2) if cpa > 0 else state.conversions
+    return row
+
+
+def replay(
+    agent: Agent,
+    episodes: list[Episode],
+    budget: float,
+    ticks: int = 48,
+    auction: str = "second_price",
+    reserve: float = 0.0,
+    target_cpa: float | None = None,
+) -> list[dict[str, Any]]:
+    """`run_episode` over each episode in turn (the agent reset at each)."""
+    return [run_episode(agent, e, budget, ticks, auction, reserve, target_cpa) for e in episodes]
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Sums over episodes, with CPA and budget used over the sums."""
+    spend = sum(r["spend"] for r in rows)
+    conversions = sum(r["conversions"] for r in rows)
+    return {
+        "episodes": len(rows),
+        "conversions": conversions,
+        "expected": sum(r["expected"] for r in rows),
+        "spend": spend,
+        "cpa": spend / conversions if conversions else float("inf"),
+        "win_rate": float(np.mean([r["win_rate"] for r in rows])),
+        "budget_used": float(np.mean([r["budget_used"] for r in rows])),
+    }
+
+
+def hindsight_optimum(values: np.ndarray, prices: np.ndarray, budget: float) -> float:
+    """The most expected value winnable in one episode knowing every market price: a knapsack
+    (value, price) under the budget, bounded above by its fractional relaxation, which is what
+    this returns (greedy by value per price, the last item taken in part). The physical limit of
+    any agent with these values in a second-price auction."""
+    free = prices <= 0
+    total = float(values[free].sum())
+    v, p = values[~free], prices[~free]
+    order = np.argsort(-v / p, kind="stable")
+    cum = np.cumsum(p[order])
+    k = int(np.searchsorted(cum, budget, side="right"))  # items fully affordable
+    total += float(v[order[:k]].sum())
+    if k < len(order):
+        left = budget - (cum[k - 1] if k else 0.0)
+        total += float(v[order[k]]) * left / float(p[order[k]])
+    return total
