@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from rankers._args import add_dataclass_flags, add_shared_flags, dataclass_from_args, flags_set, read_toml
 from rankers._quiet import quiet_torchrec
 from rankers.backbones import BACKBONES, PRESETS, backbone_class
+from rankers.bidding.evaluate import AGENTS
 from rankers.metrics import markdown_table
 
 if TYPE_CHECKING:
@@ -331,6 +332,42 @@ def _calibrate(args: argparse.Namespace) -> None:
     print(text + "\nsaved " + ", ".join(map(str, saved)))
 
 
+def _bid(args: argparse.Namespace) -> None:
+    from rankers.bidding.evaluate import AGENTS, compare_agents, split_episodes
+    from rankers.bidding.ipinyou import campaign_names, load_campaign
+    from rankers.metrics import markdown_table
+
+    agents = AGENTS if args.agent == "all" else tuple(args.agent.split(","))
+    if args.agent == "all" and args.cpa is None:
+        agents = tuple(a for a in agents if a != "cpa")
+    sources: list[tuple[str, list, float]] = []  # (name, episodes, budget)
+    data = Path(args.data)
+    if args.predictor:
+        from rankers.predictor import Predictor
+
+        episodes = split_episodes(Predictor.load(args.predictor), data, args.goal, args.episode_length)
+        sources.append((data.name, episodes, args.budget * 50.0 * args.episode_length))  # median price 50
+    else:
+        for name in args.campaign.split(",") if args.campaign else campaign_names(data):
+            campaign = load_campaign(data, name)
+            sources.append((name, campaign.episodes, campaign.budget(args.budget)))
+    rows = []
+    for name, episodes, budget in sources:
+        cut = len(episodes) // 2
+        train, test = episodes[:cut], episodes[cut:]
+        rs = compare_agents(train, test, budget, agents, args.cpa, args.auction, args.cap, 48, args.value)
+        rows += [{"data": name, "budget": budget, **r} for r in rs]
+    columns = ["data", "budget", "agent", "conversions", "expected", "of_optimum", "spend", "cpa", "win_rate"]
+    columns += ["budget_used"] + (["roi"] if args.value is not None else [])
+    columns += ["score"] if args.cpa is not None else []
+    print(
+        f"{args.auction}, budget {args.budget:g} of the traffic's cost at the mean price; tuned on the first "
+        "half of the episodes, replayed on the second half (conversions: real outcomes won; expected: the "
+        "sum of the values won)\n"
+    )
+    print(markdown_table(rows, columns))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from features.synthetic import SyntheticConfig, write_synthetic
     from rankers.ranker import RankerConfig
@@ -338,15 +375,21 @@ def _demo(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     data = out / "synthetic"
-    print(f"1/3 synthetic Criteo-shaped data from a known teacher -> {data}")
+    print(f"1/4 synthetic Criteo-shaped data from a known teacher -> {data}")
     write_synthetic(data, SyntheticConfig(rows=args.rows, min_count=10), overwrite=args.overwrite)
-    print(f"2/3 training the MLP baseline -> {out / 'mlp'}")
+    print(f"2/4 training the MLP baseline -> {out / 'mlp'}")
     ranker_config = RankerConfig(backbone="mlp", embedding_dim=16)
     config = TrainConfig(epochs=3, batch_size=1024, embedding_lr=0.02)
     result = train(data, out / "mlp", ranker_config, config, overwrite=args.overwrite)
-    print("3/3 evaluation (test rows never seen in training or early stopping)\n")
+    print("3/4 evaluation (test rows never seen in training or early stopping)\n")
     print(results_table(result, "mlp"))
-    print("\n(bidding replay: comes with the bidding issue; see README)")
+    print("\n4/4 calibration on the valid split, then a bidding replay on the test split\n")
+    _calibrate(
+        argparse.Namespace(checkpoint=str(out / "mlp"), valid=None, test=None, method="isotonic", bins=20)
+    )
+    bid: dict[str, Any] = {"data": str(data / "test"), "predictor": str(out / "mlp"), "agent": "all"}
+    bid |= {"budget": 1 / 8, "auction": "second_price", "goal": "click", "cap": float("inf")}
+    _bid(argparse.Namespace(**bid, campaign=None, cpa=None, value=None, episode_length=1000))
 
 
 def _add_converter(convert: Any, name: str, help_: str, config: type, func: Any) -> argparse.ArgumentParser:
@@ -452,13 +495,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=20, help="calibration bins that give each value's sigma")
     p.set_defaults(func=_calibrate)
 
+    p = sub.add_parser("bid", help="bidding agents replayed on logged auctions: the outcome table")
+    p.add_argument(
+        "--data", required=True, help="iPinYou campaigns directory, or a labeled split with --predictor"
+    )
+    p.add_argument("--predictor", help="checkpoint (calibrated) whose values bid on the rows of --data")
+    p.add_argument("--campaign", help="iPinYou campaigns, comma-separated (default: all in --data)")
+    p.add_argument("--agent", default="all", help=f"comma-separated of {', '.join(AGENTS)}, or all")
+    p.add_argument(
+        "--budget", type=float, default=1 / 8, help="per episode, as a share of its traffic's cost"
+    )
+    p.add_argument("--cpa", type=float, help="target CPA (agent cpa, and the AuctionNet score)")
+    p.add_argument("--auction", choices=["second_price", "first_price"], default="second_price")
+    p.add_argument("--goal", choices=["click", "conversion"], default="click", help="with --predictor")
+    p.add_argument("--episode-length", type=int, default=1000, help="rows per episode, with --predictor")
+    p.add_argument("--cap", type=float, default=float("inf"), help="highest bid")
+    p.add_argument("--value", type=float, help="money per conversion (click): the ROI column")
+    p.set_defaults(func=_bid)
+
     p = sub.add_parser("predict", help="probabilities per task for new rows")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="split directory or parquet file")
     p.add_argument("--out", required=True, help="parquet file to write (one column p_<task> per task)")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("demo", help="synthetic data -> train -> evaluate, with the teacher's best AUC")
+    p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> calibrate -> bidding replay")
     p.add_argument("--out", default="build/demo")
     p.add_argument("--rows", type=int, default=250_000, help="rows in all (80%% train)")
     p.add_argument("--overwrite", action="store_true")

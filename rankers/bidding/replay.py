@@ -44,6 +44,7 @@ def run_episode(
     auction: str = "second_price",
     reserve: float = 0.0,
     target_cpa: float | None = None,
+    value_per_conversion: float | None = None,
 ) -> dict[str, Any]:
     """One episode; returns its outcome (see `outcome`)."""
     if not (np.isfinite(budget) and budget > 0):
@@ -70,12 +71,18 @@ def run_episode(
         state.conversions += converted
         state.tick = t + 1
         agent.observe(state, spent, converted)
-    return outcome(state, n, target_cpa)
+    return outcome(state, n, target_cpa, value_per_conversion)
 
 
-def outcome(state: AgentState, opportunities: int, target_cpa: float | None = None) -> dict[str, Any]:
-    """Conversions (or clicks), expected ones, spend, CPA, win rate, budget used and, with a
-    target CPA, AuctionNet's score: conversions x min(1, (target CPA / CPA)^2)."""
+def outcome(
+    state: AgentState,
+    opportunities: int,
+    target_cpa: float | None = None,
+    value_per_conversion: float | None = None,
+) -> dict[str, Any]:
+    """Conversions (or clicks), expected ones, spend, CPA, win rate, budget used; with a target
+    CPA, AuctionNet's score: conversions x min(1, (target CPA / CPA)^2); with a value per
+    conversion, ROI = (conversions x value - spend) / spend."""
     cpa = state.spend / state.conversions if state.conversions else float("inf") if state.spend else 0.0
     row: dict[str, Any] = {
         "conversions": state.conversions,
@@ -86,6 +93,9 @@ def outcome(state: AgentState, opportunities: int, target_cpa: float | None = No
         "win_rate": state.wins / max(opportunities, 1),
         "budget_used": state.spend / state.budget,
     }
+    if value_per_conversion is not None:
+        revenue = state.conversions * value_per_conversion
+        row["roi"] = (revenue - state.spend) / state.spend if state.spend else float("nan")
     if target_cpa is not None:
         row["score"] = state.conversions * min(1.0, (target_cpa / cpa) ** 2) if cpa > 0 else state.conversions
     return row
@@ -99,16 +109,20 @@ def replay(
     auction: str = "second_price",
     reserve: float = 0.0,
     target_cpa: float | None = None,
+    value_per_conversion: float | None = None,
 ) -> list[dict[str, Any]]:
     """`run_episode` over each episode in turn (the agent reset at each)."""
-    return [run_episode(agent, e, budget, ticks, auction, reserve, target_cpa) for e in episodes]
+    return [
+        run_episode(agent, e, budget, ticks, auction, reserve, target_cpa, value_per_conversion)
+        for e in episodes
+    ]
 
 
-def totals(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Sums over episodes, with CPA and budget used over the sums."""
+def totals(rows: list[dict[str, Any]], value_per_conversion: float | None = None) -> dict[str, float]:
+    """Sums over episodes, with CPA (and ROI) over the sums and the mean win rate and budget used."""
     spend = sum(r["spend"] for r in rows)
     conversions = sum(r["conversions"] for r in rows)
-    return {
+    out = {
         "episodes": len(rows),
         "conversions": conversions,
         "expected": sum(r["expected"] for r in rows),
@@ -117,6 +131,11 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, float]:
         "win_rate": float(np.mean([r["win_rate"] for r in rows])),
         "budget_used": float(np.mean([r["budget_used"] for r in rows])),
     }
+    if value_per_conversion is not None:
+        out["roi"] = (conversions * value_per_conversion - spend) / spend if spend else float("nan")
+    if rows and all("score" in r for r in rows):
+        out["score"] = sum(r["score"] for r in rows)
+    return out
 
 
 def hindsight_optimum(values: np.ndarray, prices: np.ndarray, budget: float) -> float:

@@ -112,3 +112,43 @@ def test_calibrate_a_criteo_checkpoint_lowers_test_ece_and_gives_bid_values(
     with pytest.raises(ValueError, match=r"needs ctcvr, or ctr and cvr tasks; the predictor has \['ctr'\]"):
         bid_values(predictor, criteo_8k_2k / "test")
     assert fit_calibration(probs, labels).tasks.keys() == {"ctr"}
+
+
+@pytest.mark.shared_data
+def test_bid_cli_on_ipinyou_and_on_a_calibrated_predictor(
+    synthetic_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rankers bid` prints the outcome table: iPinYou logs with a target CPA (AuctionNet score),
+    and a synthetic test split scored by a calibrated checkpoint under the log-normal market."""
+    from tests.conftest import shared_file
+
+    campaigns = shared_file("ipinyou/campaigns/2997.validation.txt").parent
+    args = ["bid", "--data", str(campaigns), "--campaign", "2997", "--agent", "paced,cpa", "--cpa", "20000"]
+    assert main([*args, "--cap", "300", "--value", "50000"]) == 0
+    out = capsys.readouterr().out
+    assert "| data | budget | agent | conversions | expected | of_optimum |" in out
+    assert "| budget_used | roi | score |" in out
+    assert "| 2997 | 7,877 | paced |" in out and "| 2997 | 7,877 | hindsight optimum |" in out
+    assert main(["bid", "--data", str(campaigns), "--campaign", "2997", "--agent", "cpa"]) == 2
+    assert "agent 'cpa' needs a target CPA (--cpa)" in capsys.readouterr().err
+
+    ckpt = tmp_path / "ck"
+    flags = ["--epochs", "1", "--batch-size", "512", "--no-progress"]
+    assert main(["train", "--data", str(synthetic_small), "--out", str(ckpt), *flags]) == 0
+    bid = [
+        "bid",
+        "--data",
+        str(synthetic_small / "test"),
+        "--predictor",
+        str(ckpt),
+        "--episode-length",
+        "200",
+    ]
+    assert main(bid) == 2
+    assert "no calibration (run `rankers calibrate --checkpoint DIR` first)" in capsys.readouterr().err
+    assert main(["calibrate", "--checkpoint", str(ckpt)]) == 0
+    capsys.readouterr()
+    assert main(bid) == 0
+    out = capsys.readouterr().out
+    for agent in ("constant", "linear", "paced", "hindsight optimum"):
+        assert f"| test | 1,250 | {agent} |" in out

@@ -1,0 +1,128 @@
+"""Bidding: agents replayed on iPinYou's logged second-price auctions, and the value of a better
+model under the same agent.
+
+    .venv/bin/python benchmarks/bidding.py [--skip-ipinyou] [--skip-model-value]
+
+iPinYou: the 6 campaigns of ../shared/data/ipinyou/campaigns, 100 episodes of 1,000 logged auctions
+each (real click, real market price, the log's pCTR as the value). Per campaign and budget (1/16, 1/8
+and 1/4 of the mean market price x 1,000), every agent is tuned on episodes 1-50 and replayed on
+51-100 (rankers.bidding.evaluate.compare_agents, bids capped at 300, the log's highest price), 48
+ticks per episode. Clicks are the real clicks won; expected clicks the sum of the pCTR won; the
+hindsight optimum is the fractional knapsack of pCTR under the budget knowing every price.
+
+Model value: 250,000 synthetic rows (features/synthetic.py, the teacher's click probability known
+per row), a well-trained MLP and an undertrained one (30 steps), both calibrated (isotonic) on the
+valid split; the test split (25,000 rows) becomes 25 episodes of 1,000 with log-normal market prices
+correlated with the teacher's probability (rankers.bidding.evaluate.market_prices). The paced agent
+is tuned per model on the first 12 episodes and replayed on the last 13 with the same budget;
+clicks are the real clicks won, true expected clicks the teacher's probabilities of the auctions
+won (the same replay with the true probability as the outcome).
+Appends JSON lines to benchmarks/results.jsonl and rewrites benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import SHARED_DATA, load_average, record
+from benchmarks.readme import write_readme
+from rankers.bidding.calibration import calibrate
+from rankers.bidding.evaluate import compare_agents, split_episodes
+from rankers.bidding.ipinyou import campaign_names, load_campaign
+
+BUDGETS = (1 / 16, 1 / 8, 1 / 4)
+
+
+def ipinyou(run: str, command: str) -> None:
+    directory = SHARED_DATA / "ipinyou" / "campaigns"
+    for name in campaign_names(directory):
+        campaign = load_campaign(directory, name)
+        for fraction in BUDGETS:
+            start = time.perf_counter()
+            budget = campaign.budget(fraction)
+            rows = compare_agents(campaign.episodes[:50], campaign.episodes[50:], budget, cap=300.0)
+            for r in rows:
+                record(
+                    {"benchmark": "bidding_ipinyou", "run": run, "campaign": name, "fraction": fraction, **r},
+                    command,
+                )
+            print(
+                name,
+                f"{fraction:.4f}",
+                [(r["agent"], round(r["expected"], 2)) for r in rows],
+                f"{time.perf_counter() - start:.1f}s",
+            )
+
+
+def model_value(run: str, command: str) -> None:
+    from features.synthetic import SyntheticConfig, write_synthetic
+    from rankers.predictor import Predictor
+    from rankers.ranker import RankerConfig
+    from rankers.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_synthetic(
+            Path(tmp) / "data", SyntheticConfig(rows=250_000, min_count=10), progress=False
+        )
+        models = {
+            "mlp, trained": TrainConfig(epochs=5, batch_size=1024, embedding_lr=0.02, progress=False),
+            "mlp, 30 steps": TrainConfig(epochs=1, batch_size=1024, max_steps=30, progress=False),
+        }
+        for name, config in models.items():
+            out = Path(tmp) / name.replace(" ", "").replace(",", "_")
+            result = train(data, out, RankerConfig(backbone="mlp"), config)
+            predictor = Predictor.load(out)
+            calibration, report = calibrate(predictor, data / "valid", data / "test")
+            calibration.save(out)
+            predictor = Predictor.load(out)
+            budget = 1 / 8 * 50.0 * 1000
+            paced, true = (
+                compare_agents(episodes[:12], episodes[12:], budget, agents=("paced",))[0]
+                for episodes in (
+                    split_episodes(predictor, data / "test", "click", 1000, true_outcomes=truth)
+                    for truth in (False, True)
+                )
+            )
+            record(
+                {
+                    "benchmark": "bidding_model_value",
+                    "run": run,
+                    "model": name,
+                    "test_auc": result["test"]["ctr"]["auc"],
+                    "ece_raw": report["tasks"]["ctr"]["ece_raw"],
+                    "ece_calibrated": report["tasks"]["ctr"]["ece_calibrated"],
+                    "budget": budget,
+                    **{k: paced[k] for k in ("conversions", "expected", "spend", "budget_used", "win_rate")},
+                    "true_expected": true["conversions"],
+                },
+                command,
+            )
+            print(name, result["test"]["ctr"]["auc"], paced)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-ipinyou", action="store_true")
+    parser.add_argument("--skip-model-value", action="store_true")
+    args = parser.parse_args()
+    command = "python benchmarks/bidding.py " + shlex.join(sys.argv[1:])
+    run = f"bidding-{uuid.uuid4().hex[:8]}"
+    print(f"load average before: {load_average():.2f}")
+    if not args.skip_ipinyou:
+        ipinyou(run, command.strip())
+    if not args.skip_model_value:
+        model_value(run, command.strip())
+    print(f"load average after: {load_average():.2f}")
+    print(write_readme())
+
+
+if __name__ == "__main__":
+    main()
