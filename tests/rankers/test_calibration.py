@@ -152,3 +152,15 @@ def test_bid_cli_on_ipinyou_and_on_a_calibrated_predictor(
     out = capsys.readouterr().out
     for agent in ("constant", "linear", "paced", "hindsight optimum"):
         assert f"| test | 1,250 | {agent} |" in out
+
+
+def test_the_reliability_plot_is_written_as_png(tmp_path: Path) -> None:
+    from rankers.bidding.calibration import plot_reliability, reliability
+
+    pytest.importorskip("matplotlib", reason="plots are the optional `plots` extra")
+    _, y, s = _miscalibrated(5000, 4)
+    cal = fit_task(s, y).transform(s)
+    task = {"ece_raw": 0.03, "ece_calibrated": 0.004}
+    task |= {"reliability_raw": reliability(s, y), "reliability_calibrated": reliability(cal, y)}
+    path = plot_reliability({"tasks": {"ctr": task}}, tmp_path / "r.png")
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
