@@ -195,15 +195,23 @@ def _train(args: argparse.Namespace) -> None:
     if "LOCAL_RANK" not in os.environ:
         _train_here(args)
         return
+    import faulthandler
+
     import torch.distributed as dist
 
+    faulthandler.enable()  # a rank that aborts in native code prints where Python was
     try:
         _train_here(args)
     finally:
-        # A torchrun rank leaving with its gloo group alive was seen to abort at exit
-        # ("terminate called without an active exception") on a loaded machine.
         if dist.is_initialized():
             dist.destroy_process_group()
+    # On a loaded machine a rank sometimes aborted after its work was done, during interpreter
+    # shutdown ("terminate called without an active exception", no Python frame left: a native
+    # thread's static destructor). Everything is written and renamed by now: leave without them.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _train_here(args: argparse.Namespace) -> None:
