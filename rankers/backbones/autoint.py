@@ -34,6 +34,10 @@ class AutoIntConfig:
     dropout: float = 0.0  # on attention probabilities and after each DNN layer
     dnn_units: tuple[int, ...] = ()  # the parallel DNN of AutoInt+ (AutoIntPlusConfig); () here
     dnn_batch_norm: bool = False  # batch norm in the DNN
+    # Numeric features as attention tokens (the paper, FuxiCTR, torch-rechub). False: only the
+    # categorical fields attend and the numeric values join the DNN's input as they are
+    # (DeepCTR-Torch's AutoInt); T is then F.
+    numeric_tokens: bool = True
 
     def __post_init__(self) -> None:
         if self.attention_layers < 1 or self.num_heads < 1:
@@ -130,25 +134,29 @@ class AutoInt(Backbone):
         self, spec: InputSpec, config: AutoIntConfig = AutoIntConfig(), tasks: tuple[str, ...] = ("ctr",)
     ) -> None:
         super().__init__(spec, config, tasks)
-        self.tokens = FieldTokens(spec)
+        self.tokens = FieldTokens(spec) if config.numeric_tokens else None
+        count = self.tokens.count if self.tokens is not None else len(spec.field_names)
         dims = [spec.embedding_dim] + [config.attention_dim] * config.attention_layers
         self.layers = nn.ModuleList(InteractingLayer(d, config) for d in dims[:-1])
-        self.head = nn.Linear(self.tokens.count * config.attention_dim, len(self.tasks))
+        self.head = nn.Linear(count * config.attention_dim, len(self.tasks))
         self.dnn, self.dnn_head = None, None
         if config.dnn_units:
-            in_features = self.tokens.count * spec.embedding_dim
+            in_features = count * spec.embedding_dim + (0 if config.numeric_tokens else spec.n_dense)
             self.dnn = MLPBlock(in_features, config.dnn_units, config.dropout, config.dnn_batch_norm)
             self.dnn_head = nn.Linear(self.dnn.out_features, len(self.tasks))
 
     def forward(self, x: Embedded) -> BackboneOutput:
         """(B, N) dense and (B, F, D) fields -> logits (B,) per task."""
-        tokens = self.tokens(x)  # (B, T, D)
+        tokens = self.tokens(x) if self.tokens is not None else x.fields  # (B, T, D)
         h = tokens
         for layer in self.layers:
             h = layer(h)  # (B, T, A)
         out = self.head(h.flatten(1))  # (B, n_tasks)
         if self.dnn is not None and self.dnn_head is not None:
-            out = out + self.dnn_head(self.dnn(tokens.flatten(1)))
+            flat = (
+                tokens.flatten(1) if self.tokens is not None else torch.cat([x.dense, tokens.flatten(1)], 1)
+            )
+            out = out + self.dnn_head(self.dnn(flat))
         return BackboneOutput({t: out[:, i] for i, t in enumerate(self.tasks)})
 
 

@@ -83,6 +83,22 @@ def test_autoint_plus_adds_a_dnn_logit() -> None:
     assert AutoInt(SPEC).dnn is None
 
 
+def test_without_numeric_tokens_only_fields_attend_and_numbers_join_the_dnn() -> None:
+    """DeepCTR-Torch's AutoInt shape: attention over the F categorical fields, the DNN over the
+    raw numeric values and the flattened fields."""
+    torch.manual_seed(0)
+    model = AutoIntPlus(SPEC, AutoIntPlusConfig(dnn_units=(8,), numeric_tokens=False)).eval()
+    assert model.tokens is None and model.dnn is not None and model.dnn_head is not None
+    assert model.head.in_features == 3 * 16 and model.dnn[0].in_features == 2 + 3 * 8
+    x = embedded(SPEC, 4)
+    h = x.fields
+    for layer in model.layers:
+        h = layer(h)
+    flat = torch.cat([x.dense, x.fields.flatten(1)], 1)
+    expected = model.head(h.flatten(1)) + model.dnn_head(model.dnn(flat))
+    torch.testing.assert_close(model(x).logits["ctr"], expected[:, 0])
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
     [

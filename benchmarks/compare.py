@@ -1,0 +1,268 @@
+"""Side by side with DeepCTR-Torch 0.3.0 and torch-rechub 0.9.0: same parquet data and splits, same
+shapes, one run.
+
+    .venv/bin/pip install -e '.[compare]'     # the peers (never a core dependency)
+    .venv/bin/python benchmarks/compare.py [--datasets criteo_head10k,synthetic_1m] [--models mlp]
+
+Every (library, model, dataset, seed) trains in its own process (its peak RSS is that run's), with 2
+torch threads, embedding dim 16, MLP (256, 128), batch 4096 (256 on Criteo head10k), Adam lr 1e-3 on
+the dense layers, a fixed number of epochs (no early stopping; the test split is scored after the
+last one). Steady examples/s is taken over the last epoch (every library's own training loop,
+reading included). The models:
+- mlp: ours the MLP over the concatenated field vectors and dense features; DeepCTR-Torch's
+  DeepFM(use_fm=False) (a DNN plus a linear part), torch-rechub's WideDeep (dense features wide, all
+  fields deep): the nearest plain DNN each offers.
+- autoint_plus: 3 interacting layers x 2 heads (attention dim 16, residual) beside a (256, 128) DNN,
+  numeric features as tokens: ours and torch-rechub's AutoInt. autoint_plus_fields: the same with
+  only the categorical fields attending and the numeric values in the DNN's input: ours
+  (`numeric_tokens=False`) and DeepCTR-Torch's AutoInt.
+Tables: ours are fused rowwise Adagrad (lr 0.02) through DistributedModelParallel, the library's
+design (fbgemm has no fused Adam on CPU); the peers train their tables with Adam. The row "ours, Adam
+tables" makes the optimizer identical (tables data-parallel, trained by the same Adam), for quality.
+Data: Criteo head10k (first 7,200 rows train, next 800 valid, last 2,000 test, rare values below 10
+counts share an id) and 1M Criteo-shaped synthetic rows (features/synthetic.py). The peers read
+the same parquet files into numpy arrays (their preprocessing is not timed).
+Appends JSON lines to benchmarks/results.jsonl and rewrites benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LIBRARIES = ("rankers", "rankers_adam", "deepctr_torch", "torch_rechub")
+MODELS = ("mlp", "autoint_plus", "autoint_plus_fields")
+# The peers' AutoInt differ: torch-rechub's numeric features are attention tokens (as ours by
+# default), DeepCTR-Torch's join the DNN only ("autoint_plus_fields": ours with numeric_tokens off).
+SUPPORTS = {
+    "rankers": set(MODELS),
+    "rankers_adam": set(MODELS),
+    "deepctr_torch": {"mlp", "autoint_plus_fields"},
+    "torch_rechub": {"mlp", "autoint_plus"},
+}
+EMBED, UNITS, LR = 16, (256, 128), 1e-3
+
+
+def _arrays(split: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    import pyarrow.parquet as pq
+
+    from features.reader import find_schema, parquet_files
+
+    schema = find_schema(split)
+    table = pq.read_table(parquet_files(split))
+    x = {f.name: table.column(f.name).to_numpy().astype(np.int64) for f in schema.categorical}
+    x |= {f.name: table.column(f.name).to_numpy().astype(np.float32) for f in schema.dense}
+    return x, table.column(schema.labels[0].name).to_numpy().astype(np.float32)
+
+
+def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    p = np.clip(np.asarray(p, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, p))}
+
+
+def _ours(job: dict[str, Any], adam_tables: bool) -> dict[str, Any]:
+    from rankers.ranker import RankerConfig
+    from rankers.train import TrainConfig, train
+
+    backbone = {
+        "mlp": {"hidden_units": UNITS},
+        "autoint_plus": {"dnn_units": UNITS},
+        "autoint_plus_fields": {"dnn_units": UNITS, "numeric_tokens": False},
+    }[job["model"]]
+    name = "autoint_plus" if job["model"].startswith("autoint") else job["model"]
+    ranker = RankerConfig(backbone=name, embedding_dim=EMBED, backbone_config=backbone)
+    config = TrainConfig(
+        epochs=job["epochs"],
+        batch_size=job["batch"],
+        lr=LR,
+        embedding_lr=0.02,
+        patience=0,
+        lr_decay=1.0,
+        seed=job["seed"],
+        progress=False,
+        sharding="data_parallel" if adam_tables else "table_wise",
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(job["data"], Path(tmp) / "ck", ranker, config)
+    # Early stopping is off, but the best validation epoch's weights are what train() evaluates:
+    # the test figures here are from the last epoch only when it is also the best.
+    return {
+        "auc": result["test"]["ctr"]["auc"],
+        "logloss": result["test"]["ctr"]["logloss"],
+        "examples_per_s": result["history"][-1]["examples_per_s"],
+        "best_epoch": result["best_epoch"],
+    }
+
+
+def _deepctr(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from deepctr_torch.inputs import DenseFeat, SparseFeat
+    from deepctr_torch.models import AutoInt, DeepFM
+
+    from features.reader import find_schema
+
+    data = Path(job["data"])
+    schema = find_schema(data / "train")
+    cols = [
+        SparseFeat(f.name, vocabulary_size=f.num_embeddings, embedding_dim=EMBED) for f in schema.categorical
+    ]
+    cols += [DenseFeat(f.name, 1) for f in schema.dense]
+    common = {"dnn_hidden_units": UNITS, "l2_reg_embedding": 0.0, "seed": job["seed"], "device": "cpu"}
+    if job["model"] == "mlp":
+        model = DeepFM(cols, cols, use_fm=False, l2_reg_linear=0.0, **common)
+    else:
+        model = AutoInt(cols, cols, att_layer_num=3, att_head_num=2, att_res=True, **common)
+    model.compile(torch.optim.Adam(model.parameters(), lr=LR), "binary_crossentropy")
+    x, y = _arrays(data / "train")
+    for _ in range(job["epochs"]):
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=job["batch"], epochs=1, verbose=0, shuffle=True)
+        seconds = time.perf_counter() - start
+    xt, yt = _arrays(data / "test")
+    return {**_metrics(yt, model.predict(xt, batch_size=16_384)), "examples_per_s": len(y) / seconds}
+
+
+def _rechub(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from torch_rechub.basic.features import DenseFeature, SparseFeature
+    from torch_rechub.models.ranking import AutoInt, WideDeep
+    from torch_rechub.trainers import CTRTrainer
+    from torch_rechub.utils.data import DataGenerator
+
+    from features.reader import find_schema
+
+    data = Path(job["data"])
+    schema = find_schema(data / "train")
+    sparse = [SparseFeature(f.name, vocab_size=f.num_embeddings, embed_dim=EMBED) for f in schema.categorical]
+    dense = [DenseFeature(f.name) for f in schema.dense]
+    mlp = {"dims": list(UNITS), "dropout": 0.0, "activation": "relu"}
+    torch.manual_seed(job["seed"])
+    if job["model"] == "mlp":
+        model = WideDeep(wide_features=dense, deep_features=sparse + dense, mlp_params=mlp)
+    else:
+        model = AutoInt(sparse, dense, num_layers=3, num_heads=2, dropout=0.0, mlp_params=mlp)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = CTRTrainer(
+            model, optimizer_params={"lr": LR, "weight_decay": 0.0}, n_epoch=job["epochs"], model_path=tmp
+        )
+        x, y = _arrays(data / "train")
+        xt, yt = _arrays(data / "test")
+        train_dl, _, test_dl = DataGenerator(x, y).generate_dataloader(
+            x_val=xt, y_val=yt, x_test=xt, y_test=yt, batch_size=job["batch"]
+        )
+        for _ in range(job["epochs"]):
+            start = time.perf_counter()
+            trainer.train_one_epoch(train_dl, log_interval=10**9)
+            seconds = time.perf_counter() - start
+        p = trainer.predict(model, test_dl)
+    return {**_metrics(yt, p), "examples_per_s": len(y) / seconds}
+
+
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One (library, model, dataset, seed) in this process."""
+    import torch
+
+    torch.set_num_threads(2)
+    run = {
+        "rankers": lambda: _ours(job, adam_tables=False),
+        "rankers_adam": lambda: _ours(job, adam_tables=True),
+        "deepctr_torch": lambda: _deepctr(job),
+        "torch_rechub": lambda: _rechub(job),
+    }[job["library"]]
+    start = time.perf_counter()
+    out = run()
+    out["seconds"] = time.perf_counter() - start
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+DATASETS = {
+    "criteo_head10k": {"batch": 256, "epochs": 3, "seeds": 3},
+    "synthetic_1m": {"batch": 4096, "epochs": 1, "seeds": 1},
+}
+# Data-parallel tables of 5.6M rows trained by dense Adam are a quality check, not for 1M rows.
+SKIP = {("synthetic_1m", "rankers_adam")}
+
+
+def _dataset(name: str, tmp: Path) -> Path:
+    if name == "criteo_head10k":
+        from benchmarks._common import SHARED_DATA
+        from features.criteo import CriteoConfig, convert_criteo
+
+        config = CriteoConfig(min_count=10, split=(0.72, 0.08, 0.2), split_by="order")
+        return convert_criteo(
+            SHARED_DATA / "criteo" / "train_head10k.tsv", tmp / name, config, progress=False
+        )
+    from features.synthetic import SyntheticConfig, write_synthetic
+
+    return write_synthetic(tmp / name, SyntheticConfig(rows=1_000_000, min_count=10), progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))))
+        return
+    from benchmarks._common import load_average, record
+    from benchmarks.readme import write_readme
+
+    command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
+    run = f"compare-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets.split(","):
+            data = _dataset(dataset, Path(tmp))
+            spec = DATASETS[dataset]
+            for model in args.models.split(","):
+                for library in args.libraries.split(","):
+                    if model not in SUPPORTS[library] or (dataset, library) in SKIP:
+                        continue
+                    for seed in range(spec["seeds"]):
+                        job = {"library": library, "model": model, "data": str(data), "seed": seed, **spec}
+                        load = load_average()
+                        done = subprocess.run(
+                            [sys.executable, __file__, "--worker", json.dumps(job)],
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            check=False,
+                        )
+                        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+                        if done.returncode or not lines:
+                            print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+                            raise SystemExit(f"{library} {model} {dataset} seed {seed} failed")
+                        result = json.loads(lines[-1][len("RESULT ") :])
+                        row = {"benchmark": "compare", "run": run, "dataset": dataset, **job, **result}
+                        row |= {"load_before": load, "load_after": load_average()}
+                        record(row, command)
+                        print(
+                            f"{dataset} {model} {library} seed {seed}: AUC {result['auc']:.4f} "
+                            f"{result['examples_per_s']:,.0f} ex/s {result['peak_rss_mb']:,.0f} MB",
+                            flush=True,
+                        )
+    print(write_readme())
+
+
+if __name__ == "__main__":
+    main()
