@@ -45,19 +45,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LIBRARIES = ("rankers", "rankers_adam", "deepctr_torch", "torch_rechub")
-MODELS = ("mlp", "autoint_plus", "autoint_plus_fields")
+MODELS = ("mlp", "autoint_plus", "autoint_plus_fields", "din", "din_dice", "dien")
+FIELD_MODELS = ("mlp", "autoint_plus", "autoint_plus_fields")
+SEQUENCE_MODELS = ("din", "din_dice", "dien")
 # The peers' AutoInt differ: torch-rechub's numeric features are attention tokens (as ours by
 # default), DeepCTR-Torch's join the DNN only ("autoint_plus_fields": ours with numeric_tokens off).
 SUPPORTS = {
     "rankers": set(MODELS),
     "rankers_adam": set(MODELS),
-    "deepctr_torch": {"mlp", "autoint_plus_fields"},
-    "torch_rechub": {"mlp", "autoint_plus"},
+    "deepctr_torch": {"mlp", "autoint_plus_fields", "din", "dien"},
+    "torch_rechub": {"mlp", "autoint_plus", "din_dice"},
 }
 EMBED, UNITS, LR = 16, (256, 128), 1e-3
 
 
 def _arrays(split: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Columns as numpy arrays; a sequence as (N, max_len) ids, its most recent max_len first
+    to last and zero-padded after (our reader keeps the same ids), with its length in
+    `<name>_length`."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from features.reader import find_schema, parquet_files
@@ -66,6 +72,15 @@ def _arrays(split: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     table = pq.read_table(parquet_files(split))
     x = {f.name: table.column(f.name).to_numpy().astype(np.int64) for f in schema.categorical}
     x |= {f.name: table.column(f.name).to_numpy().astype(np.float32) for f in schema.dense}
+    for f in schema.sequences:
+        column = pa.chunked_array(table.column(f.name)).combine_chunks()
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy()
+        lengths = np.minimum(np.diff(offsets), f.max_len)
+        out = np.zeros((len(lengths), f.max_len), dtype=np.int64)
+        for i, (end, n) in enumerate(zip(offsets[1:], lengths, strict=True)):
+            out[i, :n] = values[end - n : end]
+        x[f.name], x[f"{f.name}_length"] = out, lengths.astype(np.int64)
     return x, table.column(schema.labels[0].name).to_numpy().astype(np.float32)
 
 
@@ -84,9 +99,14 @@ def _ours(job: dict[str, Any], adam_tables: bool) -> dict[str, Any]:
         "mlp": {"hidden_units": UNITS},
         "autoint_plus": {"dnn_units": UNITS},
         "autoint_plus_fields": {"dnn_units": UNITS, "numeric_tokens": False},
+        "din": {"dnn_units": UNITS},
+        "din_dice": {"dnn_units": UNITS, "dnn_activation": "dice"},
+        # DeepCTR-Torch's DIEN without negative sampling: no auxiliary loss, relu attention unit
+        "dien": {"dnn_units": UNITS, "aux_loss_weight": 0.0, "attention_activation": "relu"},
     }[job["model"]]
-    name = "autoint_plus" if job["model"].startswith("autoint") else job["model"]
-    ranker = RankerConfig(backbone=name, embedding_dim=EMBED, backbone_config=backbone)
+    name = {"autoint_plus_fields": "autoint_plus", "din_dice": "din"}.get(job["model"], job["model"])
+    tasks = ("ctr",) if job["model"] in SEQUENCE_MODELS else ()
+    ranker = RankerConfig(backbone=name, embedding_dim=EMBED, backbone_config=backbone, tasks=tasks)
     config = TrainConfig(
         epochs=job["epochs"],
         batch_size=job["batch"],
@@ -124,7 +144,27 @@ def _deepctr(job: dict[str, Any]) -> dict[str, Any]:
     ]
     cols += [DenseFeat(f.name, 1) for f in schema.dense]
     common = {"dnn_hidden_units": UNITS, "l2_reg_embedding": 0.0, "seed": job["seed"], "device": "cpu"}
-    if job["model"] == "mlp":
+    if job["model"] in SEQUENCE_MODELS:
+        from deepctr_torch.inputs import VarLenSparseFeat
+        from deepctr_torch.models import DIEN, DIN
+
+        first = schema.sequences[0].name
+        cols += [
+            VarLenSparseFeat(
+                SparseFeat(
+                    f.name, vocabulary_size=f.num_embeddings, embedding_dim=EMBED, embedding_name=f.table
+                ),
+                maxlen=f.max_len,
+                length_name=f"{first}_length",
+            )
+            for f in schema.sequences
+        ]
+        history = [f.table for f in schema.sequences]  # DeepCTR pairs hist_<name> with <name>
+        if job["model"] == "din":
+            model = DIN(cols, history, att_hidden_size=(64, 16), att_activation="Dice", **common)
+        else:
+            model = DIEN(cols, history, gru_type="AUGRU", use_negsampling=False, **common)
+    elif job["model"] == "mlp":
         model = DeepFM(cols, cols, use_fm=False, l2_reg_linear=0.0, **common)
     else:
         model = AutoInt(cols, cols, att_layer_num=3, att_head_num=2, att_res=True, **common)
@@ -153,7 +193,22 @@ def _rechub(job: dict[str, Any]) -> dict[str, Any]:
     dense = [DenseFeature(f.name) for f in schema.dense]
     mlp = {"dims": list(UNITS), "dropout": 0.0, "activation": "relu"}
     torch.manual_seed(job["seed"])
-    if job["model"] == "mlp":
+    if job["model"] == "din_dice":
+        from torch_rechub.basic.features import SequenceFeature
+        from torch_rechub.models.ranking import DIN
+
+        targets = {f.table for f in schema.sequences}
+        history = [
+            SequenceFeature(
+                f.name, vocab_size=f.num_embeddings, embed_dim=EMBED, pooling="concat", shared_with=f.table
+            )
+            for f in schema.sequences
+        ]
+        target = [t for t in sparse if t.name in targets]
+        others = [t for t in sparse if t.name not in targets]
+        # Its DNN activation is Dice, fixed; its attention unit (64, 16) with Dice, no softmax.
+        model = DIN(others, history, target, {"dims": list(UNITS)}, {"dims": [64, 16], "activation": "dice"})
+    elif job["model"] == "mlp":
         model = WideDeep(wide_features=dense, deep_features=sparse + dense, mlp_params=mlp)
     else:
         model = AutoInt(sparse, dense, num_layers=3, num_heads=2, dropout=0.0, mlp_params=mlp)
@@ -195,12 +250,21 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 DATASETS = {
     "criteo_head10k": {"batch": 256, "epochs": 3, "seeds": 3},
     "synthetic_1m": {"batch": 4096, "epochs": 1, "seeds": 1},
+    "userbehavior": {"batch": 1024, "epochs": 3, "seeds": 1},
 }
 # Data-parallel tables of 5.6M rows trained by dense Adam are a quality check, not for 1M rows.
 SKIP = {("synthetic_1m", "rankers_adam")}
 
 
 def _dataset(name: str, tmp: Path) -> Path:
+    if name == "userbehavior":
+        from benchmarks._common import SHARED_DATA
+        from features.userbehavior import UserBehaviorConfig, convert_userbehavior
+
+        source = SHARED_DATA / "taobao" / "UserBehavior_head_650users.csv"
+        return convert_userbehavior(
+            source, tmp / name, UserBehaviorConfig(negatives=1, max_len=50), progress=False
+        )
     if name == "criteo_head10k":
         from benchmarks._common import SHARED_DATA
         from features.criteo import CriteoConfig, convert_criteo
@@ -237,6 +301,8 @@ def main() -> None:
             for model in args.models.split(","):
                 for library in args.libraries.split(","):
                     if model not in SUPPORTS[library] or (dataset, library) in SKIP:
+                        continue
+                    if (model in SEQUENCE_MODELS) != (dataset == "userbehavior"):
                         continue
                     for seed in range(spec["seeds"]):
                         job = {"library": library, "model": model, "data": str(data), "seed": seed, **spec}
