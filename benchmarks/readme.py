@@ -489,7 +489,7 @@ def _bidding(rows: list[dict[str, Any]]) -> str:
 
 # Which of our rows a peer's is compared with (the same model shape).
 _OURS_FOR = {
-    "deepctr_torch": {m: m for m in ("mlp", "autoint_plus_fields", "din", "dien")},
+    "deepctr_torch": {m: m for m in ("mlp", "autoint_plus_fields", "din", "dien", "esmm")},
     "torch_rechub": {m: m for m in ("mlp", "autoint_plus", "din_dice")},
 }
 
