@@ -178,6 +178,12 @@ class CheckpointDir:
         dcp.load(state, checkpoint_id=str(weights), no_dist=no_dist)
         model.load_state_dict(state)
 
+    def write_json(self, name: str, content: dict[str, Any]) -> None:
+        """`name` in the directory, replaced whole (written beside it, then renamed)."""
+        tmp = self.path / f".{name}.partial"
+        tmp.write_text(json.dumps(content, indent=1, default=float))
+        tmp.rename(self.path / name)
+
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         (self.path / METRICS_FILE).write_text(json.dumps(metrics, indent=1, default=float))
 

@@ -164,12 +164,12 @@ def _launch(args: argparse.Namespace) -> None:
 # What `train --resume DIR` takes beside the run's own settings: more epochs in all (to continue
 # a finished run), progress bars, threads, and the number of processes.
 RESUME_FLAGS = ("epochs", "progress", "threads")
-_RESUME_ARGS = {"--resume", "--nproc", "--epochs", "--progress", "--no-progress", "--threads"}
+_RESUME_ARGS = {"--resume", "--nproc", "--epochs", "--progress", "--no-progress", "--threads", "--verbose"}
 
 
 def _resume(args: argparse.Namespace) -> None:
     """Continues the run of checkpoint directory `args.resume` with the settings it was started with."""
-    from rankers.checkpoint import CheckpointDir
+    from rankers.checkpoint import CONFIG_FILE, CheckpointDir
     from rankers.distributed import is_main
     from rankers.ranker import RankerConfig
     from rankers.train import TrainConfig, train
@@ -180,6 +180,10 @@ def _resume(args: argparse.Namespace) -> None:
     for name in RESUME_FLAGS:
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
+    if args.epochs is not None and os.environ.get("RANK", "0") == "0":
+        # The run's own settings now train this many epochs: a later --resume keeps them.
+        saved["train"]["epochs"] = args.epochs
+        ckpt.write_json(CONFIG_FILE, saved)
     result = train(
         saved["data"], ckpt.path, RankerConfig.from_dict(saved["ranker"]), TrainConfig(**fields), resume=True
     )
@@ -341,6 +345,8 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _bid(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from rankers.bidding.evaluate import AGENTS, compare_agents, split_episodes
     from rankers.bidding.ipinyou import campaign_names, load_campaign
     from rankers.metrics import markdown_table
@@ -354,13 +360,19 @@ def _bid(args: argparse.Namespace) -> None:
         from rankers.predictor import Predictor
 
         episodes = split_episodes(Predictor.load(args.predictor), data, args.goal, args.episode_length)
-        sources.append((data.name, episodes, args.budget * 50.0 * args.episode_length))  # median price 50
+        mean_price = float(np.mean([e.prices.mean() for e in episodes[: len(episodes) // 2] or episodes]))
+        sources.append((data.name, episodes, args.budget * mean_price * args.episode_length))
     else:
         for name in args.campaign.split(",") if args.campaign else campaign_names(data):
             campaign = load_campaign(data, name)
             sources.append((name, campaign.episodes, campaign.budget(args.budget)))
     rows = []
     for name, episodes, budget in sources:
+        if len(episodes) < 2:
+            raise ValueError(
+                f"{name}: {len(episodes)} episode(s); the agents are tuned on the first half of two or more "
+                "(lower --episode-length)"
+            )
         cut = len(episodes) // 2
         train, test = episodes[:cut], episodes[cut:]
         rs = compare_agents(train, test, budget, agents, args.cpa, args.auction, args.cap, 48, args.value)
@@ -369,7 +381,8 @@ def _bid(args: argparse.Namespace) -> None:
     columns += ["budget_used"] + (["roi"] if args.value is not None else [])
     columns += ["score"] if args.cpa is not None else []
     print(
-        f"{args.auction}, budget {args.budget:g} of the traffic's cost at the mean price; tuned on the first "
+        f"{args.auction}, budget {args.budget:g} of the traffic's cost at the mean market price (iPinYou: "
+        "in the log's CPM price units, as are spend, CPA, --cpa and --value); tuned on the first "
         "half of the episodes, replayed on the second half (conversions: real outcomes won; expected: the "
         "sum of the values won)\n"
     )
@@ -397,7 +410,8 @@ def _demo(args: argparse.Namespace) -> None:
     )
     bid: dict[str, Any] = {"data": str(data / "test"), "predictor": str(out / "mlp"), "agent": "all"}
     bid |= {"budget": 1 / 8, "auction": "second_price", "goal": "click", "cap": float("inf")}
-    _bid(argparse.Namespace(**bid, campaign=None, cpa=None, value=None, episode_length=1000))
+    length = max(20, min(1000, args.rows // 10 // 20))  # the test split (10%) as 20 or more episodes
+    _bid(argparse.Namespace(**bid, campaign=None, cpa=None, value=None, episode_length=length))
 
 
 def _add_converter(convert: Any, name: str, help_: str, config: type, func: Any) -> argparse.ArgumentParser:

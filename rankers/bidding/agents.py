@@ -10,8 +10,10 @@ won (`observe`) and adapts. Every agent returns finite bids in [0, cap].
   update: after each tick lambda *= exp(eta (spend - pace) / pace), pace being the budget left
   spread evenly over the ticks left, so lambda rises when spending runs ahead and falls behind it.
 - `TargetCPA(cpa)`: bid = kappa cpa value (truthful for conversions worth `cpa` in a second-price
-  auction); kappa paced on the realized CPA. With a budget, the bid is at most value / lambda.
-- `TargetROAS(roas)`: bid = kappa value / roas for money values; kappa paced on the realized ROAS.
+  auction); kappa paced on the expected CPA so far (spend / expected conversions won). With a
+  budget, the bid is at most value / lambda.
+- `TargetROAS(roas)`: bid = kappa value / roas for money values; kappa paced on the expected ROAS
+  so far (expected revenue won / spend).
 - `FirstPriceShading(agent, prices)`: turns another agent's bid b into the b' <= b that maximizes
   (b - b') W(b'), W(b) = P(market price <= b) estimated from logged market prices.
 """

@@ -47,7 +47,7 @@ def market_prices(
 def episodes_from_split(
     values: BidValues, outcomes: np.ndarray, prices: np.ndarray, length: int
 ) -> list[Episode]:
-    """Rows in order, cut into episodes of `length` (a last shorter one is dropped and counted)."""
+    """Rows in order, cut into episodes of `length` (rows after the last full one are left out)."""
     n = (len(values) // length) * length
     if n == 0:
         raise ValueError(f"{len(values)} rows are fewer than one episode of {length}")
@@ -135,13 +135,14 @@ def split_episodes(
     import pyarrow.parquet as pq
 
     from features.reader import parquet_files
-    from rankers.bidding.values import values_from_probs
+    from rankers.bidding.values import goal_tasks, values_from_probs
 
     if predictor.calibration is None:
         raise ValueError(f"{predictor.path}: no calibration (run `rankers calibrate --checkpoint DIR` first)")
     probs, labels, _ = predictor.predict_labeled(split)
     calibrated = predictor.calibration.transform(probs)
-    values = values_from_probs(calibrated, predictor.calibration.sigma(calibrated), goal)
+    needed = {t: calibrated[t] for t in goal_tasks(list(calibrated), goal) if t in calibrated}
+    values = values_from_probs(calibrated, predictor.calibration.sigma(needed), goal)
     label = "ctr" if goal == "click" else "cvr"  # the conversion label marks click-and-conversion
     if label not in labels:
         raise ValueError(f"{split}: no {label!r} label for goal {goal!r} (labels: {sorted(labels)})")
@@ -156,9 +157,9 @@ def split_episodes(
             for c in ("teacher_p", "teacher_p_cvr")
             if c in names
         }
-        truth = t["teacher_p"] * (
-            t["teacher_p_cvr"] if goal == "conversion" and "teacher_p_cvr" in t else 1.0
-        )
+        if goal == "conversion" and "teacher_p_cvr" not in t:
+            raise ValueError(f"{split}: goal 'conversion' needs a teacher_p_cvr column beside teacher_p")
+        truth = t["teacher_p"] * (t["teacher_p_cvr"] if goal == "conversion" else 1.0)
     elif true_outcomes:
         raise ValueError(f"{split}: no teacher_p column, so no true outcomes (synthetic data has one)")
     prices = market_prices(truth, median=median, seed=market_seed)

@@ -66,7 +66,8 @@ def values_from_probs(
     """Bid values from per-task probabilities and their sigmas.
 
     goal "click": ctr. goal "conversion": ctcvr when present, else ctr x cvr with the delta
-    method's sigma (independent errors), else cvr alone when the rows are clicks already.
+    method's sigma (independent errors). `sigmas` needs only the tasks the goal uses
+    (`goal_tasks`).
     """
     if goal not in GOALS:
         raise ValueError(f"goal {goal!r}: expected one of {GOALS}")
@@ -84,6 +85,13 @@ def values_from_probs(
     raise ValueError(f"goal 'conversion' needs ctcvr, or ctr and cvr tasks; the predictor has {have}")
 
 
+def goal_tasks(tasks: list[str] | tuple[str, ...], goal: str) -> list[str]:
+    """The predicted tasks a goal's values are made of (see `values_from_probs`)."""
+    if goal == "click" or "ctcvr" not in tasks:
+        return ["ctr"] if goal == "click" else [t for t in ("ctr", "cvr") if t in tasks]
+    return ["ctcvr"]
+
+
 def bid_values(
     predictor: Any, rows: str | Path | Any, goal: str = "conversion", value_per_conversion: float = 1.0
 ) -> BidValues:
@@ -97,5 +105,6 @@ def bid_values(
         )
     raw = predictor.predict_proba(rows)
     probs = calibration.transform(raw)
-    values = values_from_probs(probs, calibration.sigma(probs), goal)
+    needed = {t: probs[t] for t in goal_tasks(list(probs), goal) if t in probs}
+    values = values_from_probs(probs, calibration.sigma(needed), goal)
     return values if value_per_conversion == 1.0 else values.times(value_per_conversion)

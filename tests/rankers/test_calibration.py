@@ -151,7 +151,9 @@ def test_bid_cli_on_ipinyou_and_on_a_calibrated_predictor(
     assert main(bid) == 0
     out = capsys.readouterr().out
     for agent in ("constant", "linear", "paced", "hindsight optimum"):
-        assert f"| test | 1,250 | {agent} |" in out
+        assert f"| {agent} |" in out and "| test | " in out
+    assert main([*bid[:-1], "1500"]) == 2  # 2,000 test rows: one episode of 1,500
+    assert "1 episode(s); the agents are tuned on the first half of two or more" in capsys.readouterr().err
 
 
 def test_the_reliability_plot_is_written_as_png(tmp_path: Path) -> None:

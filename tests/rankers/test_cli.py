@@ -401,6 +401,7 @@ def test_a_state_saved_at_an_epoch_end_resumes_with_another_process_count(
     assert main(["train", "--resume", str(ckpt), "--nproc", "2", "--epochs", "2", "--no-progress"]) == 0
     second = json.loads((ckpt / "metrics.json").read_text())
     assert second["processes"] == 2 and second["train_config"]["epochs"] == 2
+    assert json.loads((ckpt / "config.json").read_text())["train"]["epochs"] == 2  # a later --resume keeps it
     assert [r["epoch"] for r in second["history"]] == [1, 2]
     assert second["history"][0] == first["history"][0]
     assert second["history"][1]["steps"] == first["history"][0]["steps"]  # the global batch is kept
