@@ -18,11 +18,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import README, results
 from rankers.metrics import markdown_table
 
+FIGURES = README.parent / "figures"  # written by benchmarks/report.py (matplotlib)
+
+
+def _figure_link(name: str, alt: str) -> str:
+    """A markdown image of figures/<name> when report.py has drawn it, else nothing."""
+    return f"\n![{alt}](figures/{name})\n" if (FIGURES / name).is_file() else ""
+
+
 INTRO = """# Benchmarks
 
 Run by hand on an idle machine (check `uptime` first); each script appends JSON lines to
 `results.jsonl` and rewrites this file from the latest run of each script. Figures are not
-comparable across machines. Regenerate without running: `.venv/bin/python benchmarks/readme.py`.
+comparable across machines. Regenerate without running: `.venv/bin/python benchmarks/readme.py`, or
+`benchmarks/report.py` to redraw the figures too (the optional `plots` extra).
 """
 
 
@@ -460,7 +469,11 @@ def _bidding(rows: list[dict[str, Any]]) -> str:
             "logged pCTR won; the "
             "hindsight optimum the fractional knapsack of pCTR under the budget knowing every price (an "
             "upper bound for any agent with these values). The last row sums clicks and averages the "
-            f"ratios.  \n{_header(ipy)}\n" + markdown_table(table, cols) + "\n\n"
+            f"ratios.  \n{_header(ipy)}\n"
+            + markdown_table(table, cols)
+            + "\n"
+            + _figure_link("bidding_ipinyou.png", "share of the hindsight optimum against the budget")
+            + "\n"
         )
     value = _latest_run([r for r in rows if r.get("benchmark") == "bidding_model_value"], "bidding-")
     if value:
@@ -552,6 +565,7 @@ def _compare(rows: list[dict[str, Any]]) -> str:
         + "\n"
         + markdown_table(table, list(table[0]))
         + "\n"
+        + _figure_link("compare_throughput.png", "training examples/s, ours and the peers")
     )
 
 

@@ -1,0 +1,97 @@
+"""The benchmark report: PNG figures from benchmarks/results.jsonl, then benchmarks/README.md.
+
+    .venv/bin/pip install -e '.[plots]'
+    .venv/bin/python benchmarks/report.py
+
+Figures (benchmarks/figures/, linked from the README where they exist): training examples/s of
+ours and the peers per dataset and model (benchmarks/compare.py), and the paced, linear and
+constant agents' share of the hindsight optimum against the budget on iPinYou
+(benchmarks/bidding.py). Without matplotlib only the README is rewritten.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import results
+from benchmarks.readme import FIGURES, _latest_per_dataset, _latest_run, write_readme
+
+
+def _throughput(rows: list[dict[str, Any]], plt: Any) -> Path | None:
+    rs = _latest_per_dataset([r for r in rows if r.get("benchmark") == "compare"], "compare-")
+    if not rs:
+        return None
+    speed: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for key in {(r["dataset"], r["model"], r["library"]) for r in rs}:
+        group = [r["examples_per_s"] for r in rs if (r["dataset"], r["model"], r["library"]) == key]
+        speed[key[:2]][key[2]] = statistics.median(group)
+    labels = sorted(speed)
+    libraries = ["rankers", "deepctr_torch", "torch_rechub"]
+    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 1.1), 4.5))
+    width = 0.8 / len(libraries)
+    for i, lib in enumerate(libraries):
+        xs = [j + i * width for j, k in enumerate(labels) if lib in speed[k]]
+        ys = [speed[k][lib] for k in labels if lib in speed[k]]
+        ax.bar(xs, ys, width, label=lib)
+    ax.set_xticks([j + width for j in range(len(labels))])
+    ax.set_xticklabels([f"{d}\n{m}" for d, m in labels], fontsize=7)
+    ax.set_ylabel("training examples/s (median)")
+    ax.set_title("Training throughput, same data and shapes (benchmarks/compare.py)")
+    ax.legend()
+    fig.tight_layout()
+    path = FIGURES / "compare_throughput.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
+    rs = _latest_run([r for r in rows if r.get("benchmark") == "bidding_ipinyou"], "bidding-")
+    if not rs:
+        return None
+    share: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rs:
+        if r["agent"] != "hindsight optimum":
+            share[r["agent"]][r["fraction"]].append(r["of_optimum"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for agent, by in share.items():
+        fractions = sorted(by)
+        ax.plot(fractions, [statistics.mean(by[f]) for f in fractions], "o-", label=agent)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget (share of the traffic's cost)")
+    ax.set_ylabel("expected clicks / hindsight optimum")
+    ax.set_title("iPinYou, 6 campaigns, episodes 51-100")
+    ax.axhline(0.85, color="grey", lw=1, ls="--")
+    ax.legend()
+    fig.tight_layout()
+    path = FIGURES / "bidding_ipinyou.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[plots]'): README only", file=sys.stderr)
+    else:
+        FIGURES.mkdir(exist_ok=True)
+        rows = results()
+        for made in (_throughput(rows, plt), _bidding(rows, plt)):
+            if made:
+                print(f"wrote {made}")
+    print(write_readme())
+
+
+if __name__ == "__main__":
+    main()
