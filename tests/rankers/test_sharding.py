@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,14 @@ SCHEMA = Schema(
     labels=(Label("y", "ctr"),),
 )
 DIM, B, STEPS = 64, 32, 3  # dim 64: the planner splits column-wise in 32-wide shards
+
+
+def _leave() -> None:
+    """A worker's clean exit without interpreter shutdown, where a native thread's static
+    destructor sometimes aborted a finished process on a loaded machine (see rankers/cli.py)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
@@ -145,6 +154,7 @@ def _worker(rank: int, world: int, port: int, sharding_type: str, out: str) -> N
             Path(out).write_text(repr(plan))
     finally:
         dist.destroy_process_group()
+    _leave()
 
 
 @pytest.mark.distributed
@@ -206,6 +216,7 @@ def _load_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: st
             np.save(out, p)
     finally:
         dist.destroy_process_group()
+    _leave()
 
 
 @pytest.mark.distributed
