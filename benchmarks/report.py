@@ -23,6 +23,15 @@ from benchmarks._common import results
 from benchmarks.readme import FIGURES, _latest_per_dataset, _latest_run, write_readme
 
 
+def _save(fig: Any, ax: Any, name: str, plt: Any) -> Path:
+    ax.legend()
+    fig.tight_layout()
+    path = FIGURES / name
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _throughput(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     rs = _latest_per_dataset([r for r in rows if r.get("benchmark") == "compare"], "compare-")
     if not rs:
@@ -43,12 +52,7 @@ def _throughput(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     ax.set_xticklabels([f"{d}\n{m}" for d, m in labels], fontsize=7)
     ax.set_ylabel("training examples/s (median)")
     ax.set_title("Training throughput, same data and shapes (benchmarks/compare.py)")
-    ax.legend()
-    fig.tight_layout()
-    path = FIGURES / "compare_throughput.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "compare_throughput.png", plt)
 
 
 def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
@@ -68,12 +72,7 @@ def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     ax.set_ylabel("expected clicks / hindsight optimum")
     ax.set_title("iPinYou, 6 campaigns, episodes 51-100")
     ax.axhline(0.85, color="grey", lw=1, ls="--")
-    ax.legend()
-    fig.tight_layout()
-    path = FIGURES / "bidding_ipinyou.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "bidding_ipinyou.png", plt)
 
 
 def main() -> None:

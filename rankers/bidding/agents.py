@@ -99,6 +99,11 @@ def _pace(lam: float, spent: float, state: AgentState, eta: float, bounds: tuple
     return float(np.clip(lam * math.exp(eta * np.clip((spent - pace) / pace, -1.0, 1.0)), *bounds))
 
 
+def _nudge(kappa: float, eta: float, gap: float) -> float:
+    """kappa x exp(eta x gap), kept in [0.2, 5]: the CPA and ROAS agents' correction."""
+    return float(np.clip(kappa * math.exp(eta * gap), 0.2, 5))
+
+
 @dataclass
 class MaxConversions(Agent):
     """Most conversions (or clicks) under the budget: bid = value / lambda, lambda paced."""
@@ -141,10 +146,8 @@ class TargetCPA(Agent):
 
     def observe(self, state: AgentState, spent: float, conversions: float) -> None:
         if state.value_won > 0 and state.spend > 0:  # expected CPA so far against the target
-            realized = state.spend / state.value_won
-            self.kappa = float(
-                np.clip(self.kappa * math.exp(self.eta * (self.cpa - realized) / self.cpa), 0.2, 5)
-            )
+            expected_cpa = state.spend / state.value_won
+            self.kappa = _nudge(self.kappa, self.eta, (self.cpa - expected_cpa) / self.cpa)
         if self.paced:
             self.lam = _pace(self.lam, spent, state, 0.5, (self.lambda0 / 100, self.lambda0 * 100))
 
@@ -167,10 +170,8 @@ class TargetROAS(Agent):
 
     def observe(self, state: AgentState, spent: float, conversions: float) -> None:
         if state.spend > 0:
-            realized = state.value_won / state.spend
-            self.kappa = float(
-                np.clip(self.kappa * math.exp(self.eta * (realized - self.roas) / self.roas), 0.2, 5)
-            )
+            expected_roas = state.value_won / state.spend
+            self.kappa = _nudge(self.kappa, self.eta, (expected_roas - self.roas) / self.roas)
 
 
 @dataclass

@@ -100,7 +100,8 @@ class Market:
         rng = np.random.default_rng(self.seed)
         self.base = rng.uniform(0.002, 0.02, self.advertisers)
         self.cpas = rng.uniform(50, 150, self.advertisers)
-        # Budgets bind for about half of them: a share of the conversions at target CPA.
+        # Budgets: 0.3-1.5x the cost at target CPA of a share of the conversions; in this market
+        # (20 advertisers, 3 slots) nearly every budget binds.
         expected = self.base * self.opportunities * self.ticks * self.exposure[0] / self.advertisers * 3
         self.budgets = expected * self.cpas * rng.uniform(0.3, 1.5, self.advertisers)
 

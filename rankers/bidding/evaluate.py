@@ -10,6 +10,7 @@ advertiser's CPA as given (`cpa`), paced to the budget from the same lambda0.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from rankers.bidding.agents import (
     TargetCPA,
     tune,
 )
-from rankers.bidding.replay import Episode, hindsight_optimum, replay, totals
+from rankers.bidding.replay import Episode, ReplayConfig, hindsight_optimum, replay, totals
 from rankers.bidding.values import BidValues
 
 AGENTS = ("constant", "linear", "paced", "cpa")
@@ -79,8 +80,11 @@ def compare_agents(
     def wrap(agent: Agent) -> Agent:
         return FirstPriceShading(inner=agent, prices=prices, cap=cap) if auction == "first_price" else agent
 
+    tuning = ReplayConfig(ticks=ticks, auction=auction)
+    testing = replace(tuning, target_cpa=cpa, value_per_conversion=value_per_conversion)
+
     def score(agent: Agent) -> float:
-        return totals(replay(wrap(agent), train, budget, ticks, auction))["expected"]
+        return totals(replay(wrap(agent), train, budget, tuning))["expected"]
 
     top = float(np.quantile(prices, 0.99)) * 4
     grid = np.geomspace(top / 400, top, 25)
@@ -102,8 +106,7 @@ def compare_agents(
     for name in agents:
         if name not in made:
             raise ValueError(f"agent {name!r}: expected some of {AGENTS}")
-        episodes = replay(wrap(made[name]()), test, budget, ticks, auction, 0.0, cpa, value_per_conversion)
-        result = totals(episodes, value_per_conversion)
+        result = totals(replay(wrap(made[name]()), test, budget, testing), value_per_conversion)
         rows.append({"agent": name, **result})
     best = sum(hindsight_optimum(e.values.value, e.prices, budget) for e in test)
     rows.append({"agent": "hindsight optimum", "expected": best})

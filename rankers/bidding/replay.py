@@ -36,42 +36,44 @@ class Episode:
         check_array("price", np.asarray(self.prices, dtype=np.float64))
 
 
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How episodes are replayed and scored."""
+
+    ticks: int = 48  # decisions per episode (AuctionNet's 48)
+    auction: str = "second_price"  # or "first_price" (rankers.bidding.auctions)
+    reserve: float = 0.0
+    target_cpa: float | None = None  # adds AuctionNet's score
+    value_per_conversion: float | None = None  # adds ROI
+
+
 def run_episode(
-    agent: Agent,
-    episode: Episode,
-    budget: float,
-    ticks: int = 48,
-    auction: str = "second_price",
-    reserve: float = 0.0,
-    target_cpa: float | None = None,
-    value_per_conversion: float | None = None,
+    agent: Agent, episode: Episode, budget: float, config: ReplayConfig = ReplayConfig()
 ) -> dict[str, Any]:
     """One episode; returns its outcome (see `outcome`)."""
     if not (np.isfinite(budget) and budget > 0):
         raise ValueError(f"budget {budget} must be finite and > 0")
     n = len(episode.values)
-    state = AgentState(budget=budget, ticks=ticks)
+    state = AgentState(budget=budget, ticks=config.ticks)
     agent.reset(state)
-    won_any = np.zeros(n, dtype=bool)
-    for t, part in enumerate(np.array_split(np.arange(n), ticks)):
+    for t, part in enumerate(np.array_split(np.arange(n), config.ticks)):
         state.tick = t
         values = episode.values[part]
         bids = agent.bid(values, state)
-        result = single_auction(auction, bids, episode.prices[part], reserve)
+        result = single_auction(config.auction, bids, episode.prices[part], config.reserve)
         spent, converted = 0.0, 0.0
         for i in np.flatnonzero(result.won):  # settle in order; never past the budget
             if bids[i] > state.budget_left - spent:
                 continue
             spent += float(result.cost[i])
             converted += float(episode.outcomes[part[i]])
-            won_any[part[i]] = True
             state.value_won += float(values.value[i])
             state.wins += 1
         state.spend += spent
         state.conversions += converted
         state.tick = t + 1
         agent.observe(state, spent, converted)
-    return outcome(state, n, target_cpa, value_per_conversion)
+    return outcome(state, n, config.target_cpa, config.value_per_conversion)
 
 
 def outcome(
@@ -102,20 +104,10 @@ def outcome(
 
 
 def replay(
-    agent: Agent,
-    episodes: list[Episode],
-    budget: float,
-    ticks: int = 48,
-    auction: str = "second_price",
-    reserve: float = 0.0,
-    target_cpa: float | None = None,
-    value_per_conversion: float | None = None,
+    agent: Agent, episodes: list[Episode], budget: float, config: ReplayConfig = ReplayConfig()
 ) -> list[dict[str, Any]]:
     """`run_episode` over each episode in turn (the agent reset at each)."""
-    return [
-        run_episode(agent, e, budget, ticks, auction, reserve, target_cpa, value_per_conversion)
-        for e in episodes
-    ]
+    return [run_episode(agent, e, budget, config) for e in episodes]
 
 
 def totals(rows: list[dict[str, Any]], value_per_conversion: float | None = None) -> dict[str, float]:

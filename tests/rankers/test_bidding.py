@@ -20,7 +20,7 @@ from rankers.bidding.agents import (
 )
 from rankers.bidding.auctions import first_price, gsp, second_price
 from rankers.bidding.ipinyou import Campaign, load_campaign
-from rankers.bidding.replay import Episode, hindsight_optimum, replay, run_episode, totals
+from rankers.bidding.replay import Episode, ReplayConfig, hindsight_optimum, replay, run_episode, totals
 from rankers.bidding.values import BidValues
 from tests.conftest import SHARED_DATA, shared_file
 
@@ -87,7 +87,7 @@ def test_spend_never_exceeds_the_budget_and_bids_stay_in_bounds(campaign: Campai
             return bids
 
         agent.bid = spy  # type: ignore[method-assign]
-        rows = replay(agent, campaign.episodes[:10], budget, auction=auction)
+        rows = replay(agent, campaign.episodes[:10], budget, ReplayConfig(auction=auction))
         assert all(r["spend"] <= budget for r in rows), type(agent).__name__
         if isinstance(agent, _Wild | LinearBid):  # unpaced: they run into the budget, whose guard
             assert all(budget - r["spend"] < agent.cap for r in rows)  # refused a bid over what was left
