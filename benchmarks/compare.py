@@ -4,12 +4,13 @@ shapes, one run.
     .venv/bin/pip install -e '.[compare]'     # the peers (never a core dependency)
     .venv/bin/python benchmarks/compare.py [--datasets criteo_head10k,synthetic_1m] [--models mlp]
 
-Every (library, model, dataset, seed) trains in its own process (its peak RSS is that run's), with 2
-torch threads, embedding dim 16, MLP (256, 128), batch 4096 (256 on Criteo head10k), Adam lr 1e-3 on
-the dense layers, a fixed number of epochs (no early stopping; the test split is scored after the
-last one). Steady examples/s is taken over the last epoch (every library's own training loop,
-reading included; ours leaves out the first min(10, steps / 5) steps of the epoch, the peers'
-rate is over the whole epoch). The models:
+Every (library, model, dataset, seed) trains in its own process (its peak RSS is that run's), with
+2 torch threads, embedding dim 16, MLP (256, 128), batch 4096 (256 on Criteo head10k, 1024 on
+UserBehavior), Adam lr 1e-3 on the dense layers, a fixed number of epochs (no early stopping). The
+test split is scored after every epoch, outside the timed loop (its AUC against the epoch is kept);
+the figures are the last epoch's. Steady examples/s is taken over the last epoch (every
+library's own training loop, reading included; ours leaves out the first min(10, steps / 5) steps
+of the epoch, the peers' rate is over the whole epoch). The models:
 - mlp: ours the MLP over the concatenated field vectors and dense features; DeepCTR-Torch's
   DeepFM(use_fm=False) (a DNN plus a linear part), torch-rechub's WideDeep (dense features wide, all
   fields deep): the nearest plain DNN each offers.
@@ -17,8 +18,13 @@ rate is over the whole epoch). The models:
   numeric features as tokens: ours and torch-rechub's AutoInt. autoint_plus_fields: the same with
   only the categorical fields attending and the numeric values in the DNN's input: ours
   (`numeric_tokens=False`) and DeepCTR-Torch's AutoInt.
-- din, din_dice, dien on UserBehavior (the 650-user sample, histories up to 50); esmm (MLP towers)
-  on a 300k-row synthetic funnel, scored by its ctcvr AUC.
+- din, din_dice, dien on UserBehavior (the 650-user sample, histories up to 50) and on 200k rows
+  of DIN-shaped synthetic data (features/synthetic_sequences.py: histories up to 50, mean 17, a
+  teacher whose signal is the history matched against the target); esmm (MLP towers) on a
+  300k-row synthetic funnel's 26 categorical fields (torch-rechub's ESMM takes no dense features,
+  so no library gets the 13), scored by its ctcvr AUC.
+- torch-rechub's DIEN needs negative histories for its auxiliary loss: it gets the positive ones
+  and weight 0 (as ours and DeepCTR-Torch's run without it); the loss is still computed.
 Tables: ours are fused rowwise Adagrad (lr 0.02) through DistributedModelParallel, the library's
 design (fbgemm has no fused Adam on CPU); the peers train their tables with Adam. The row "ours, Adam
 tables" makes the optimizer identical (tables data-parallel, trained by the same Adam), for quality.
@@ -40,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +64,9 @@ SUPPORTS = {
     "rankers": set(MODELS),
     "rankers_adam": set(MODELS),
     "deepctr_torch": {"mlp", "autoint_plus_fields", "din", "dien", "esmm"},
-    "torch_rechub": {"mlp", "autoint_plus", "din_dice"},
+    "torch_rechub": {"mlp", "autoint_plus", "din_dice", "dien", "esmm"},
 }
+SEQUENCE_DATASETS = ("userbehavior", "synthetic_seq")
 EMBED, UNITS, LR = 16, (256, 128), 1e-3
 
 
@@ -125,28 +133,25 @@ def _ours(job: dict[str, Any], adam_tables: bool) -> dict[str, Any]:
         sharding="data_parallel" if adam_tables else "table_wise",
     )
     with tempfile.TemporaryDirectory() as tmp:
-        # train() scores the test split with the best validation epoch's weights; without a
-        # valid split it keeps the last epoch's, as the peers are scored here.
+        # The test split stands in for the valid one, so train() scores it after every epoch (its
+        # AUC against the epoch, as the peers' below); the figures are the last epoch's, as the
+        # peers' (train() itself would report the best epoch's weights).
         view = Path(tmp) / "data"
         view.mkdir()
         for part in Path(job["data"]).iterdir():
-            if part.name != "valid":
-                (view / part.name).symlink_to(part.resolve())
-        result = train(view, Path(tmp) / "ck", ranker, config)
-    if job["model"] == "esmm":  # ctcvr is the figure ESMM is for; ctr beside it
-        test = result["test"]
-        return {
-            "auc": test["ctcvr"]["auc"],
-            "logloss": test["ctcvr"]["logloss"],
-            "ctr_auc": test["ctr"]["auc"],
-            "examples_per_s": result["history"][-1]["examples_per_s"],
-        }
-    return {
-        "auc": result["test"]["ctr"]["auc"],
-        "logloss": result["test"]["ctr"]["logloss"],
-        "examples_per_s": result["history"][-1]["examples_per_s"],
-        "best_epoch": result["best_epoch"],
+            (view / part.name).symlink_to(
+                (Path(job["data"]) / "test" if part.name == "valid" else part).resolve()
+            )
+        history = train(view, Path(tmp) / "ck", ranker, config)["history"]
+    task = "ctcvr" if job["model"] == "esmm" else "ctr"  # ctcvr is the figure ESMM is for
+    last = history[-1]["valid"]
+    out = {
+        "auc": last[task]["auc"],
+        "logloss": last[task]["logloss"],
+        "epoch_auc": [h["valid"][task]["auc"] for h in history],
+        "examples_per_s": history[-1]["examples_per_s"],
     }
+    return out | ({"ctr_auc": last["ctr"]["auc"]} if task == "ctcvr" else {})
 
 
 def _deepctr(job: dict[str, Any]) -> dict[str, Any]:
@@ -174,14 +179,17 @@ def _deepctr(job: dict[str, Any]) -> dict[str, Any]:
         )
         x, labels = _arrays(data / "train", all_labels=True)
         y = np.stack([labels["click"], labels["click"] * labels["conversion"]], axis=1)
+        xt, lt = _arrays(data / "test", all_labels=True)
+        epoch_auc = []
         for _ in range(job["epochs"]):
             start = time.perf_counter()
             model.fit(x, y, batch_size=job["batch"], epochs=1, verbose=0, shuffle=True)
             seconds = time.perf_counter() - start
-        xt, lt = _arrays(data / "test", all_labels=True)
-        p = model.predict(xt, batch_size=16_384)
+            p = model.predict(xt, batch_size=16_384)
+            epoch_auc.append(_metrics(lt["click"] * lt["conversion"], p[:, 1])["auc"])
         out = _metrics(lt["click"] * lt["conversion"], p[:, 1])
-        return {**out, "ctr_auc": _metrics(lt["click"], p[:, 0])["auc"], "examples_per_s": len(y) / seconds}
+        out |= {"ctr_auc": _metrics(lt["click"], p[:, 0])["auc"], "epoch_auc": epoch_auc}
+        return out | {"examples_per_s": len(y) / seconds}
     if job["model"] in SEQUENCE_MODELS:
         from deepctr_torch.inputs import VarLenSparseFeat
         from deepctr_torch.models import DIEN, DIN
@@ -208,12 +216,15 @@ def _deepctr(job: dict[str, Any]) -> dict[str, Any]:
         model = AutoInt(cols, cols, att_layer_num=3, att_head_num=2, att_res=True, **common)
     model.compile(torch.optim.Adam(model.parameters(), lr=LR), "binary_crossentropy")
     x, y = _arrays(data / "train")
+    xt, yt = _arrays(data / "test")
+    epoch_auc = []
     for _ in range(job["epochs"]):
         start = time.perf_counter()
         model.fit(x, y, batch_size=job["batch"], epochs=1, verbose=0, shuffle=True)
         seconds = time.perf_counter() - start
-    xt, yt = _arrays(data / "test")
-    return {**_metrics(yt, model.predict(xt, batch_size=16_384)), "examples_per_s": len(y) / seconds}
+        out = _metrics(yt, model.predict(xt, batch_size=16_384))
+        epoch_auc.append(out["auc"])
+    return out | {"epoch_auc": epoch_auc, "examples_per_s": len(y) / seconds}
 
 
 def _rechub(job: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +242,41 @@ def _rechub(job: dict[str, Any]) -> dict[str, Any]:
     dense = [DenseFeature(f.name) for f in schema.dense]
     mlp = {"dims": list(UNITS), "dropout": 0.0, "activation": "relu"}
     torch.manual_seed(job["seed"])
-    if job["model"] == "din_dice":
+    if job["model"] == "esmm":
+        return _rechub_esmm(job, sparse)
+    x, y = _arrays(data / "train")
+    xt, yt = _arrays(data / "test")
+    loss_mode = True
+    if job["model"] == "dien":
+        from torch_rechub.basic.features import SequenceFeature
+        from torch_rechub.models.ranking import DIEN
+
+        targets = {f.table for f in schema.sequences}
+
+        def history(prefix: str) -> list[Any]:
+            return [
+                SequenceFeature(
+                    prefix + f.name,
+                    vocab_size=f.num_embeddings,
+                    embed_dim=EMBED,
+                    pooling="concat",
+                    shared_with=f.table,
+                    padding_idx=0,
+                )
+                for f in schema.sequences
+            ]
+
+        for f in schema.sequences:  # the auxiliary loss's negatives, at weight 0
+            x["neg_" + f.name], xt["neg_" + f.name] = x[f.name], xt[f.name]
+        target = [
+            SparseFeature(f.name, vocab_size=f.num_embeddings, embed_dim=EMBED, padding_idx=0)
+            for f in schema.categorical
+            if f.name in targets
+        ]
+        others = [t for t in sparse if t.name not in targets]
+        model = DIEN(others, history(""), history("neg_"), target, {"dims": list(UNITS)}, alpha=0.0)
+        loss_mode = False
+    elif job["model"] == "din_dice":
         from torch_rechub.basic.features import SequenceFeature
         from torch_rechub.models.ranking import DIN
 
@@ -252,19 +297,66 @@ def _rechub(job: dict[str, Any]) -> dict[str, Any]:
         model = AutoInt(sparse, dense, num_layers=3, num_heads=2, dropout=0.0, mlp_params=mlp)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = CTRTrainer(
-            model, optimizer_params={"lr": LR, "weight_decay": 0.0}, n_epoch=job["epochs"], model_path=tmp
+            model,
+            optimizer_params={"lr": LR, "weight_decay": 0.0},
+            n_epoch=job["epochs"],
+            model_path=tmp,
+            loss_mode=loss_mode,
         )
-        x, y = _arrays(data / "train")
-        xt, yt = _arrays(data / "test")
         train_dl, _, test_dl = DataGenerator(x, y).generate_dataloader(
             x_val=xt, y_val=yt, x_test=xt, y_test=yt, batch_size=job["batch"]
         )
+        epoch_auc = []
         for _ in range(job["epochs"]):
             start = time.perf_counter()
             trainer.train_one_epoch(train_dl, log_interval=10**9)
             seconds = time.perf_counter() - start
-        p = trainer.predict(model, test_dl)
-    return {**_metrics(yt, p), "examples_per_s": len(y) / seconds}
+            out = _metrics(yt, trainer.predict(model, test_dl))
+            epoch_auc.append(out["auc"])
+    return out | {"epoch_auc": epoch_auc, "examples_per_s": len(y) / seconds}
+
+
+def _rechub_esmm(job: dict[str, Any], sparse: list[Any]) -> dict[str, Any]:
+    """torch-rechub's ESMM (its fields split in two halves as its user and item features; the
+    towers see all of them concatenated either way) trained by its MTLTrainer."""
+    import torch
+    from torch_rechub.models.multi_task import ESMM
+    from torch_rechub.trainers import MTLTrainer
+    from torch_rechub.utils.data import DataGenerator
+
+    data = Path(job["data"])
+    mlp = {"dims": list(UNITS), "dropout": 0.0, "activation": "relu"}
+    half = len(sparse) // 2
+    model = ESMM(sparse[:half], sparse[half:], cvr_params=mlp, ctr_params=mlp)
+    x, labels = _arrays(data / "train", all_labels=True)
+    xt, lt = _arrays(data / "test", all_labels=True)
+
+    def targets(lab: dict[str, np.ndarray]) -> np.ndarray:  # its outputs: cvr, ctr, ctcvr
+        return np.stack([lab["conversion"], lab["click"], lab["click"] * lab["conversion"]], axis=1)
+
+    train_dl, _, test_dl = DataGenerator(x, targets(labels)).generate_dataloader(
+        x_val=xt, y_val=targets(lt), x_test=xt, y_test=targets(lt), batch_size=job["batch"]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = MTLTrainer(
+            model,
+            task_types=["classification"] * 3,
+            optimizer_params={"lr": LR, "weight_decay": 0.0},
+            n_epoch=job["epochs"],
+            model_path=tmp,
+        )
+        epoch_auc = []
+        for _ in range(job["epochs"]):
+            start = time.perf_counter()
+            trainer.train_one_epoch(train_dl)
+            seconds = time.perf_counter() - start
+            model.eval()
+            with torch.no_grad():  # its predict() expects batches without labels
+                p = torch.cat([model(xb) for xb, _ in test_dl]).numpy()
+            epoch_auc.append(_metrics(lt["click"] * lt["conversion"], p[:, 2])["auc"])
+    out = _metrics(lt["click"] * lt["conversion"], p[:, 2])
+    out |= {"ctr_auc": _metrics(lt["click"], p[:, 1])["auc"], "epoch_auc": epoch_auc}
+    return out | {"examples_per_s": len(labels["click"]) / seconds}
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
@@ -288,11 +380,39 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 DATASETS = {
     "criteo_head10k": {"batch": 256, "epochs": 3, "seeds": 3},
     "synthetic_1m": {"batch": 4096, "epochs": 1, "seeds": 1},
-    "userbehavior": {"batch": 1024, "epochs": 3, "seeds": 1},
+    "userbehavior": {"batch": 1024, "epochs": 3, "seeds": 3},
+    "synthetic_seq": {"batch": 4096, "epochs": 1, "seeds": 1},
     "synthetic_funnel": {"batch": 4096, "epochs": 1, "seeds": 1},
 }
-# Data-parallel tables of 5.6M rows trained by dense Adam are a quality check, not for 1M rows.
-SKIP = {("synthetic_1m", "rankers_adam")}
+# Tables trained by dense Adam are a quality check of the optimizer (Criteo head10k, the funnel),
+# not for the 5.6M rows of the 1M set nor worth three more runs a seed on the sequence sets.
+SKIP = {("synthetic_1m", "rankers_adam"), ("userbehavior", "rankers_adam"), ("synthetic_seq", "rankers_adam")}
+# DIEN's three libraries take about 5 minutes a seed on UserBehavior: one seed keeps the default set
+# under 30 minutes (DIN, the question there, takes three).
+SEEDS = {("userbehavior", "dien"): 1}
+
+
+def _teacher_auc(data: Path, model: str) -> float | None:
+    """The teacher's test AUC on a synthetic set (ctcvr's for ESMM): the best any model can reach."""
+    info = json.loads((data / "dataset.json").read_text())
+    test = info.get("teacher", {}).get("test", {})
+    return test.get("tasks", {}).get("ctcvr", {}).get("auc") if model == "esmm" else test.get("auc")
+
+
+def _categorical_only(data: Path, out: Path) -> Path:
+    """A copy of a dataset without its dense features (same rows, ids and labels)."""
+    import pyarrow.parquet as pq
+
+    from features.dataset import DatasetWriter
+    from features.reader import find_schema, parquet_files
+
+    schema = find_schema(data)
+    dense = [f.name for f in schema.dense]
+    info = json.loads((data / "dataset.json").read_text())
+    with DatasetWriter(out, replace(schema, dense=())) as writer:
+        for split in ("train", "valid", "test"):
+            writer.write(split, pq.read_table(parquet_files(data / split)).drop_columns(dense))
+        return writer.commit({k: v for k, v in info.items() if k in ("converter", "config", "teacher")})
 
 
 def _dataset(name: str, tmp: Path) -> Path:
@@ -308,7 +428,11 @@ def _dataset(name: str, tmp: Path) -> Path:
         from features.synthetic import SyntheticConfig, write_synthetic
 
         config = SyntheticConfig(rows=300_000, min_count=10, funnel=True)
-        return write_synthetic(tmp / name, config, progress=False)
+        return _categorical_only(write_synthetic(tmp / "funnel", config, progress=False), tmp / name)
+    if name == "synthetic_seq":
+        from features.synthetic_sequences import SequenceSyntheticConfig, write_synthetic_sequences
+
+        return write_synthetic_sequences(tmp / name, SequenceSyntheticConfig(rows=200_000))
     if name == "criteo_head10k":
         from benchmarks._common import SHARED_DATA
         from features.criteo import CriteoConfig, convert_criteo
@@ -346,11 +470,12 @@ def main() -> None:
                 for library in args.libraries.split(","):
                     if model not in SUPPORTS[library] or (dataset, library) in SKIP:
                         continue
-                    if (model in SEQUENCE_MODELS) != (dataset == "userbehavior"):
+                    if (model in SEQUENCE_MODELS) != (dataset in SEQUENCE_DATASETS):
                         continue
                     if (model == "esmm") != (dataset == "synthetic_funnel"):
                         continue
-                    for seed in range(spec["seeds"]):
+                    teacher = _teacher_auc(data, model) if dataset.startswith("synthetic") else None
+                    for seed in range(SEEDS.get((dataset, model), spec["seeds"])):
                         job = {"library": library, "model": model, "data": str(data), "seed": seed, **spec}
                         load = load_average()
                         done = subprocess.run(
@@ -366,7 +491,7 @@ def main() -> None:
                             raise SystemExit(f"{library} {model} {dataset} seed {seed} failed")
                         result = json.loads(lines[-1][len("RESULT ") :])
                         row = {"benchmark": "compare", "run": run, "dataset": dataset, **job, **result}
-                        row |= {"load_before": load, "load_after": load_average()}
+                        row |= {"load_before": load, "load_after": load_average(), "teacher_auc": teacher}
                         record(row, command)
                         print(
                             f"{dataset} {model} {library} seed {seed}: AUC {result['auc']:.4f} "
