@@ -12,7 +12,8 @@ hindsight optimum is the fractional knapsack of pCTR under the budget knowing ev
 
 Model value: 250,000 synthetic rows (features/synthetic.py, the teacher's click probability known
 per row), a well-trained MLP and an undertrained one (30 steps), both calibrated (isotonic) on the
-valid split; the test split (25,000 rows) becomes 25 episodes of 1,000 with log-normal market prices
+valid split (their reliability before and after is kept for benchmarks/report.py's figure); the
+test split (25,000 rows) becomes 25 episodes of 1,000 with log-normal market prices
 correlated with the teacher's probability (rankers.bidding.evaluate.market_prices). The paced agent
 is tuned per model on the first 12 episodes and replayed on the last 13 with the same budget;
 clicks are the real clicks won, true expected clicks the teacher's probabilities of the auctions
@@ -102,6 +103,7 @@ def model_value(run: str, command: str) -> None:
                     "budget": budget,
                     **{k: paced[k] for k in ("conversions", "expected", "spend", "budget_used", "win_rate")},
                     "true_expected": true["conversions"],
+                    "calibration": report["tasks"]["ctr"],  # ECE and reliability, raw and calibrated
                 },
                 command,
             )

@@ -4,9 +4,11 @@
     .venv/bin/python benchmarks/report.py
 
 Figures (benchmarks/figures/, linked from the README where they exist): training examples/s of
-ours and the peers per dataset and model (benchmarks/compare.py), and the paced, linear and
-constant agents' share of the hindsight optimum against the budget on iPinYou
-(benchmarks/bidding.py). Without matplotlib only the README is rewritten.
+ours and the peers per dataset and model, and their test AUC after each epoch where a run has
+several (benchmarks/compare.py); the paced, linear and constant agents' share of the hindsight
+optimum against the budget on iPinYou, and the reliability of the model-value runs' predictions
+before and after calibration (benchmarks/bidding.py). Without matplotlib only the README is
+rewritten.
 """
 
 from __future__ import annotations
@@ -75,6 +77,45 @@ def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     return _save(fig, ax, "bidding_ipinyou.png", plt)
 
 
+def _auc_epochs(rows: list[dict[str, Any]], plt: Any) -> Path | None:
+    """Test AUC after each epoch, mean over seeds, one panel per (dataset, model) trained for
+    more than one epoch, a line per library."""
+    rs = _latest_per_dataset([r for r in rows if r.get("benchmark") == "compare"], "compare-")
+    curves: dict[tuple[str, str], dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rs:
+        if len(r.get("epoch_auc") or ()) > 1:
+            curves[(r["dataset"], r["model"])][r["library"]].append(r["epoch_auc"])
+    if not curves:
+        return None
+    panels = sorted(curves)
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
+    for ax, key in zip(axes.flat, panels, strict=False):
+        for library, runs in sorted(curves[key].items()):
+            mean = [statistics.mean(epoch) for epoch in zip(*runs, strict=True)]
+            ax.plot(range(1, len(mean) + 1), mean, "o-", label=f"{library} ({len(runs)} seeds)")
+        ax.set(title=f"{key[0]}: {key[1]}", xlabel="epoch", ylabel="test AUC")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = FIGURES / "compare_auc_epochs.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _reliability(rows: list[dict[str, Any]]) -> Path | None:
+    """Reliability of the model-value runs' click predictions on the synthetic test split, raw and
+    calibrated (rankers.bidding.calibration.plot_reliability, a panel per model)."""
+    from rankers.bidding.calibration import plot_reliability
+
+    rs = _latest_run([r for r in rows if r.get("benchmark") == "bidding_model_value"], "bidding-")
+    tasks = {r["model"]: r["calibration"] for r in rs if "calibration" in r}
+    return plot_reliability({"tasks": tasks}, FIGURES / "calibration_synthetic.png") if tasks else None
+
+
 def main() -> None:
     try:
         import matplotlib
@@ -86,7 +127,7 @@ def main() -> None:
     else:
         FIGURES.mkdir(exist_ok=True)
         rows = results()
-        for made in (_throughput(rows, plt), _bidding(rows, plt)):
+        for made in (_throughput(rows, plt), _auc_epochs(rows, plt), _bidding(rows, plt), _reliability(rows)):
             if made:
                 print(f"wrote {made}")
     print(write_readme())
