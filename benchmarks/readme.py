@@ -557,7 +557,7 @@ def _compare(rows: list[dict[str, Any]]) -> str:
         "part); autoint_plus has numeric features as tokens (ours, torch-rechub), "
         "autoint_plus_fields only the categorical fields attending (ours with numeric_tokens off, "
         "DeepCTR-Torch). UserBehavior (the 650-user sample, one catalogue negative per positive, "
-        "histories up to 50; batch 1024, 3 epochs, 3 seeds, DIEN 1 seed) and DIN-shaped synthetic data "
+        "histories up to 50; batch 1024, 2 epochs, 3 seeds, DIEN 1 seed) and DIN-shaped synthetic data "
         "(features/synthetic_sequences.py, 200k rows, histories up to 50 with mean 17; batch 4096, 1 "
         "epoch): din is ours and DeepCTR-Torch's DIN (DNN "
         "relu, attention unit (64, 16) with Dice, no softmax; DeepCTR-Torch attends over item and "
