@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import results
 from benchmarks.readme import FIGURES, _latest_per_dataset, _latest_run, write_readme
 
+COLORS = {"rankers": "C0", "rankers_adam": "C2", "deepctr_torch": "C1", "torch_rechub": "C3"}
+
 
 def _save(fig: Any, ax: Any, name: str, plt: Any) -> Path:
     ax.legend()
@@ -94,8 +96,10 @@ def _auc_epochs(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     for ax, key in zip(axes.flat, panels, strict=False):
         for library, runs in sorted(curves[key].items()):
             mean = [statistics.mean(epoch) for epoch in zip(*runs, strict=True)]
-            ax.plot(range(1, len(mean) + 1), mean, "o-", label=f"{library} ({len(runs)} seeds)")
-        ax.set(title=f"{key[0]}: {key[1]}", xlabel="epoch", ylabel="test AUC")
+            label = f"{library} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            ax.plot(range(1, len(mean) + 1), mean, "o-", color=COLORS.get(library), label=label)
+        ax.set(title=f"{key[0]}: {key[1]}", xlabel="epoch", ylabel="test AUC (mean over seeds)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")

@@ -57,10 +57,16 @@ def test_history_lengths_are_capped_geometric_with_the_asked_mean(data: Path) ->
 def test_every_item_has_one_category_in_targets_and_histories(data: Path) -> None:
     table = _all(data)
     items = np.concatenate(
-        [table.column("item_id").to_numpy(), table.column("hist_item_id").combine_chunks().flatten().to_numpy()]
+        [
+            table.column("item_id").to_numpy(),
+            table.column("hist_item_id").combine_chunks().flatten().to_numpy(),
+        ]
     )
     cates = np.concatenate(
-        [table.column("cate_id").to_numpy(), table.column("hist_cate_id").combine_chunks().flatten().to_numpy()]
+        [
+            table.column("cate_id").to_numpy(),
+            table.column("hist_cate_id").combine_chunks().flatten().to_numpy(),
+        ]
     )
     pairs = np.unique(np.stack([items, cates], axis=1), axis=0)
     assert len(np.unique(pairs[:, 0])) == len(pairs)
@@ -100,7 +106,12 @@ def test_the_reader_batches_the_histories(data: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad, named",
-    [({"rows": 0}, "rows"), ({"mean_len": 60.0}, "mean_len"), ({"items": 10}, "items"), ({"target_ctr": 1.0}, "target_ctr")],
+    [
+        ({"rows": 0}, "rows"),
+        ({"mean_len": 60.0}, "mean_len"),
+        ({"items": 10}, "items"),
+        ({"target_ctr": 1.0}, "target_ctr"),
+    ],
 )
 def test_a_bad_config_is_refused_by_name(bad: dict[str, float], named: str) -> None:
     with pytest.raises(ValueError, match=named):
