@@ -68,7 +68,8 @@ def plan_constraints(
     ranker: Ranker, config: ShardingConfig, world_size: int = 1, device: str = "cpu"
 ) -> dict[str, ParameterConstraints]:
     """Planner constraints per table from `config`; ValueError naming a table for a combination that
-    cannot work (an unknown table, a data-parallel unpooled collection on CPU)."""
+    cannot work (an unknown table, a data-parallel unpooled collection on CPU, a fused table whose
+    columns per shard are not a multiple of 4)."""
     names = ranker.embedding.table_names()
     unknown = sorted(set(dict(config.tables)) - set(names))
     if unknown:
@@ -86,6 +87,13 @@ def plan_constraints(
         kernels = ["dense"] if kind == "data_parallel" else ["fused"]
         dim = ranker.embedding.table_shapes[table][1]
         block = dim // world_size if world_size > 1 and dim % world_size == 0 else None
+        columns = block if kind == "column_wise" and block else dim
+        if kind != "data_parallel" and columns % 4:
+            raise ValueError(
+                f"table {table}: {columns} columns per shard (embedding dim {dim}); fbgemm's fused "
+                "table kernel (torchrec 1.8) needs a multiple of 4: choose an embedding dim that is "
+                "one (--embedding-dim), or --sharding data_parallel (dense tables trained by Adam)"
+            )
         out[table] = ParameterConstraints(sharding_types=types, compute_kernels=kernels, min_partition=block)
     return out
 

@@ -184,7 +184,8 @@ def autoint_plus_criteo_x1() -> Preset:
     23,844,454 parameters. That run also had `use_wide` (a first-order logistic-regression term
     with one weight per id); this library has no first-order tables, so the preset leaves it out.
     The embedding regularizer keeps FuxiCTR's number, but here it penalises the vectors a batch
-    looks up (RankerConfig.embedding_l2), not whole tables: not the same strength.
+    looks up (RankerConfig.embedding_l2), not whole tables: not the same strength. The embedding
+    dim is 12, not 10: fbgemm's fused table kernel needs a multiple of 4 columns.
     """
     return Preset(
         backbone="autoint_plus",
@@ -199,7 +200,7 @@ def autoint_plus_criteo_x1() -> Preset:
             dnn_units=(400, 400, 400),
             dnn_batch_norm=True,
         ),
-        embedding_dim=10,
+        embedding_dim=12,
         embedding_l2=1e-5,
         train=(("batch_size", 4096), ("lr", 1e-3), ("lr_decay", 0.1), ("patience", 2), ("epochs", 100)),
         data="Criteo_x1: min category count 1, I1-I13 numeric (normalised in the release)",

@@ -76,7 +76,7 @@ def test_preset_name_builds_its_backbone_and_fields_given_override_it() -> None:
 
     config = RankerConfig(backbone="finalmlp_criteo_x1", backbone_config={"num_heads": 100})
     assert config.backbone == "finalmlp" and config.preset == "finalmlp_criteo_x1"
-    assert config.embedding_dim == 10 and config.embedding_l2 == 1e-5
+    assert config.embedding_dim == 12 and config.embedding_l2 == 1e-5
     built = config.make_backbone_config()
     assert isinstance(built, FinalMLPConfig) and built.num_heads == 100 and built.fs2_context == ("C6",)
     assert RankerConfig(backbone="finalmlp_criteo_x1", embedding_dim=16, embedding_l2=0.0).embedding_l2 == 0.0

@@ -188,6 +188,19 @@ def test_constraints_name_the_table_of_an_impossible_combination() -> None:
         plan_constraints(collection, ShardingConfig("data_parallel"))
 
 
+def test_a_fused_table_of_columns_not_a_multiple_of_4_is_refused_by_name() -> None:
+    ten = build_ranker(SCHEMA, RankerConfig(embedding_dim=10), device=torch.device("meta"))
+    with pytest.raises(
+        ValueError, match=r"table a: 10 columns per shard \(embedding dim 10\).*multiple of 4"
+    ):
+        plan_constraints(ten, ShardingConfig("table_wise"))
+    assert plan_constraints(ten, ShardingConfig("data_parallel"))["a"].compute_kernels == ["dense"]
+    twelve = build_ranker(SCHEMA, RankerConfig(embedding_dim=12), device=torch.device("meta"))
+    plan_constraints(twelve, ShardingConfig("column_wise"), world_size=1)
+    with pytest.raises(ValueError, match=r"table a: 6 columns per shard \(embedding dim 12\)"):
+        plan_constraints(twelve, ShardingConfig("column_wise"), world_size=2)
+
+
 def _load_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) -> None:
     import numpy as np
 
