@@ -148,9 +148,9 @@ def _ours(job: dict[str, Any], adam_tables: bool) -> dict[str, Any]:
         view = Path(tmp) / "data"
         view.mkdir()
         for part in Path(job["data"]).iterdir():
-            (view / part.name).symlink_to(
-                (Path(job["data"]) / "test" if part.name == "valid" else part).resolve()
-            )
+            if part.name != "valid":
+                (view / part.name).symlink_to(part.resolve())
+        (view / "valid").symlink_to((Path(job["data"]) / "test").resolve())
         history = train(view, Path(tmp) / "ck", ranker, config)["history"]
     task = "ctcvr" if job["model"] == "esmm" else "ctr"  # ctcvr is the figure ESMM is for
     last = history[-1]["valid"]
@@ -195,8 +195,8 @@ def _deepctr(job: dict[str, Any]) -> dict[str, Any]:
             model.fit(x, y, batch_size=job["batch"], epochs=1, verbose=0, shuffle=True)
             seconds = time.perf_counter() - start
             p = model.predict(xt, batch_size=16_384)
-            epoch_auc.append(_metrics(lt["click"] * lt["conversion"], p[:, 1])["auc"])
-        out = _metrics(lt["click"] * lt["conversion"], p[:, 1])
+            out = _metrics(lt["click"] * lt["conversion"], p[:, 1])
+            epoch_auc.append(out["auc"])
         out |= {"ctr_auc": _metrics(lt["click"], p[:, 0])["auc"], "epoch_auc": epoch_auc}
         return out | {"examples_per_s": len(y) / seconds}
     if job["model"] in SEQUENCE_MODELS:
@@ -362,8 +362,8 @@ def _rechub_esmm(job: dict[str, Any], sparse: list[Any]) -> dict[str, Any]:
             model.eval()
             with torch.no_grad():  # its predict() expects batches without labels
                 p = torch.cat([model(xb) for xb, _ in test_dl]).numpy()
-            epoch_auc.append(_metrics(lt["click"] * lt["conversion"], p[:, 2])["auc"])
-    out = _metrics(lt["click"] * lt["conversion"], p[:, 2])
+            out = _metrics(lt["click"] * lt["conversion"], p[:, 2])
+            epoch_auc.append(out["auc"])
     out |= {"ctr_auc": _metrics(lt["click"], p[:, 1])["auc"], "epoch_auc": epoch_auc}
     return out | {"examples_per_s": len(labels["click"]) / seconds}
 
@@ -371,6 +371,9 @@ def _rechub_esmm(job: dict[str, Any], sparse: list[Any]) -> dict[str, Any]:
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """One (library, model, dataset, seed) in this process."""
     import torch
+
+    if job["model"] not in SUPPORTS[job["library"]]:  # each library's last branch is its AutoInt
+        raise ValueError(f"{job['library']} has no {job['model']}; it has {sorted(SUPPORTS[job['library']])}")
 
     torch.set_num_threads(2)
     run = {
@@ -410,9 +413,11 @@ SEEDS = {("userbehavior", "dien"): 1, ("userbehavior", "dien_dice"): 1}
 
 
 def _teacher_auc(data: Path, model: str) -> float | None:
-    """The teacher's test AUC on a synthetic set (ctcvr's for ESMM): the best any model can reach."""
-    info = json.loads((data / "dataset.json").read_text())
-    test = info.get("teacher", {}).get("test", {})
+    """The teacher's test AUC on a synthetic set (ctcvr's for ESMM): the best any model can reach;
+    None for data without a teacher."""
+    from features.dataset import dataset_info
+
+    test = dataset_info(data).get("teacher", {}).get("test", {})
     return test.get("tasks", {}).get("ctcvr", {}).get("auc") if model == "esmm" else test.get("auc")
 
 
@@ -420,12 +425,12 @@ def _categorical_only(data: Path, out: Path) -> Path:
     """A copy of a dataset without its dense features (same rows, ids and labels)."""
     import pyarrow.parquet as pq
 
-    from features.dataset import DatasetWriter
+    from features.dataset import DatasetWriter, dataset_info
     from features.reader import find_schema, parquet_files
 
     schema = find_schema(data)
     dense = [f.name for f in schema.dense]
-    info = json.loads((data / "dataset.json").read_text())
+    info = dataset_info(data)
     with DatasetWriter(out, replace(schema, dense=())) as writer:
         for split in ("train", "valid", "test"):
             writer.write(split, pq.read_table(parquet_files(data / split)).drop_columns(dense))
@@ -492,7 +497,7 @@ def main() -> None:
                         continue
                     if (model == "esmm") != (dataset == "synthetic_funnel"):
                         continue
-                    teacher = _teacher_auc(data, model) if dataset.startswith("synthetic") else None
+                    teacher = _teacher_auc(data, model)
                     for seed in range(SEEDS.get((dataset, model), spec["seeds"])):
                         job = {"library": library, "model": model, "data": str(data), "seed": seed, **spec}
                         load = load_average()

@@ -27,8 +27,7 @@ from benchmarks.readme import FIGURES, _latest_per_dataset, _latest_run, write_r
 COLORS = {"rankers": "C0", "rankers_adam": "C2", "deepctr_torch": "C1", "torch_rechub": "C3"}
 
 
-def _save(fig: Any, ax: Any, name: str, plt: Any) -> Path:
-    ax.legend()
+def _save(fig: Any, name: str, plt: Any) -> Path:
     fig.tight_layout()
     path = FIGURES / name
     fig.savefig(path, dpi=100)
@@ -56,7 +55,8 @@ def _throughput(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     ax.set_xticklabels([f"{d}\n{m}" for d, m in labels], fontsize=7)
     ax.set_ylabel("training examples/s (median)")
     ax.set_title("Training throughput, same data and shapes (benchmarks/compare.py)")
-    return _save(fig, ax, "compare_throughput.png", plt)
+    ax.legend()
+    return _save(fig, "compare_throughput.png", plt)
 
 
 def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
@@ -76,7 +76,8 @@ def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     ax.set_ylabel("expected clicks / hindsight optimum")
     ax.set_title("iPinYou, 6 campaigns, episodes 51-100")
     ax.axhline(0.85, color="grey", lw=1, ls="--")
-    return _save(fig, ax, "bidding_ipinyou.png", plt)
+    ax.legend()
+    return _save(fig, "bidding_ipinyou.png", plt)
 
 
 def _auc_epochs(rows: list[dict[str, Any]], plt: Any) -> Path | None:
@@ -103,11 +104,7 @@ def _auc_epochs(rows: list[dict[str, Any]], plt: Any) -> Path | None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.tight_layout()
-    path = FIGURES / "compare_auc_epochs.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, "compare_auc_epochs.png", plt)
 
 
 def _reliability(rows: list[dict[str, Any]]) -> Path | None:
