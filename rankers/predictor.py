@@ -3,6 +3,9 @@
 Example:
     >>> predictor = Predictor.load("runs/mlp")
     >>> predictor.predict_proba("data/criteo/test")      # {"ctr": array of shape (N,)}
+
+Probabilities are calibrated where the checkpoint holds a calibration (`rankers calibrate`), and
+`calibrated` says whether it does; `raw=True` gives the model's own.
 """
 
 from __future__ import annotations
@@ -96,32 +99,48 @@ class Predictor:
                 "(convert new rows with --vocabulary-from the training dataset)"
             )
 
-    def predict_proba(self, rows: Rows, batch_size: int = 65_536) -> dict[str, np.ndarray]:
-        """Probability per task for every row, in row order. Label columns are not needed."""
-        probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
-        return {t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}
+    @property
+    def calibrated(self) -> bool:
+        """Whether probabilities are calibrated by default (the checkpoint holds a calibration)."""
+        return self.calibration is not None
 
-    def evaluate(self, rows: Rows, batch_size: int = 65_536) -> dict[str, dict[str, Any]]:
-        """AUC, LogLoss and the prior's LogLoss per task on labeled rows, and gAUC when the schema
-        names a user column."""
-        probs, labels, groups = self.predict_labeled(rows, batch_size)
+    def _calibrate(self, probs: dict[str, np.ndarray], raw: bool) -> dict[str, np.ndarray]:
+        if raw or self.calibration is None:
+            return probs
+        return self.calibration.transform(probs)
+
+    def predict_proba(self, rows: Rows, batch_size: int = 65_536, raw: bool = False) -> dict[str, np.ndarray]:
+        """Probability per task for every row, in row order (calibrated where the checkpoint holds a
+        calibration, unless `raw`). Label columns are not needed."""
+        probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
+        probs = {t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}
+        return self._calibrate(probs, raw)
+
+    def evaluate(self, rows: Rows, batch_size: int = 65_536, raw: bool = False) -> dict[str, dict[str, Any]]:
+        """AUC, LogLoss and the prior's LogLoss per task on labeled rows (of calibrated probabilities
+        where the checkpoint holds a calibration, unless `raw`), and gAUC when the schema names a
+        user column."""
+        probs, labels, groups = self.predict_labeled(rows, batch_size, raw)
         return task_metrics(probs, labels, self.prior, groups)
 
     def predict_labeled(
-        self, rows: Rows, batch_size: int = 65_536
+        self, rows: Rows, batch_size: int = 65_536, raw: bool = False
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
-        """Probabilities and labels per task of labeled rows, and their user ids (or None)."""
+        """Probabilities (calibrated unless `raw`, as `predict_proba`) and labels per task of labeled
+        rows, and their user ids (or None)."""
         probs, labels, groups = predict(self.ranker, self._batches(rows, batch_size, labels=True))
         if not labels:
             raise ValueError(f"{_describe(rows)}: no labeled rows")
-        return probs, labels, groups
+        return self._calibrate(probs, raw), labels, groups
 
-    def iter_proba(self, rows: Rows, batch_size: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
+    def iter_proba(
+        self, rows: Rows, batch_size: int = 65_536, raw: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Like `predict_proba`, one dict per batch, for inputs larger than memory."""
         with torch.no_grad():
             for batch in self._batches(rows, batch_size, labels=False):
                 out = self.ranker(batch)
-                yield {t: torch.sigmoid(v).numpy() for t, v in out.logits.items()}
+                yield self._calibrate({t: torch.sigmoid(v).numpy() for t, v in out.logits.items()}, raw)
 
 
 def _describe(rows: Rows) -> str:

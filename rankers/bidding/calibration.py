@@ -179,12 +179,12 @@ def calibrate(
     reliability table of both there."""
     from rankers.metrics import task_labels
 
-    probs, labels, _ = predictor.predict_labeled(valid)
+    probs, labels, _ = predictor.predict_labeled(valid, raw=True)
     fit = {t: (probs[t][rows], y[rows]) for t, (y, rows) in task_labels(probs, labels).items() if rows.any()}
     calibration = Calibration({t: fit_task(p, y, method, bins) for t, (p, y) in fit.items()})
     where = test if test is not None else valid
     if test is not None:
-        probs, labels, _ = predictor.predict_labeled(test)
+        probs, labels, _ = predictor.predict_labeled(test, raw=True)
     report: dict[str, Any] = {
         "method": method,
         "fitted_on": str(valid),

@@ -142,7 +142,7 @@ def split_episodes(
 
     if predictor.calibration is None:
         raise ValueError(f"{predictor.path}: no calibration (run `rankers calibrate --checkpoint DIR` first)")
-    probs, labels, _ = predictor.predict_labeled(split)
+    probs, labels, _ = predictor.predict_labeled(split, raw=True)
     calibrated = predictor.calibration.transform(probs)
     needed = {t: calibrated[t] for t in goal_tasks(list(calibrated), goal) if t in calibrated}
     values = values_from_probs(calibrated, predictor.calibration.sigma(needed), goal)

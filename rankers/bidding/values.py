@@ -103,7 +103,7 @@ def bid_values(
             f"{predictor.path}: no calibration in the checkpoint; bid values need calibrated "
             "probabilities and their sigma (run `rankers calibrate --checkpoint DIR`)"
         )
-    raw = predictor.predict_proba(rows)
+    raw = predictor.predict_proba(rows, raw=True)
     probs = calibration.transform(raw)
     needed = {t: probs[t] for t in goal_tasks(list(probs), goal) if t in probs}
     values = values_from_probs(probs, calibration.sigma(needed), goal)

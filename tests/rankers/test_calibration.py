@@ -102,7 +102,9 @@ def test_calibrate_a_criteo_checkpoint_lowers_test_ece_and_gives_bid_values(
     assert isinstance(predictor.calibration, Calibration)
     saved = json.loads((ckpt / "calibration.json").read_text())
     assert saved["ctr"]["method"] == "isotonic"
-    probs, labels, _ = predictor.predict_labeled(criteo_8k_2k / "test")
+    probs, labels, _ = predictor.predict_labeled(criteo_8k_2k / "test", raw=True)
+    calibrated, _, _ = predictor.predict_labeled(criteo_8k_2k / "test")
+    assert calibrated["ctr"] == pytest.approx(predictor.calibration.transform(probs)["ctr"])
     raw = expected_calibration_error(probs["ctr"], labels["ctr"])
     cal = expected_calibration_error(predictor.calibration.transform(probs)["ctr"], labels["ctr"])
     assert cal < raw, (raw, cal)
