@@ -49,11 +49,11 @@ from features.aliexpress import (
     dense_values,
     funnel_labels,
     funnel_layout,
-    positive_counts,
     split_rows,
     write_splits,
 )
 from features.dataset import DatasetWriter
+from features.outputs import StagedOutput
 from features.schema import CategoricalFeature, DenseFeature, Schema
 
 logger = logging.getLogger(__name__)
@@ -119,49 +119,49 @@ def convert_aliccp(
         ValueError: for bad input, naming the file, the line, the column and the value.
     """
     began, out, path = time.perf_counter(), Path(out), Path(inputs)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    layout = config.layout if config.layout != "auto" else "raw" if path.is_dir() else "encoded"
-    if layout == "raw":
-        if valid is not None or test is not None:
-            raise ValueError(
-                f"{path}: valid/test files are for the encoded layout; the raw one reads "
-                "sample_skeleton_test.csv and common_features_test.csv from the directory"
-            )
-        from features.aliccp_raw import convert_raw
+    with StagedOutput(out, "dataset", overwrite, inputs=[path, valid, test]) as output:
+        layout = config.layout if config.layout != "auto" else "raw" if path.is_dir() else "encoded"
+        if layout == "raw":
+            if valid is not None or test is not None:
+                raise ValueError(
+                    f"{path}: valid/test files are for the encoded layout; the raw one reads "
+                    "sample_skeleton_test.csv and common_features_test.csv from the directory"
+                )
+            from features.aliccp_raw import convert_raw
 
-        return convert_raw(path, out, config, overwrite, progress, began)
-    [train_path] = input_files(path)
-    f = sniff(train_path)
-    columns = _columns(train_path, f.header)
-    parts: list[Part] = [(funnel_layout(train_path, columns, _LAYOUT), None if valid is None else 0)]
-    for p, s in ((valid, 1), (test, 2)):
-        if p is not None:
-            parts.append((funnel_layout(input_files(p)[0], columns, _LAYOUT), s))
-    ids = tuple(c for c in columns if _ID.match(c))
-    dense = tuple(c for c in columns if _DENSE.match(c))
-    sizes = _max_ids(parts, ids, config, progress)
-    schema = Schema(
-        dense=tuple(DenseFeature(c) for c in dense),
-        categorical=tuple(CategoricalFeature(c, sizes[c] + 1) for c in ids),
-        labels=FUNNEL,
-        group=USER,
-    )
-    with DatasetWriter(out, schema, splits=SPLITS, overwrite=overwrite) as writer:
-        positives = _write(writer, parts, ids, dense, config, progress)
-        seconds, total = time.perf_counter() - began, sum(rows for (_, _, rows), _ in parts)
-        info = {
-            "converter": "features.aliccp.convert_aliccp",
-            "layout": "encoded",
-            "config": asdict(config),
-            "inputs": {s: str(f.path) for ((f, _, _), _), s in zip(parts, _given(valid, test), strict=True)},
-            "positives": positive_counts(positives),
-            "seconds": round(seconds, 3),
-            "rows_per_s": round(total / seconds),
-        }
-        written = writer.commit(info)
-    logger.info("aliccp (encoded): %d rows -> %s %s in %.1f s", total, written, writer.rows, seconds)
-    return written
+            return convert_raw(path, output, config, progress, began)
+        [train_path] = input_files(path)
+        f = sniff(train_path)
+        columns = _columns(train_path, f.header)
+        parts: list[Part] = [(funnel_layout(train_path, columns, _LAYOUT), None if valid is None else 0)]
+        for p, s in ((valid, 1), (test, 2)):
+            if p is not None:
+                parts.append((funnel_layout(input_files(p)[0], columns, _LAYOUT), s))
+        ids = tuple(c for c in columns if _ID.match(c))
+        dense = tuple(c for c in columns if _DENSE.match(c))
+        sizes = _max_ids(parts, ids, config, progress)
+        schema = Schema(
+            dense=tuple(DenseFeature(c) for c in dense),
+            categorical=tuple(CategoricalFeature(c, sizes[c] + 1) for c in ids),
+            labels=FUNNEL,
+            group=USER,
+        )
+        with DatasetWriter(output, schema, splits=SPLITS) as writer:
+            _write(writer, parts, ids, dense, config, progress)
+            seconds, total = time.perf_counter() - began, sum(rows for (_, _, rows), _ in parts)
+            info = {
+                "converter": "features.aliccp.convert_aliccp",
+                "layout": "encoded",
+                "config": asdict(config),
+                "inputs": {
+                    s: str(f.path) for ((f, _, _), _), s in zip(parts, _given(valid, test), strict=True)
+                },
+                "seconds": round(seconds, 3),
+                "rows_per_s": round(total / seconds),
+            }
+            written = writer.commit(info)
+        logger.info("aliccp (encoded): %d rows -> %s %s in %.1f s", total, written, writer.rows, seconds)
+        return written
 
 
 _LAYOUT = "the Ali-CCP label-encoded layout"
@@ -221,9 +221,9 @@ def _write(
     dense: tuple[str, ...],
     config: AliCCPConfig,
     progress: bool,
-) -> np.ndarray:
-    """Pass 2: writes each row to its split; returns `write_splits`' counts summed."""
-    arrow, positives = writer.schema.arrow_schema(), np.zeros((3, 2), dtype=np.int64)
+) -> None:
+    """Pass 2: writes each row to its split."""
+    arrow = writer.schema.arrow_schema()
     total = sum(rows for (_, _, rows), _ in parts)
     bar = tqdm(total=total, unit="rows", unit_scale=True, desc="aliccp 2/2 write", disable=not progress)
     with bar:
@@ -239,6 +239,5 @@ def _write(
             cols |= dense_values(b, dense, f, first)
             cols["click"], cols["conversion"] = funnel_labels(b, f, first, "click", "purchase")
             table = pa.Table.from_arrays([cols[n] for n in arrow.names], schema=arrow)
-            positives += write_splits(writer, table, split)
+            write_splits(writer, table, split)
             bar.update(b.num_rows)
-    return positives

@@ -55,8 +55,9 @@ from features._csv import (
     vocabulary_table,
 )
 from features.aliccp import FIELDS, USER, AliCCPConfig
-from features.aliexpress import FUNNEL, SPLITS, funnel_labels, positive_counts, split_rows, write_splits
+from features.aliexpress import FUNNEL, SPLITS, funnel_labels, split_rows, write_splits
 from features.dataset import DatasetWriter
+from features.outputs import StagedOutput
 from features.schema import CategoricalFeature, Schema
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class _Common:
 
 
 def convert_raw(
-    directory: Path, out: Path, config: AliCCPConfig, overwrite: bool, progress: bool, began: float
+    directory: Path, output: StagedOutput, config: AliCCPConfig, progress: bool, began: float
 ) -> Path:
     """`features.aliccp.convert_aliccp` for the raw layout (see the module doc)."""
     files = _files(directory)
@@ -101,19 +102,17 @@ def convert_raw(
         labels=FUNNEL,
         group=GROUP,
     )
-    positives = np.zeros((3, 2), dtype=np.int64)
-    with DatasetWriter(out, schema, splits=SPLITS, overwrite=overwrite) as writer:
+    with DatasetWriter(output, schema, splits=SPLITS) as writer:
         for s in files:
             if s == "test":
                 common = _load_common(files["test"][1], config.block_bytes, progress)
-            positives += _write(writer, skeleton[s], s, common, vocab, config, progress)
+            _write(writer, skeleton[s], s, common, vocab, config, progress)
         seconds, total = time.perf_counter() - began, sum(layout[2] for layout in skeleton.values())
         info = {
             "converter": "features.aliccp.convert_aliccp",
             "layout": "raw",
             "config": asdict(config),
             "inputs": {s: [str(p) for p in paths] for s, paths in files.items()},
-            "positives": positive_counts(positives),
             "seconds": round(seconds, 3),
             "rows_per_s": round(total / seconds),
         }
@@ -269,9 +268,9 @@ def _write(
     vocab: dict[str, tuple[pa.Array, pa.Array]],
     config: AliCCPConfig,
     progress: bool,
-) -> np.ndarray:
-    """Pass 2: joins, maps and writes the rows of one skeleton file; returns `write_splits`' counts."""
-    arrow, positives = writer.schema.arrow_schema(), np.zeros((3, 2), dtype=np.int64)
+) -> None:
+    """Pass 2: joins, maps and writes the rows of one skeleton file."""
+    arrow = writer.schema.arrow_schema()
     multi = set(config.multi_fields)
     bar = tqdm(
         total=skeleton[2], unit="rows", unit_scale=True, desc=f"aliccp 2/2 {split_name}", disable=not progress
@@ -296,9 +295,8 @@ def _write(
                     cols[GROUP] = np.empty(b.num_rows, dtype=np.int64)
                     cols[GROUP][r] = raw
             table = pa.Table.from_arrays([cols[c] for c in arrow.names], schema=arrow)
-            positives += write_splits(writer, table, split)
+            write_splits(writer, table, split)
             bar.update(b.num_rows)
-    return positives
 
 
 def _check_single(name: str, per_row: np.ndarray, f: CsvFile, first: int) -> None:

@@ -56,6 +56,7 @@ from features._csv import (
     vocabulary_table,
 )
 from features.dataset import DatasetWriter
+from features.outputs import StagedOutput, paths_of
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
 
 logger = logging.getLogger(__name__)
@@ -129,36 +130,36 @@ def convert_aliexpress(
         ValueError: for bad input, naming the file, the line, the column and the value.
     """
     began, out = time.perf_counter(), Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    train_paths = input_files(inputs) if _paths(inputs) or vocabulary_from is None else []
-    test_paths = input_files(test) if _paths(test) else []
-    train: list[Part] = [(funnel_layout(p, COLUMNS, _LAYOUT), None) for p in train_paths]
-    parts = [*train, *((funnel_layout(p, COLUMNS, _LAYOUT), 2) for p in test_paths)]
-    if vocabulary_from is None:
-        vocab = _vocabulary(train, config, progress)
-    else:
-        vocab = read_vocabulary(Path(vocabulary_from) / VOCAB_FILE, dict.fromkeys(CATS, pa.int64()))
-    schema = _schema({c: len(v) for c, (v, _) in vocab.items()})
-    if vocabulary_from is not None and Schema.load(vocabulary_from) != schema:
-        raise ValueError(
-            f"{vocabulary_from}: schema.json does not match {VOCAB_FILE}; expected an AliExpress dataset"
-        )
-    with DatasetWriter(out, schema, splits=SPLITS, overwrite=overwrite) as writer:
-        positives = _write(writer, parts, vocab, config, progress)
-        seconds, total = time.perf_counter() - began, sum(rows for (_, _, rows), _ in parts)
-        info = {
-            "converter": "features.aliexpress.convert_aliexpress",
-            "config": asdict(config),
-            "inputs": {"train": [str(p) for p in train_paths], "test": [str(p) for p in test_paths]},
-            "vocabulary_from": None if vocabulary_from is None else str(vocabulary_from),
-            "positives": positive_counts(positives),
-            "seconds": round(seconds, 3),
-            "rows_per_s": round(total / seconds),
-        }
-        path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
-    logger.info("aliexpress: %d rows -> %s %s in %.1f s", total, path, writer.rows, seconds)
-    return path
+    with StagedOutput(
+        out, "dataset", overwrite, inputs=[*paths_of(inputs), *paths_of(test), vocabulary_from]
+    ) as output:
+        train_paths = input_files(inputs) if _paths(inputs) or vocabulary_from is None else []
+        test_paths = input_files(test) if _paths(test) else []
+        train: list[Part] = [(funnel_layout(p, COLUMNS, _LAYOUT), None) for p in train_paths]
+        parts = [*train, *((funnel_layout(p, COLUMNS, _LAYOUT), 2) for p in test_paths)]
+        if vocabulary_from is None:
+            vocab = _vocabulary(train, config, progress)
+        else:
+            vocab = read_vocabulary(Path(vocabulary_from) / VOCAB_FILE, dict.fromkeys(CATS, pa.int64()))
+        schema = _schema({c: len(v) for c, (v, _) in vocab.items()})
+        if vocabulary_from is not None and Schema.load(vocabulary_from) != schema:
+            raise ValueError(
+                f"{vocabulary_from}: schema.json does not match {VOCAB_FILE}; expected an AliExpress dataset"
+            )
+        with DatasetWriter(output, schema, splits=SPLITS) as writer:
+            _write(writer, parts, vocab, config, progress)
+            seconds, total = time.perf_counter() - began, sum(rows for (_, _, rows), _ in parts)
+            info = {
+                "converter": "features.aliexpress.convert_aliexpress",
+                "config": asdict(config),
+                "inputs": {"train": [str(p) for p in train_paths], "test": [str(p) for p in test_paths]},
+                "vocabulary_from": None if vocabulary_from is None else str(vocabulary_from),
+                "seconds": round(seconds, 3),
+                "rows_per_s": round(total / seconds),
+            }
+            path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
+        logger.info("aliexpress: %d rows -> %s %s in %.1f s", total, path, writer.rows, seconds)
+        return path
 
 
 def _write(
@@ -167,9 +168,9 @@ def _write(
     vocab: dict[str, tuple[pa.Array, pa.Array]],
     config: AliExpressConfig,
     progress: bool,
-) -> np.ndarray:
-    """Pass 2: maps every row and writes it to its split; returns `write_splits`' counts summed."""
-    arrow, positives = writer.schema.arrow_schema(), np.zeros((3, 2), dtype=np.int64)
+) -> None:
+    """Pass 2: maps every row and writes it to its split."""
+    arrow = writer.schema.arrow_schema()
     total = sum(rows for (_, _, rows), _ in parts)
     bar = tqdm(total=total, unit="rows", unit_scale=True, desc="aliexpress 2/2 write", disable=not progress)
     with bar:
@@ -182,9 +183,8 @@ def _write(
             cols["click"], cols["conversion"] = funnel_labels(b, f, first, "click", "conversion")
             cols[GROUP] = b[GROUP]
             table = pa.Table.from_arrays([cols[n] for n in arrow.names], schema=arrow)
-            positives += write_splits(writer, table, split)
+            write_splits(writer, table, split)
             bar.update(b.num_rows)
-    return positives
 
 
 _LAYOUT = "the AliExpress layout"
@@ -305,16 +305,7 @@ def dense_values(
     return out
 
 
-def write_splits(writer: DatasetWriter, table: pa.Table, split: np.ndarray) -> np.ndarray:
-    """Writes each row to its split; returns (3, 2) counts of clicks and conversions per split."""
-    counts = np.zeros((3, 2), dtype=np.int64)
+def write_splits(writer: DatasetWriter, table: pa.Table, split: np.ndarray) -> None:
+    """Writes each row to its split (0 train, 1 valid, 2 test); the writer counts the labels."""
     for s, name in enumerate(SPLITS):
-        rows = table.filter(pa.array(split == s))
-        writer.write(name, rows)
-        counts[s] = [rows[lab.name].to_numpy().sum() for lab in FUNNEL] if rows.num_rows else 0
-    return counts
-
-
-def positive_counts(counts: np.ndarray) -> dict[str, dict[str, int]]:
-    """dataset.json's `positives`: split -> label -> rows with 1."""
-    return {s: {lab.name: int(counts[i, j]) for j, lab in enumerate(FUNNEL)} for i, s in enumerate(SPLITS)}
+        writer.write(name, table.filter(pa.array(split == s)))

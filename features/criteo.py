@@ -16,6 +16,9 @@ numbers for bucketized I tokens). The table has `2 + len(vocabulary)` rows. Voca
 as `vocabulary.parquet` (feature, value, id, count) beside the data, so later rows can be mapped to
 the same ids.
 
+Rows without labels (39 fields) are for scoring only: they need `vocabulary_from` (the training
+dataset) and become one split, `unlabeled`, never train/valid/test.
+
 Example::
 
     train = convert_criteo("train.txt", "build/criteo", CriteoConfig(min_count=10))
@@ -54,6 +57,7 @@ from features._csv import (
     vocabulary_table,
 )
 from features.dataset import DatasetWriter, dataset_info
+from features.outputs import StagedOutput, paths_of
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,7 @@ INTS = tuple(f"I{i}" for i in range(1, 14))
 CATS = tuple(f"C{i}" for i in range(1, 27))
 VOCAB_FILE = "vocabulary.parquet"
 SPLITS = ("train", "valid", "test")
+UNLABELED = "unlabeled"  # the one split of rows without labels: for prediction only
 _EXPECT = {LABEL: "0 or 1", **dict.fromkeys(INTS, "an integer or an empty field")}
 
 
@@ -123,30 +128,39 @@ def convert_criteo(
         ValueError: for bad input, naming the file, the line and the column.
     """
     start, out = time.perf_counter(), Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    layouts, labeled = _inspect(inputs)
-    n = sum(rows for _, _, rows in layouts)
-    counts = SplitAssigner.counts(n, config.split)
-    if vocabulary_from is None:
-        vocab = _build_vocabulary(layouts, counts, config, progress)
-        schema = _schema(config.int_mode, {c: len(v) for c, (v, _) in vocab.items()}, labeled)
-    else:
-        schema, vocab = _load_vocabulary(Path(vocabulary_from), config.int_mode, labeled)
-    with DatasetWriter(out, schema, splits=SPLITS, overwrite=overwrite) as writer:
-        _write(writer, layouts, counts, config, vocab, progress)
-        seconds = time.perf_counter() - start
-        info = {
-            "converter": "features.criteo.convert_criteo",
-            "config": asdict(config),
-            "inputs": [str(f.path) for f, _, _ in layouts],
-            "vocabulary_from": None if vocabulary_from is None else str(vocabulary_from),
-            "seconds": round(seconds, 3),
-            "rows_per_s": round(n / seconds),
-        }
-        path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
-    logger.info("criteo: %d rows -> %s in %.1f s (%.0f rows/s)", n, path, seconds, n / seconds)
-    return path
+    with StagedOutput(out, "dataset", overwrite, inputs=[*paths_of(inputs), vocabulary_from]) as output:
+        layouts, labeled = _inspect(inputs)
+        n = sum(rows for _, _, rows in layouts)
+        counts = SplitAssigner.counts(n, config.split) if labeled else (n, 0, 0)
+        if not labeled and vocabulary_from is None:
+            raise ValueError(
+                f"{layouts[0][0].path}: no label column (39 fields), so these rows are for scoring only "
+                "and need the ids of the model's training data: convert them with --vocabulary-from "
+                "that dataset"
+            )
+        if vocabulary_from is None:
+            vocab = _build_vocabulary(layouts, counts, config, progress)
+            schema = _schema(config.int_mode, {c: len(v) for c, (v, _) in vocab.items()}, labeled)
+        else:
+            schema, vocab = _load_vocabulary(Path(vocabulary_from), config.int_mode, labeled)
+        with DatasetWriter(output, schema, splits=SPLITS if labeled else (UNLABELED,)) as writer:
+            _write(writer, layouts, counts, config, vocab, progress)
+            seconds = time.perf_counter() - start
+            info = {
+                "converter": "features.criteo.convert_criteo",
+                "config": asdict(config),
+                "inputs": [str(f.path) for f, _, _ in layouts],
+                "vocabulary_from": None if vocabulary_from is None else str(vocabulary_from),
+                "seconds": round(seconds, 3),
+                "rows_per_s": round(n / seconds),
+            }
+            path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
+        if not labeled:
+            logger.warning(
+                "criteo: no labels: the %d rows are one split for prediction, %s", n, path / UNLABELED
+            )
+        logger.info("criteo: %d rows -> %s in %.1f s (%.0f rows/s)", n, path, seconds, n / seconds)
+        return path
 
 
 def _inspect(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Layout], bool]:
@@ -286,7 +300,7 @@ def _write(
                 cols[LABEL] = labels(batch[LABEL], f, first_row, LABEL)
             table = pa.Table.from_arrays([cols[name] for name in arrow.names], schema=arrow)
             split = assign.take(batch.num_rows)
-            for s, name in enumerate(SPLITS):
+            for s, name in enumerate(writer.rows):  # train, valid, test; or only unlabeled
                 rows = np.flatnonzero(split == s)
                 writer.write(name, table if len(rows) == table.num_rows else table.take(rows))
             bar.update(batch.num_rows)

@@ -8,26 +8,32 @@ Layout of a dataset directory::
       train/part-00000.parquet ...
       valid/...  test/...
 
-A converter writes into a hidden temporary sibling of `out` and renames it into place only when
-every split is complete, so a failed or killed conversion never leaves a directory that looks
-like a finished dataset, and an existing dataset is never overwritten unless asked.
+A converter writes into `.NAME.partial` beside `out` under an exclusive lock and swaps it into
+place only when every split is complete (`features.outputs.StagedOutput`), so a failed or killed
+conversion never leaves a directory that looks like a finished dataset, and an existing dataset
+is replaced only when asked, and only when this library wrote it.
+
+`dataset.json` records, besides rows per split, the positives of every label per split, and
+`warnings` for splits that are empty or hold one class of a label (they are logged too).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.outputs import StagedOutput
 from features.schema import Schema
 
+logger = logging.getLogger(__name__)
 DATASET_FILE = "dataset.json"
 ROW_GROUP_ROWS = 131_072
 
@@ -36,39 +42,40 @@ class DatasetWriter:
     """Appends arrow tables to the splits of a new dataset; `commit` publishes it.
 
     Use as a context manager: leaving the block without `commit` (an exception, say) removes the
-    temporary directory.
+    staged directory.
 
     Args:
-        out: the dataset directory to create.
+        out: the dataset directory to create, or a `StagedOutput` the caller opened already (to
+            hold the lock from before its first pass; the caller then closes it).
         schema: the columns written tables should hold (extra columns are kept too); the writer does
             not check them, `ParquetBatches` does when the data is read.
         splits: split names (sub-directories); a split that receives no rows is still created.
-        overwrite: replace an existing `out` (only at commit, after everything was written).
+        overwrite: replace an existing dataset at `out` (only at commit, after everything was
+            written; never a directory this library did not write).
         rows_per_file: rows per parquet file before a new part is started.
+        inputs: the files the conversion reads; `out` must be apart from each.
     """
 
     def __init__(
         self,
-        out: str | Path,
+        out: str | Path | StagedOutput,
         schema: Schema,
         splits: tuple[str, ...] = ("train", "valid", "test"),
         overwrite: bool = False,
         rows_per_file: int = 4_194_304,
+        inputs: Iterable[str | Path | None] = (),
     ) -> None:
-        self.out = Path(out)
         if rows_per_file < 1:
             raise ValueError(f"rows_per_file {rows_per_file} must be >= 1")
-        if self.out.exists() and not overwrite:
-            raise ValueError(f"{self.out} already exists (pass overwrite=True / --overwrite to replace it)")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.output = (
+            out if isinstance(out, StagedOutput) else StagedOutput(out, "dataset", overwrite, inputs)
+        )
+        self.out = self.output.final
         self.schema = schema
         self.rows_per_file = rows_per_file
-        self.overwrite = overwrite
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        self.tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; the dataset should not be
+        self.tmp = self.output.fresh_directory()
         self.rows = {s: 0 for s in splits}
+        self.positives = {s: dict.fromkeys((lab.name for lab in schema.labels), 0) for s in splits}
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._file_rows = {s: 0 for s in splits}
         self._parts = {s: 0 for s in splits}
@@ -92,6 +99,9 @@ class DatasetWriter:
             raise ValueError(f"unknown split {split!r}, expected one of {list(self.rows)}")
         if table.num_rows == 0:
             return
+        for name in self.positives[split]:
+            if name in table.column_names:
+                self.positives[split][name] += int(pc.sum(table[name]).as_py() or 0)
         self._pending[split].append(table)
         if sum(t.num_rows for t in self._pending[split]) >= ROW_GROUP_ROWS:
             self._flush(split, final=False)
@@ -136,24 +146,36 @@ class DatasetWriter:
         self.schema.save(self.tmp)
         for name, table in (files or {}).items():
             pq.write_table(table, self.tmp / name)
-        meta = {"rows": self.rows, **info}
+        warnings = split_warnings(self.rows, self.positives)
+        for w in warnings:
+            logger.warning("%s: %s", self.out, w)
+        meta = {"rows": self.rows, "positives": self.positives, "warnings": warnings, **info}
         (self.tmp / DATASET_FILE).write_text(json.dumps(meta, indent=1, default=str))
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            self.out.rename(old)
-            self.tmp.rename(self.out)
-            shutil.rmtree(old)
-        else:
-            self.tmp.rename(self.out)
         self._committed = True
-        return self.out
+        return self.output.commit()
 
     def abort(self) -> None:
         for w in self._writers.values():
             w.close()
         self._writers.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.output.abort()
+
+
+def split_warnings(rows: dict[str, int], positives: dict[str, dict[str, int]]) -> list[str]:
+    """What a user must know about the splits: empty ones, and labels with one class in a split."""
+    out = []
+    for split, n in rows.items():
+        if n == 0:
+            out.append(f"split {split!r} is empty (0 rows)")
+            continue
+        for label, pos in positives.get(split, {}).items():
+            if pos in (0, n):
+                only = "negatives" if pos == 0 else "positives"
+                out.append(
+                    f"split {split!r}: label {label!r} has only {only} ({pos} positives in {n} rows), "
+                    "so its AUC is undefined there"
+                )
+    return out
 
 
 def dataset_info(directory: str | Path) -> dict[str, Any]:

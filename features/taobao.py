@@ -65,6 +65,7 @@ from features._csv import (
     vocabulary_table,
 )
 from features.dataset import DatasetWriter
+from features.outputs import StagedOutput
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema, SequenceFeature
 
 logger = logging.getLogger(__name__)
@@ -207,47 +208,51 @@ def convert_taobao_ad(
         ValueError: for bad input, naming the file, the line, the column and the value.
     """
     began, out = time.perf_counter(), Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    layout, paths = detect_layout(inputs, config.layout)
-    if layout == "dmr" and config.split_by == "time":
-        raise ValueError(f"{paths[0]}: the dmr layout has no times; expected split_by 'random'")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = (
-        tempfile.TemporaryDirectory(prefix=f".{out.name}.buckets-", dir=out.parent)
-        if layout == "raw"
-        else contextlib.nullcontext("")
-    )
-    with scratch as tmp:
-        if layout == "raw":
-            from features.taobao_raw import raw_source
+    with StagedOutput(out, "dataset", overwrite, inputs=inputs) as output:
+        layout, paths = detect_layout(inputs, config.layout)
+        if layout == "dmr" and config.split_by == "time":
+            raise ValueError(f"{paths[0]}: the dmr layout has no times; expected split_by 'random'")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch = (
+            tempfile.TemporaryDirectory(prefix=f".{out.name}.buckets-", dir=out.parent)
+            if layout == "raw"
+            else contextlib.nullcontext("")
+        )
+        with scratch as tmp:
+            if layout == "raw":
+                from features.taobao_raw import raw_source
 
-            source = raw_source(paths, Path(tmp), config, progress)
-        else:
-            from features.taobao_csv import csv_source
+                source = raw_source(paths, Path(tmp), config, progress)
+            else:
+                from features.taobao_csv import csv_source
 
-            source = csv_source(layout, paths, config)
-        vocab = _vocabulary(source, config, progress)
-        schema = _schema(source, {t: len(v) for t, (v, _) in vocab.items()}, config.max_len)
-        with DatasetWriter(out, schema, overwrite=overwrite) as writer:
-            excluded = _write(writer, source, vocab, config, progress)
-            seconds = time.perf_counter() - began
-            info = {
-                "converter": "features.taobao.convert_taobao_ad",
-                "layout": layout,
-                "config": asdict(config),
-                "inputs": source.inputs,
-                "input_rows": source.rows,
-                "excluded_outside_dates": excluded,
-                **source.info,
-                "timezone": "UTC+8 (Beijing)",
-                "seconds": round(seconds, 3),
-            }
-            path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
-    logger.info(
-        "taobao-ad (%s): %d rows, %d excluded -> %s in %.1f s", layout, source.rows, excluded, path, seconds
-    )
-    return path
+                source = csv_source(layout, paths, config)
+            vocab = _vocabulary(source, config, progress)
+            schema = _schema(source, {t: len(v) for t, (v, _) in vocab.items()}, config.max_len)
+            with DatasetWriter(output, schema) as writer:
+                excluded = _write(writer, source, vocab, config, progress)
+                seconds = time.perf_counter() - began
+                info = {
+                    "converter": "features.taobao.convert_taobao_ad",
+                    "layout": layout,
+                    "config": asdict(config),
+                    "inputs": source.inputs,
+                    "input_rows": source.rows,
+                    "excluded_outside_dates": excluded,
+                    **source.info,
+                    "timezone": "UTC+8 (Beijing)",
+                    "seconds": round(seconds, 3),
+                }
+                path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
+        logger.info(
+            "taobao-ad (%s): %d rows, %d excluded -> %s in %.1f s",
+            layout,
+            source.rows,
+            excluded,
+            path,
+            seconds,
+        )
+        return path
 
 
 def detect_layout(inputs: str | Path | Sequence[str | Path], layout: str = "auto") -> tuple[str, list[Path]]:

@@ -59,6 +59,7 @@ from features._csv import (
     vocabulary_table,
 )
 from features.dataset import DatasetWriter
+from features.outputs import StagedOutput
 from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
 from features.taobao import SPLITS, beijing_day, check_date, day_text, history_lists
 
@@ -159,49 +160,48 @@ def convert_userbehavior(
         ValueError: for bad input, naming the file, the line, the column and the value.
     """
     began, out = time.perf_counter(), Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    layouts = _inspect(inputs)
-    total = sum(n for *_, n in layouts)
-    cat = _catalogue(layouts, total, config, progress)
-    if config.negatives and len(cat.item) < 2:
-        raise ValueError(f"{len(cat.item)} item(s) in the kept rows; sampling negatives needs at least 2")
-    last = int(cat.days[-1])
-    bounds = (last - config.test_days - config.valid_days, last - config.test_days)
-    schema = _schema(cat, config.max_len)
-    bar = tqdm(total=total, unit="rows", unit_scale=True, desc="userbehavior 2/2", disable=not progress)
-    with DatasetWriter(out, schema, splits=SPLITS, overwrite=overwrite) as writer, bar:
-        positives = 0
-        for rows in _by_user(layouts, config, bar):
-            table, split = _examples(rows, cat, bounds, config, writer.schema.arrow_schema())
-            positives += table.num_rows // (1 + config.negatives)
-            for s, name in enumerate(SPLITS):
-                writer.write(name, table.filter(pa.array(split == s)))
-        seconds = time.perf_counter() - began
-        splits = np.digitize(cat.days, bounds, right=True)
-        info = {
-            "converter": "features.userbehavior.convert_userbehavior",
-            "config": asdict(config),
-            "inputs": [str(f.path) for f, _, _ in layouts],
-            "behaviours": total,
-            "excluded_out_of_range": cat.excluded,
-            # a user's first second of behaviour has no earlier behaviour, so no example
-            "behaviours_without_history": total - cat.excluded - positives,
-            "users": len(cat.user),
-            "items": len(cat.item),
-            "categories": len(cat.cate),
-            "items_with_several_categories": cat.multi,
-            "days": {s: [day_text(d) for d in cat.days[splits == i]] for i, s in enumerate(SPLITS)},
-            "timezone": "UTC+8 (Beijing)",
-            "seconds": round(seconds, 3),
-        }
-        files = {"vocabulary.parquet": _vocabulary(cat), "catalogue.parquet": _catalogue_table(cat)}
-        path = writer.commit(info, files=files)
-    logger.info(
-        "userbehavior: %d behaviours, %d outside %s..%s excluded -> %s %s in %.1f s",
-        *(total, cat.excluded, config.start, config.end, path, writer.rows, seconds),
-    )
-    return path
+    with StagedOutput(out, "dataset", overwrite, inputs=inputs) as output:
+        layouts = _inspect(inputs)
+        total = sum(n for *_, n in layouts)
+        cat = _catalogue(layouts, total, config, progress)
+        if config.negatives and len(cat.item) < 2:
+            raise ValueError(f"{len(cat.item)} item(s) in the kept rows; sampling negatives needs at least 2")
+        last = int(cat.days[-1])
+        bounds = (last - config.test_days - config.valid_days, last - config.test_days)
+        schema = _schema(cat, config.max_len)
+        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="userbehavior 2/2", disable=not progress)
+        with DatasetWriter(output, schema, splits=SPLITS) as writer, bar:
+            positives = 0
+            for rows in _by_user(layouts, config, bar):
+                table, split = _examples(rows, cat, bounds, config, writer.schema.arrow_schema())
+                positives += table.num_rows // (1 + config.negatives)
+                for s, name in enumerate(SPLITS):
+                    writer.write(name, table.filter(pa.array(split == s)))
+            seconds = time.perf_counter() - began
+            splits = np.digitize(cat.days, bounds, right=True)
+            info = {
+                "converter": "features.userbehavior.convert_userbehavior",
+                "config": asdict(config),
+                "inputs": [str(f.path) for f, _, _ in layouts],
+                "behaviours": total,
+                "excluded_out_of_range": cat.excluded,
+                # a user's first second of behaviour has no earlier behaviour, so no example
+                "behaviours_without_history": total - cat.excluded - positives,
+                "users": len(cat.user),
+                "items": len(cat.item),
+                "categories": len(cat.cate),
+                "items_with_several_categories": cat.multi,
+                "days": {s: [day_text(d) for d in cat.days[splits == i]] for i, s in enumerate(SPLITS)},
+                "timezone": "UTC+8 (Beijing)",
+                "seconds": round(seconds, 3),
+            }
+            files = {"vocabulary.parquet": _vocabulary(cat), "catalogue.parquet": _catalogue_table(cat)}
+            path = writer.commit(info, files=files)
+        logger.info(
+            "userbehavior: %d behaviours, %d outside %s..%s excluded -> %s %s in %.1f s",
+            *(total, cat.excluded, config.start, config.end, path, writer.rows, seconds),
+        )
+        return path
 
 
 def _inspect(inputs: str | Path | Sequence[str | Path]) -> list[Layout]:

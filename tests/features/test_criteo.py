@@ -193,10 +193,15 @@ def test_random_split_is_seeded_and_exact(tmp_path: Path, train: list[list[str]]
 @pytest.mark.shared_data
 def test_vocabulary_from_maps_unlabeled_rows(converted: dict[int, Path], tmp_path: Path) -> None:
     src = _sample("test_unlabeled_head10k.tsv")
-    out = _convert(src, tmp_path / "u", CriteoConfig(split=(0.0, 0.0, 1.0)), vocabulary_from=converted[10])
+    with pytest.raises(ValueError, match=r"head10k\.tsv: no label column .* --vocabulary-from"):
+        _convert(src, tmp_path / "alone")
+    assert not (tmp_path / "alone").exists()
+    out = _convert(src, tmp_path / "u", vocabulary_from=converted[10])
     schema = Schema.load(out)
     assert schema.labels == () and schema.categorical == Schema.load(converted[10]).categorical
-    table = _split(out, "test")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["unlabeled"]  # never train/valid/test
+    assert dataset_info(out)["rows"] == {"unlabeled": 10_000}
+    table = _split(out, "unlabeled")
     assert table.num_rows == 10_000 and "label" not in table.column_names
     vocab = _vocab(converted[10])
     rows = _rows(src)
@@ -207,8 +212,8 @@ def test_vocabulary_from_maps_unlabeled_rows(converted: dict[int, Path], tmp_pat
             assert got[c] == (vocab.get((c, rows[k][13 + j]), 1) if rows[k][13 + j] else 0), (k, c)
     few = tmp_path / "few.tsv"  # fewer rows than vocabulary entries: ids found the other way round
     few.write_text("".join("\t".join(r) + "\n" for r in rows[:40]))
-    small = _convert(few, tmp_path / "f", CriteoConfig(split=(0.0, 0.0, 1.0)), vocabulary_from=converted[10])
-    assert _split(small, "test").equals(table.slice(0, 40))
+    small = _convert(few, tmp_path / "f", vocabulary_from=converted[10])
+    assert _split(small, "unlabeled").equals(table.slice(0, 40))
     with pytest.raises(ValueError, match="int_mode"):
         _convert(src, tmp_path / "x", CriteoConfig(int_mode="bucketize"), vocabulary_from=converted[10])
     assert not (tmp_path / "x").exists()

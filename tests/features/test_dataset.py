@@ -51,7 +51,13 @@ def test_writes_splits_schema_and_info(tmp_path: Path) -> None:
         [SCHEMA_FILE, DATASET_FILE, "extra.parquet", "train", "valid", "test"]
     )
     assert Schema.load(out) == SCHEMA
-    assert dataset_info(out) == {"rows": {"train": 35, "valid": 0, "test": 7}, "converter": "test", "n": 3}
+    assert dataset_info(out) == {
+        "rows": {"train": 35, "valid": 0, "test": 7},
+        "positives": {"train": {"label": 18}, "valid": {"label": 0}, "test": {"label": 3}},
+        "warnings": ["split 'valid' is empty (0 rows)"],
+        "converter": "test",
+        "n": 3,
+    }
     assert json.loads((out / DATASET_FILE).read_text())["rows"]["train"] == 35
     assert pq.read_table(out / "train")["row"].to_pylist() == [*range(30), *range(37, 42)]
     assert pq.read_table(out / "test")["row"].to_pylist() == list(range(30, 37))
@@ -114,15 +120,65 @@ def test_exception_inside_the_block_leaves_nothing(tmp_path: Path, monkeypatch: 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_out_needs_overwrite(tmp_path: Path) -> None:
+def test_existing_out_needs_overwrite_and_only_ours_is_replaced(tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError) as err:
+    with DatasetWriter(out, SCHEMA) as w:
+        w.write("train", _table(0, 5))
+        w.commit({})
+    with pytest.raises(ValueError, match=f"{out} already exists .*--overwrite"):
         DatasetWriter(out, SCHEMA)
-    assert str(out) in str(err.value) and "overwrite" in str(err.value)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    for overwrite in (False, True):  # a directory this library did not write, whatever the flag
+        with pytest.raises(ValueError, match=f"{mine} is a directory that rankers did not write"):
+            DatasetWriter(mine, SCHEMA, overwrite=overwrite)
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(ValueError, match="is a file that rankers did not write"):
+        DatasetWriter(notes, SCHEMA, overwrite=True)
+    assert notes.read_text() == "mine"
     assert _leftovers(tmp_path) == []
+
+
+def test_one_class_and_empty_splits_are_recorded_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "ds"
+    with DatasetWriter(out, SCHEMA) as w:
+        w.write("train", _table(0, 6))
+        w.write("valid", _table(0, 1))  # row 0: label 0 only
+        w.commit({})
+    warnings = dataset_info(out)["warnings"]
+    assert warnings == [
+        "split 'valid': label 'label' has only negatives (0 positives in 1 rows), "
+        "so its AUC is undefined there",
+        "split 'test' is empty (0 rows)",
+    ]
+    assert [r.getMessage() for r in caplog.records] == [f"{out}: {w}" for w in warnings]
+
+
+def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    with DatasetWriter(out, SCHEMA) as w:
+        with pytest.raises(ValueError, match=rf"{out} is being written by another rankers process \(pid \d+"):
+            DatasetWriter(out, SCHEMA, overwrite=True)
+        w.write("train", _table(0, 3))
+        w.commit({})
+    with DatasetWriter(out, SCHEMA, overwrite=True) as w:  # the lock went with the first writer
+        w.commit({})
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_output_inside_or_around_an_input_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.tsv").write_text("1\t2\n")
+    for out, how in ((raw, "is"), (raw / "ds", "lies inside"), (tmp_path, "contains")):
+        with pytest.raises(ValueError, match=f"--out {out} {how} the input"):
+            DatasetWriter(out, SCHEMA, overwrite=True, inputs=[raw])
+    assert (raw / "train.tsv").read_text() == "1\t2\n"
 
 
 def test_overwrite_replaces_out_only_at_commit(tmp_path: Path) -> None:

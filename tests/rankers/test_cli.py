@@ -59,7 +59,8 @@ def test_convert_train_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFi
     unlabeled = shared_file("criteo/test_unlabeled_head10k.tsv")
     assert main(["convert", "criteo", str(unlabeled), "--out", str(new), "--vocabulary-from", str(data)]) == 0
     preds = tmp_path / "p.parquet"
-    assert main(["predict", "--checkpoint", str(ckpt), "--data", str(new / "test"), "--out", str(preds)]) == 0
+    predict = ["predict", "--checkpoint", str(ckpt), "--data", str(new / "unlabeled"), "--out", str(preds)]
+    assert main(predict) == 0
     table = pq.read_table(preds)
     assert table.column_names == ["p_ctr"] and table.num_rows == 10_000
 
