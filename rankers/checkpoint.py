@@ -1,19 +1,32 @@
 """A checkpoint directory: everything a Predictor needs, and nothing outside it.
 
     out/
-      schema.json     the dataset's schema (features and tasks)
-      config.json     {"ranker": RankerConfig, "train": TrainConfig, "data": path, "prior": {...}}
-      weights/        torch.distributed.checkpoint files of the model's state dict
-      metrics.json    training history and the final valid/test metrics
+      schema.json       the dataset's schema (features and tasks)
+      config.json       {"ranker": RankerConfig, "train": TrainConfig, "data": path, "prior": {...}}
+      weights/          torch.distributed.checkpoint files of the model's state dict
+      metrics.json      training history and the final valid/test metrics
+      state/            with --checkpoint-every: model and optimizer state, RNG, progress (resume)
+      calibration.json  after `rankers calibrate`
+      checkpoint.json   written last: the completeness marker (what wrote it, when, how it ended)
 
-Weights are written to a temporary sibling and renamed into place; a save interrupted between
-the two renames leaves the previous weights as `.weights.old`, which loading falls back to.
+A run builds its checkpoint at `.NAME.partial` beside `out` under an exclusive lock and swaps it in
+only when complete (`features.outputs.StagedOutput`), so `out` is always a complete checkpoint or
+absent, and `--overwrite` keeps the old one until the new one is whole. A run that fails or is
+killed after saving resumable state leaves it at `.NAME.partial`, where `--resume out` finds it.
+Loading reads data only: DCP's metadata through a restricted unpickler, tensors and RNG states with
+`weights_only=True`, JSON (`rankers.safe_dcp`).
+
+Inside a directory, weights are written to a temporary sibling and renamed into place; a save
+interrupted between the two renames leaves the previous weights as `.weights.old`, which loading
+falls back to.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,15 +36,19 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from features.outputs import CHECKPOINT_MARKER, StagedOutput, remove, staging_path
 from features.schema import SCHEMA_FILE, Schema
+from rankers import safe_dcp
 
 if TYPE_CHECKING:
     from rankers.ranker import RankerConfig
     from rankers.train import TrainConfig
 
+log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_DIR, METRICS_FILE = "config.json", "weights", "metrics.json"
 OLD_WEIGHTS = f".{WEIGHTS_DIR}.old"
 STATE_DIR, PROGRESS_FILE = "state", "progress.json"
+FORMAT = 1  # of the checkpoint directory; in checkpoint.json
 
 
 class CheckpointDir:
@@ -39,20 +56,6 @@ class CheckpointDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-
-    @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> CheckpointDir:
-        """An empty checkpoint directory at `path`; an existing non-empty one only with `overwrite`."""
-        path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            if not overwrite:
-                raise ValueError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
 
     def write_config(
         self,
@@ -139,7 +142,7 @@ class CheckpointDir:
         state_dir = self.state_dir()
         if state_dir is None:
             raise ValueError(f"{self.path}: no {STATE_DIR}/ to resume from (train with --checkpoint-every)")
-        progress = json.loads((state_dir / PROGRESS_FILE).read_text())
+        progress = safe_dcp.read_json(state_dir / PROGRESS_FILE, "the progress of a resumable run")
         world = dist.get_world_size() if dist.is_initialized() else 1
         saved_by = progress.get("processes", 1)
         if saved_by != world and progress["step"]:
@@ -153,12 +156,12 @@ class CheckpointDir:
             if not opt.state:
                 opt.init_state()
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
-        dcp.load(state, checkpoint_id=str(state_dir))
+        safe_dcp.load(state, state_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
         rank = dist.get_rank() if dist.is_initialized() else 0
         rng = state_dir / f"rng-{rank}.pt"
-        torch.set_rng_state(torch.load(rng if rng.is_file() else state_dir / "rng-0.pt"))
+        torch.set_rng_state(safe_dcp.load_rng(rng if rng.is_file() else state_dir / "rng-0.pt"))
         for group, lr in zip(optimizer.param_groups, progress["lrs"], strict=True):
             group["lr"] = lr
         return progress
@@ -175,7 +178,7 @@ class CheckpointDir:
         if weights is None:
             raise ValueError(f"{self.path}: missing {WEIGHTS_DIR}/.metadata (no saved weights)")
         state = model.state_dict()
-        dcp.load(state, checkpoint_id=str(weights), no_dist=no_dist)
+        safe_dcp.load(state, weights, no_dist=no_dist)
         model.load_state_dict(state)
 
     def write_json(self, name: str, content: dict[str, Any]) -> None:
@@ -185,12 +188,34 @@ class CheckpointDir:
         tmp.rename(self.path / name)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        (self.path / METRICS_FILE).write_text(json.dumps(metrics, indent=1, default=float))
+        self.write_json(METRICS_FILE, metrics)
+
+    def write_marker(self, info: dict[str, Any]) -> None:
+        """checkpoint.json: written last, it says the directory is complete."""
+        from rankers import __version__
+
+        marker = {"format": FORMAT, "written_by": f"rankers {__version__}", "git": git_sha(), **info}
+        marker["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        self.write_json(CHECKPOINT_MARKER, marker)
+
+    def marker(self) -> dict[str, Any] | None:
+        path = self.path / CHECKPOINT_MARKER
+        return safe_dcp.read_json(path, "a checkpoint's marker") if path.is_file() else None
 
     def check(self) -> None:
         """ValueError naming the first file a complete checkpoint directory lacks."""
         if not self.path.is_dir():
-            raise ValueError(f"{self.path}: not a directory (expected a checkpoint directory)")
+            partial = staging_path(self.path)
+            hint = f" ({partial} holds an unfinished run: --resume {self.path} continues it)"
+            raise ValueError(
+                f"{self.path}: not a directory (expected a checkpoint directory)"
+                + (hint if (partial / STATE_DIR).is_dir() else "")
+            )
+        if not (self.path / CHECKPOINT_MARKER).is_file():
+            raise ValueError(
+                f"{self.path}: missing {CHECKPOINT_MARKER}, which `rankers train` writes last: not a "
+                "complete checkpoint (the run did not finish, or this is not a checkpoint directory)"
+            )
         for name in (SCHEMA_FILE, CONFIG_FILE):
             if not (self.path / name).is_file():
                 raise ValueError(
@@ -200,11 +225,107 @@ class CheckpointDir:
             raise ValueError(f"{self.path}: missing {WEIGHTS_DIR}/.metadata (no saved weights)")
 
     def config(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.path / CONFIG_FILE}: not valid JSON ({e})") from e
+        config = safe_dcp.read_json(self.path / CONFIG_FILE, "a checkpoint's config")
+        if not isinstance(config, dict):
+            what = type(config).__name__
+            raise ValueError(f"{self.path / CONFIG_FILE}: expected a JSON object, got {what}")
+        return config
 
     def metrics(self) -> dict[str, Any]:
         path = self.path / METRICS_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return safe_dcp.read_json(path, "a checkpoint's metrics") if path.is_file() else {}
+
+
+def git_sha() -> str | None:
+    """The commit of the source tree this library runs from, where it is a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def has_state(directory: Path) -> bool:
+    """Whether `directory` holds state a run can resume from."""
+    return any((directory / name / PROGRESS_FILE).is_file() for name in (STATE_DIR, f".{STATE_DIR}.old"))
+
+
+def unfinished_run(final: Path) -> Path | None:
+    """The staging directory of `final` when it holds a run that stopped before it was complete (and
+    saved state to resume from); None otherwise. One holding a marker is what a swap left behind."""
+    staging = staging_path(final)
+    if staging.is_dir() and not (staging / CHECKPOINT_MARKER).is_file() and has_state(staging):
+        return staging
+    return None
+
+
+def finished(final: str | Path, epochs: int | None = None) -> str | None:
+    """A line saying that the run at `final` is finished, when `--resume` has nothing to do: no
+    unfinished run beside the complete checkpoint, and the run stopped early or `epochs` (None: the
+    run's own setting) asks for no more than it trained. None when there is work to resume."""
+    final = Path(final).absolute()
+    if unfinished_run(final) is not None or not (final / CHECKPOINT_MARKER).is_file():
+        return None
+    ckpt = CheckpointDir(final)
+    marker, own = ckpt.marker() or {}, ckpt.config().get("train", {}).get("epochs")
+    trained, best = marker.get("epochs"), marker.get("best_epoch")
+    state = ckpt.state_dir()
+    progress = safe_dcp.read_json(state / PROGRESS_FILE, "the progress of a run") if state else {}
+    if progress.get("stopped"):
+        return (
+            f"{final}: the run is finished: it stopped at epoch {trained} (early stopping or max_steps; "
+            f"best epoch {best}); nothing to resume"
+        )
+    if not isinstance(trained, int) or trained >= (epochs or own or 0):
+        return (
+            f"{final}: the run is finished ({trained} of {own} epochs, best epoch {best}); nothing to "
+            f"resume (--resume {final} --epochs N with N > {trained} trains it further)"
+        )
+    if state is None:
+        raise ValueError(
+            f"{final}: a complete checkpoint without saved state (trained without --checkpoint-every), "
+            "so it cannot be trained further"
+        )
+    return None
+
+
+def resume_dir(final: str | Path) -> Path:
+    """Where `--resume final` continues from: the unfinished run beside `final`, else the complete
+    checkpoint `final` when it saved state (to train a finished run further)."""
+    final = Path(final).absolute()
+    unfinished = unfinished_run(final)
+    if unfinished is not None:
+        return unfinished
+    if (final / CHECKPOINT_MARKER).is_file() and has_state(final):
+        return final
+    raise ValueError(f"{final}: no run to resume (no checkpoint there, and no unfinished run beside it)")
+
+
+def open_run(final: Path, overwrite: bool, resume: bool, inputs: list[Path]) -> StagedOutput:
+    """The staged output of a training run at `final` (rank 0 only), its staging directory ready:
+    empty for a new run; for `resume`, the unfinished run's own, or a copy of the complete
+    checkpoint to continue. A new run refuses to discard an unfinished one unless `overwrite`."""
+    output = StagedOutput(final, "checkpoint", overwrite or resume, inputs, flag="--out")
+    try:
+        unfinished = unfinished_run(output.final)
+        if resume:
+            source = resume_dir(output.final)
+            if source != output.staging:
+                remove(output.staging)
+                shutil.copytree(source, output.staging)
+                remove(output.staging / CHECKPOINT_MARKER)  # complete again only at the end
+        elif unfinished is not None and not overwrite:
+            raise ValueError(
+                f"{unfinished} holds an unfinished run for {output.final}: continue it with "
+                f"`rankers train --resume {output.final}`, or pass --overwrite to discard it"
+            )
+        else:
+            output.fresh_directory()
+    except BaseException:
+        output.release()
+        raise
+    return output

@@ -168,27 +168,33 @@ _RESUME_ARGS = {"--resume", "--nproc", "--epochs", "--progress", "--no-progress"
 
 
 def _resume(args: argparse.Namespace) -> None:
-    """Continues the run of checkpoint directory `args.resume` with the settings it was started with."""
-    from rankers.checkpoint import CONFIG_FILE, CheckpointDir
+    """Continues the run of checkpoint directory `args.resume` with the settings it was started with
+    (its unfinished run beside it, or the complete checkpoint when `--epochs` asks for more); says
+    so and trains nothing when the run is finished."""
+    from rankers.checkpoint import CheckpointDir, finished, resume_dir
     from rankers.distributed import is_main
     from rankers.ranker import RankerConfig
     from rankers.train import TrainConfig, train
 
-    ckpt = CheckpointDir(args.resume)
-    saved = ckpt.config()
+    done = finished(args.resume, args.epochs)
+    if done is not None:
+        if os.environ.get("RANK", "0") == "0":
+            print(done)
+        return
+    saved = CheckpointDir(resume_dir(args.resume)).config()
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["train"].items()}
-    for name in RESUME_FLAGS:
+    for name in RESUME_FLAGS:  # kept in the run's config.json, so a later --resume keeps them
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
-    if args.epochs is not None and os.environ.get("RANK", "0") == "0":
-        # The run's own settings now train this many epochs: a later --resume keeps them.
-        saved["train"]["epochs"] = args.epochs
-        ckpt.write_json(CONFIG_FILE, saved)
     result = train(
-        saved["data"], ckpt.path, RankerConfig.from_dict(saved["ranker"]), TrainConfig(**fields), resume=True
+        saved["data"],
+        args.resume,
+        RankerConfig.from_dict(saved["ranker"]),
+        TrainConfig(**fields),
+        resume=True,
     )
     if is_main():
-        print(f"\ncheckpoint: {ckpt.path} (best epoch {result['best_epoch']})\n")
+        print(f"\ncheckpoint: {args.resume} (best epoch {result['best_epoch']})\n")
         print(results_table(result, saved["ranker"].get("preset") or saved["ranker"]["backbone"]))
 
 
@@ -268,13 +274,13 @@ def results_table(result: dict[str, Any], model: str, splits: tuple[str, ...] = 
             )
             if grouped:
                 rows[-1]["gAUC"] = m.get("gauc")
-            rows.append(
+            rows.append(  # undefined where the model's is (one class, or no rows): "-" for both
                 {
                     "model": "constant prior",
                     "split": split,
                     "task": task,
-                    "AUC": 0.5,
-                    "gAUC": 0.5 if grouped else None,
+                    "AUC": None if m["auc"] is None else 0.5,
+                    "gAUC": 0.5 if grouped and m.get("gauc") is not None else None,
                     "LogLoss": m.get("prior_logloss"),
                 }
             )
@@ -334,12 +340,18 @@ def _calibrate(args: argparse.Namespace) -> None:
     data = Path(CheckpointDir(args.checkpoint).config()["data"])
     valid = Path(args.valid) if args.valid else data / "valid"
     test = Path(args.test) if args.test else (data / "test" if (data / "test").is_dir() else None)
-    calibration, report = calibrate(predictor, valid, test, args.method, args.bins)
+    # `rankers demo` passes only the fields above; the check's options keep calibrate's defaults there
+    check = ("folds", "min_positives", "min_negatives", "force")
+    options = {k: getattr(args, k) for k in check if hasattr(args, k)}
+    # a refused calibration raises here, before anything is written into the checkpoint
+    calibration, report = calibrate(predictor, valid, test, args.method, args.bins, **options)
     out = Path(args.checkpoint)
     calibration.save(out)
     text = report_markdown(report)
     (out / "calibration.md").write_text(text)
     plot = plot_reliability(report, out / "calibration.png")
+    if plot is None:
+        (out / "calibration.png").unlink(missing_ok=True)  # an older map's diagram
     saved = [out / "calibration.json", out / "calibration.md", *([plot] if plot else [])]
     print(text + "\nsaved " + ", ".join(map(str, saved)))
 
@@ -347,46 +359,46 @@ def _calibrate(args: argparse.Namespace) -> None:
 def _bid(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from rankers.bidding.evaluate import AGENTS, compare_agents, split_episodes
-    from rankers.bidding.ipinyou import campaign_names, load_campaign
-    from rankers.metrics import markdown_table
+    from rankers.bidding import evaluate as ev
+    from rankers.bidding.ipinyou import campaign_names, describe_campaigns, load_campaign
+    from rankers.bidding.replay import describe_run, outcome_columns
 
-    agents = AGENTS if args.agent == "all" else tuple(args.agent.split(","))
-    if args.agent == "all" and args.cpa is None:
-        agents = tuple(a for a in agents if a != "cpa")
-    sources: list[tuple[str, list, float]] = []  # (name, episodes, budget)
-    data = Path(args.data)
+    # Callers that predate some flags (`_demo`) get the parser's defaults for them.
+    args = argparse.Namespace(**vars(build_parser().parse_args(["bid", "--data", args.data])) | vars(args))
+    flags = {f: getattr(args, f[2:].replace("-", "_")) for f in ev.BID_FLAGS}
+    ev.check_bid_flags(flags, getattr(args, "argv", ()), predictor=bool(args.predictor))
+    agents = ev.select_agents(args.agent, args.cpa, args.roas, args.value, args.auction)
+    goal, length, data = args.goal or "click", args.episode_length or 1000, Path(args.data)
+    sources: list[tuple[str, list, float]] = []  # (name, episodes, budget per episode)
     if args.predictor:
         from rankers.predictor import Predictor
 
-        episodes = split_episodes(Predictor.load(args.predictor), data, args.goal, args.episode_length)
-        mean_price = float(np.mean([e.prices.mean() for e in episodes[: len(episodes) // 2] or episodes]))
-        sources.append((data.name, episodes, args.budget * mean_price * args.episode_length))
+        given = {"median": args.market_median, "sigma": args.market_sigma, "corr": args.market_corr}
+        given["seed"] = args.market_seed
+        market = ev.MarketModel(**{k: v for k, v in given.items() if v is not None})
+        episodes = ev.split_episodes(Predictor.load(args.predictor), data, goal, length, market)
+        mean_price = float(np.mean([e.prices.mean() for e in ev.halves(data.name, episodes)[0]]))
+        sources.append((data.name, episodes, args.budget * mean_price * length))
+        about = ev.describe_split(data, args.predictor, goal, market)
     else:
-        for name in args.campaign.split(",") if args.campaign else campaign_names(data):
+        names = args.campaign.split(",") if args.campaign else campaign_names(data)
+        for name in names:
             campaign = load_campaign(data, name)
             sources.append((name, campaign.episodes, campaign.budget(args.budget)))
+        about = describe_campaigns(data, names)
     rows = []
     for name, episodes, budget in sources:
-        if len(episodes) < 2:
-            raise ValueError(
-                f"{name}: {len(episodes)} episode(s); the agents are tuned on the first half of two or more "
-                "(lower --episode-length)"
-            )
-        cut = len(episodes) // 2
-        train, test = episodes[:cut], episodes[cut:]
-        rs = compare_agents(train, test, budget, agents, args.cpa, args.auction, args.cap, 48, args.value)
-        rows += [{"data": name, "budget": budget, **r} for r in rs]
-    columns = ["data", "budget", "agent", "conversions", "expected", "of_optimum", "spend", "cpa", "win_rate"]
-    columns += ["budget_used"] + (["roi"] if args.value is not None else [])
-    columns += ["score"] if args.cpa is not None else []
-    print(
-        f"{args.auction}, budget {args.budget:g} of the traffic's cost at the mean market price (iPinYou: "
-        "in the log's CPM price units, as are spend, CPA, --cpa and --value); tuned on the first "
-        "half of the episodes, replayed on the second half (conversions: real outcomes won; expected: the "
-        "sum of the values won)\n"
-    )
-    print(markdown_table(rows, columns))
+        train, test = ev.halves(name, episodes)
+        rs = ev.compare_agents(
+            train, test, budget, agents, args.cpa, args.auction, args.cap, 48, args.value, args.roas
+        )
+        rows += [{"data": name, "budget": budget, "test_episodes": len(test), **r} for r in rs]
+    shown = outcome_columns(goal, args.value is not None, args.roas is not None, args.cpa is not None)
+    labels = {"data": "data", "budget": "budget per episode", "test_episodes": "test episodes"}
+    labels |= {"agent": "agent"} | shown
+    run = describe_run(goal, args.auction, args.budget, [(n, e) for n, e, _ in sources])
+    print(f"{about}\n{run}\n")
+    print(markdown_table([{labels.get(k, k): v for k, v in r.items()} for r in rows], list(labels.values())))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -405,9 +417,7 @@ def _demo(args: argparse.Namespace) -> None:
     print("3/4 evaluation (test rows never seen in training or early stopping)\n")
     print(results_table(result, "mlp"))
     print("\n4/4 calibration on the valid split, then a bidding replay on the test split\n")
-    _calibrate(
-        argparse.Namespace(checkpoint=str(out / "mlp"), valid=None, test=None, method="isotonic", bins=20)
-    )
+    _calibrate(argparse.Namespace(checkpoint=str(out / "mlp"), valid=None, test=None, method="auto", bins=20))
     bid: dict[str, Any] = {"data": str(data / "test"), "predictor": str(out / "mlp"), "agent": "all"}
     bid |= {"budget": 1 / 8, "auction": "second_price", "goal": "click", "cap": float("inf")}
     length = max(20, min(1000, args.rows // 10 // 20))  # the test split (10%) as 20 or more episodes
@@ -509,12 +519,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="split directory or parquet file (default: the training data's test split)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("calibrate", help="fit isotonic or Platt calibration; saved in the checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    from rankers.bidding.calibration import FOLDS, MIN_NEGATIVES, MIN_POSITIVES
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit isotonic or Platt calibration, checked by cross-validation; saved in the checkpoint",
+        description="Fits a calibration map per task on the valid split and saves it in the checkpoint "
+        "(calibration.json, with calibration.md and a PNG), unless a task's map makes held-out ECE "
+        "worse or was fitted on too few positive or negative rows: then it exits 2 and writes nothing.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory to calibrate (and save into)")
     p.add_argument("--valid", help="labeled rows to fit on (default: the training data's valid split)")
     p.add_argument("--test", help="labeled rows to measure ECE on (default: the training data's test split)")
-    p.add_argument("--method", choices=["isotonic", "platt"], default="isotonic")
-    p.add_argument("--bins", type=int, default=20, help="calibration bins that give each value's sigma")
+    p.add_argument(
+        "--method",
+        choices=["auto", "isotonic", "platt", "identity"],
+        default="auto",
+        help="auto (per task, whichever of isotonic and platt lowers the held-out ECE most, else the "
+        "model's own probabilities), isotonic (a monotone step map, for a few thousand rows or more), "
+        "platt (a logistic map of the logit: two parameters, steadier on small splits) or identity (the "
+        "model's own probabilities, kept off 0 and 1, with their sigma) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bins",
+        type=int,
+        default=20,
+        metavar="N",
+        help="calibration bins that give each value's sigma (default: %(default)s)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        default=FOLDS,
+        help="K of the K-fold check: each fold calibrated by a map fitted on the others, for held-out ECE; "
+        "2 or more, fewer used where a class has fewer rows (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-positives",
+        type=int,
+        metavar="N",
+        default=MIN_POSITIVES,
+        help="refuse a task whose valid rows hold fewer positives (cvr: clicked rows that converted) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-negatives",
+        type=int,
+        metavar="N",
+        default=MIN_NEGATIVES,
+        help="refuse a task whose valid rows hold fewer negatives (default: %(default)s)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="save even when a task fails the check (too few rows, worse held-out ECE); the report says "
+        "forced (default: refuse)",
+    )
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("bid", help="bidding agents replayed on logged auctions: the outcome table")
@@ -523,16 +584,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--predictor", help="checkpoint (calibrated) whose values bid on the rows of --data")
     p.add_argument("--campaign", help="iPinYou campaigns, comma-separated (default: all in --data)")
-    p.add_argument("--agent", default="all", help=f"comma-separated of {', '.join(AGENTS)}, or all")
+    p.add_argument(
+        "--agent",
+        default="all",
+        help=f"comma-separated of {', '.join(AGENTS)}, or all (those whose flags are given: cpa needs "
+        "--cpa, roas --roas and --value, shading --auction first_price)",
+    )
     p.add_argument(
         "--budget", type=float, default=1 / 8, help="per episode, as a share of its traffic's cost"
     )
-    p.add_argument("--cpa", type=float, help="target CPA (agent cpa, and the AuctionNet score)")
+    p.add_argument(
+        "--cpa", type=float, help="target cost per conversion (click): agent cpa, AuctionNet score"
+    )
+    p.add_argument("--roas", type=float, help="target value won per unit spent (agent roas; needs --value)")
     p.add_argument("--auction", choices=["second_price", "first_price"], default="second_price")
-    p.add_argument("--goal", choices=["click", "conversion"], default="click", help="with --predictor")
-    p.add_argument("--episode-length", type=int, default=1000, help="rows per episode, with --predictor")
+    p.add_argument("--goal", choices=["click", "conversion"], help="with --predictor; default click")
+    p.add_argument("--episode-length", type=int, help="rows per episode, with --predictor; default 1000")
     p.add_argument("--cap", type=float, default=float("inf"), help="highest bid")
-    p.add_argument("--value", type=float, help="money per conversion (click): the ROI column")
+    p.add_argument("--value", type=float, help="money per conversion (click): ROI, and agent roas")
+    from rankers.bidding.evaluate import MarketModel
+
+    m, market = MarketModel(), "with --predictor, the log-normal market model's"
+    p.add_argument("--market-median", type=float, help=f"{market} median price per impression ({m.median:g})")
+    p.add_argument("--market-sigma", type=float, help=f"{market} spread of the log price ({m.sigma:g})")
+    p.add_argument("--market-corr", type=float, help=f"{market} correlation with true value ({m.corr:g})")
+    p.add_argument("--market-seed", type=int, help=f"{market} noise seed ({m.seed})")
     p.set_defaults(func=_bid)
 
     p = sub.add_parser("predict", help="probabilities per task for new rows")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from features.batch import Batch
 from features.dataset import dataset_info
+from features.outputs import StagedOutput, staging_path
 from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
 from rankers import checkpoint
@@ -46,6 +47,16 @@ from rankers.ranker import Ranker, RankerConfig, build_ranker
 log = logging.getLogger(__name__)
 
 
+MONITOR_METRICS = ("auc-logloss", "auc", "logloss")
+
+
+def monitor_score(metric: str, auc: float | None, logloss: float | None) -> float | None:
+    """The validation score (higher is better) of `metric`; None where it is undefined."""
+    if logloss is None or (auc is None and metric != "logloss"):
+        return None
+    return {"auc-logloss": (auc or 0.0) - logloss, "auc": auc or 0.0, "logloss": -logloss}[metric]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train (the model itself is a RankerConfig)."""
@@ -55,9 +66,15 @@ class TrainConfig:
     lr: float = 1e-3  # Adam learning rate of the dense parameters
     weight_decay: float = 0.0  # Adam weight decay of the dense parameters
     embedding_lr: float = 0.05  # fused rowwise Adagrad learning rate of the tables
-    patience: int = 2  # stop after this many epochs without a better validation AUC; 0 = never
-    lr_decay: float = 0.1  # on an epoch without a better validation AUC: back to the best weights, lrs x this
-    monitor: str = ""  # task whose validation AUC is monitored; "" = the first task
+    patience: int = 2  # stop after this many epochs without a better validation score; 0 = never
+    lr_decay: float = (
+        0.1  # on an epoch without a better validation score: back to the best weights, lrs x this
+    )
+    monitor: str = ""  # task whose validation score selects the epoch; "" = the first task
+    # The validation score that selects the epoch (MONITOR_METRICS): "auc-logloss" (AUC minus
+    # LogLoss, FuxiCTR's default: an epoch that ranks better but is over-confident does not win),
+    # "auc", or "logloss" (lower is better; the one that works when validation has one class).
+    monitor_metric: str = "auc-logloss"
     shuffle_buffer: int = 262_144  # rows permuted together when reading the training split
     seed: int = 0  # seeds the weights and the shuffle
     eval_batch_size: int = 16_384  # rows per evaluation step
@@ -92,27 +109,33 @@ class TrainConfig:
         pairs = tables.items() if isinstance(tables, dict) else tables
         object.__setattr__(self, "sharding_tables", tuple(sorted((str(t), str(v)) for t, v in pairs)))
         ShardingConfig(self.sharding, self.sharding_tables)  # raises naming a bad type
+        if self.monitor_metric not in MONITOR_METRICS:
+            raise ValueError(f"monitor_metric {self.monitor_metric!r}: expected one of {MONITOR_METRICS}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
         if min(self.patience, self.threads, self.max_steps, self.shuffle_buffer, self.checkpoint_every) < 0:
             raise ValueError("patience, threads, max_steps, shuffle_buffer and checkpoint_every must be >= 0")
 
 
-def label_prior(path: Path, schema: Schema) -> dict[str, float]:
-    """Mean of each label column over a split: the constant-prior baseline's prediction. With click
-    (ctr) and conversion (cvr) labels, cvr's is the rate among clicks (where CVR is measured) and
-    ctcvr's the conversion rate over every row."""
-    sums, rows = dict.fromkeys(schema.tasks, 0.0), 0
+def label_counts(path: Path, schema: Schema) -> dict[str, tuple[int, int]]:
+    """(rows, positives) per task over a split, on the rows where the task is measured: with click
+    (ctr) and conversion (cvr) labels, cvr over the clicked rows and ctcvr over every row."""
+    sums, rows = dict.fromkeys(schema.tasks, 0), 0
     for f in parquet_files(path):
         table = pq.read_table(f, columns=[lab.name for lab in schema.labels])
         rows += table.num_rows
         for lab in schema.labels:
-            sums[lab.task] += float(np.asarray(table.column(lab.name)).sum())
-    prior = {t: s / rows for t, s in sums.items()}
+            sums[lab.task] += int(np.asarray(table.column(lab.name)).sum())
+    counts = {t: (rows, s) for t, s in sums.items()}
     if "ctr" in sums and "cvr" in sums:
-        prior.setdefault("ctcvr", prior["cvr"])
-        prior["cvr"] = sums["cvr"] / sums["ctr"] if sums["ctr"] else 0.0
-    return prior
+        counts["ctcvr"] = (rows, sums["cvr"])
+        counts["cvr"] = (sums["ctr"], sums["cvr"])
+    return counts
+
+
+def label_prior(path: Path, schema: Schema) -> dict[str, float]:
+    """Mean of each label over a split (`label_counts`): the constant-prior baseline's prediction."""
+    return {t: pos / rows if rows else 0.0 for t, (rows, pos) in label_counts(path, schema).items()}
 
 
 @torch.no_grad()
@@ -263,13 +286,13 @@ def _epoch(
 
 
 class _BestWeights:
-    """Early stopping with reduce-on-plateau on the validation AUC.
+    """Early stopping with reduce-on-plateau on the validation score (`monitor_score`).
 
-    An epoch with a better AUC saves its weights. An epoch without one restores the best weights
-    and multiplies every learning rate by `lr_decay` (the validation AUC of CTR models usually
-    peaks within an epoch or two, then the tables overfit); optimizer state (Adam moments, Adagrad
-    accumulators) is kept. Training stops after `patience` such epochs. Without a defined AUC (no
-    validation rows, or one class only) the last epoch's weights are kept and nothing stops early.
+    An epoch with a better score saves its weights. An epoch without one restores the best weights
+    and multiplies every learning rate by `lr_decay` (the validation figures of CTR models usually
+    peak within an epoch or two, then the tables overfit); optimizer state (Adam moments, Adagrad
+    accumulators) is kept. Training stops after `patience` such epochs. Without validation rows
+    the last epoch's weights are kept and nothing stops early.
     """
 
     def __init__(
@@ -280,12 +303,12 @@ class _BestWeights:
         config: TrainConfig,
     ) -> None:
         self.ckpt, self.model, self.optimizer, self.config = ckpt, model, optimizer, config
-        self.best_auc, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
+        self.best_score, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
 
-    def end_epoch(self, epoch: int, auc: float | None) -> bool:
+    def end_epoch(self, epoch: int, score: float | None) -> bool:
         """Saves or restores weights after `epoch` (1-based); True when training should stop."""
-        if auc is None or auc > self.best_auc:
-            self.best_auc = self.best_auc if auc is None else auc
+        if score is None or score > self.best_score:
+            self.best_score = self.best_score if score is None else score
             self.best_epoch, self.bad_epochs = epoch, 0
             self.ckpt.save_weights(self.model)
             return False
@@ -295,6 +318,39 @@ class _BestWeights:
             for group in self.optimizer.param_groups:
                 group["lr"] *= self.config.lr_decay
         return bool(self.config.patience) and self.bad_epochs >= self.config.patience
+
+
+def _check_validation(
+    data: Path, evals: dict[str, ParquetBatches], schema: Schema, monitor: str, metric: str
+) -> None:
+    """ValueError when the validation split cannot select the epoch by `metric`: AUC is undefined
+    on a split where the monitored task has one class. Without validation rows, a warning."""
+    if "valid" not in evals:
+        if is_main():
+            log.warning("%s: no validation rows: no early stopping, the last epoch is kept", data)
+        return
+    rows, positives = label_counts(evals["valid"].path, schema)[monitor]
+    if metric != "logloss" and positives in (0, rows):
+        only = "negatives" if positives == 0 else "positives"
+        raise ValueError(
+            f"{evals['valid'].path}: task {monitor!r} has only {only} ({positives} positives in {rows} "
+            f"rows), so its AUC is undefined and cannot select the epoch (--monitor-metric {metric}); "
+            "pass --monitor-metric logloss, or convert with a validation split that holds both classes"
+        )
+
+
+def _selection_warnings(result: dict[str, Any], monitor: str) -> list[str]:
+    """What a user must know about the selected epoch: validation LogLoss worse than the prior's."""
+    valid = result.get("valid", {}).get(monitor)
+    if not valid or valid.get("logloss") is None or valid.get("prior_logloss") is None:
+        return []
+    if valid["logloss"] <= valid["prior_logloss"]:
+        return []
+    return [
+        f"the selected epoch {result['best_epoch']} has validation {monitor} LogLoss {valid['logloss']:.4f}, "
+        f"worse than the constant prior's {valid['prior_logloss']:.4f}: its probabilities are "
+        "over-confident (calibrate before bidding, or train with more regularisation)"
+    ]
 
 
 def _readers(
@@ -369,9 +425,67 @@ def train(
     """
     if config.threads:
         torch.set_num_threads(config.threads)
-    data = Path(data)
-    schema = find_schema(data / "train")
+    data, final = Path(data), Path(out).absolute()
     init_process_group()
+    output = _open_output(final, overwrite, resume, data)
+    ckpt = checkpoint.CheckpointDir(staging_path(final))
+    try:
+        result = _run(data, ckpt, ranker_config, config, resume)
+        if is_main():
+            ckpt.write_metrics(result)
+            history = result["history"]
+            ckpt.write_marker(
+                {"epochs": len(history), "best_epoch": result["best_epoch"], "processes": result["processes"]}
+            )
+        barrier()
+        if output is not None:
+            output.commit()
+            log.info("checkpoint complete: %s", final)
+    except BaseException:
+        if output is not None:
+            output.keep_on_error = checkpoint.has_state(ckpt.path)
+            if output.keep_on_error:
+                log.warning(
+                    "the unfinished run stays at %s: `rankers train --resume %s` continues it",
+                    ckpt.path,
+                    final,
+                )
+            output.abort()
+        raise
+    return result
+
+
+def _open_output(final: Path, overwrite: bool, resume: bool, data: Path) -> StagedOutput | None:
+    """Rank 0 opens the run's staged checkpoint (`checkpoint.open_run`); every rank raises if it
+    could not, so none is left waiting in a collective."""
+    output, error = None, None
+    if is_main():
+        try:
+            output = checkpoint.open_run(final, overwrite, resume, [data])
+        except BaseException as e:
+            error = e
+    message = [None if error is None else str(error)]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(message, src=0)
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise ValueError(message[0])
+    return output
+
+
+def _run(
+    data: Path, ckpt: checkpoint.CheckpointDir, ranker_config: RankerConfig, config: TrainConfig, resume: bool
+) -> dict[str, Any]:
+    """`train` into the staged checkpoint directory `ckpt`; returns the metrics."""
+    train_split = data / "train"
+    if not train_split.is_dir():
+        splits = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+        raise ValueError(
+            f"{data}: no train split (its splits: {', '.join(splits) or 'none'}); expected a dataset "
+            "converted with labels (rows without labels are for `rankers predict`)"
+        )
+    schema = find_schema(train_split)
     rank, world = dist.get_rank(), dist.get_world_size()
     if not is_main():
         config = replace(config, progress=False)
@@ -383,34 +497,28 @@ def train(
     monitor = config.monitor or ranker.tasks[0]
     if monitor not in ranker.tasks:
         raise ValueError(f"monitor task {monitor!r} is not among the model's tasks {ranker.tasks}")
-    ckpt = checkpoint.CheckpointDir(out)
-    if resume and ckpt.state_dir() is None:
-        raise ValueError(f"{out}: no saved state to resume from (train with --checkpoint-every N)")
-    if is_main() and not resume:
-        checkpoint.CheckpointDir.create(out, overwrite)
-    barrier()
+    _check_validation(data, evals, schema, monitor, config.monitor_metric)
     sharding = ShardingConfig(config.sharding, config.sharding_tables)
     model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr, sharding)
     plan = describe_plan(model.plan, ranker, world)
     columns = list(plan[0]) if plan else []
     if is_main():
         log.info("sharding plan:\n%s", markdown_table(plan, columns))
-        if not resume:
-            ckpt.write_config(schema, ranker_config, config, data, prior)
+        ckpt.write_config(schema, ranker_config, config, data, prior)  # resumed: its new --epochs
     best = _BestWeights(ckpt, model, optimizer, config)
     saved: dict[str, Any] = {"epoch": 0, "step": 0, "steps_done": 0, "loss_sum": 0.0, "history": []}
     if resume:
         saved = ckpt.load_state(model, optimizer)
-        best.best_auc, best.best_epoch, best.bad_epochs = saved["best"]
+        best.best_score, best.best_epoch, best.bad_epochs = saved["best"]
         if is_main():
-            log.info("resuming %s at epoch %d, step %d", out, saved["epoch"] + 1, saved["step"])
+            log.info("resuming %s at epoch %d, step %d", ckpt.path, saved["epoch"] + 1, saved["step"])
             if saved.get("stopped"):
                 log.info("the run had stopped (early stopping or max_steps): nothing more to train")
     history: list[dict[str, Any]] = saved["history"]
     steps_done = int(saved["steps_done"])
 
     def save(epoch: int, step: int, loss_sum: float, done: int, stopped: bool = False) -> None:
-        best_state = [best.best_auc, best.best_epoch, best.bad_epochs]
+        best_state = [best.best_score, best.best_epoch, best.bad_epochs]
         progress = {
             "epoch": epoch,
             "step": step,
@@ -449,19 +557,20 @@ def train(
         )
         steps_done += int(stats["steps"]) - start
         row: dict[str, Any] = {"epoch": epoch + 1, **stats}
-        auc, summary = (
+        score, summary = (
             None,
             f"epoch {epoch + 1}: train loss {stats['loss']:.4f} ({stats['examples_per_s']:,.0f} ex/s)",
         )
         if "valid" in evals:
             row["valid"] = evaluate_batches(model, evals["valid"], prior, config.progress, "valid")
             auc, logloss = row["valid"][monitor]["auc"], row["valid"][monitor]["logloss"]
+            score = monitor_score(config.monitor_metric, auc, logloss)
             shown = ["-" if v is None else f"{v:.4f}" for v in (auc, logloss)]
             summary += f", valid {monitor} AUC {shown[0]} LogLoss {shown[1]}"
         if is_main():
             log.info(summary)
         history.append(row)
-        stop = best.end_epoch(epoch + 1, auc)
+        stop = best.end_epoch(epoch + 1, score)
         stop = bool(stop or (config.max_steps and steps_done >= config.max_steps))
         if config.checkpoint_every:
             save(epoch + 1, 0, 0.0, steps_done, stop)
@@ -476,6 +585,9 @@ def train(
     }
     for name, r in evals.items():
         result[name] = evaluate_batches(model, r, prior, config.progress, name)
+    result["warnings"] = _selection_warnings(result, monitor)
+    for w in result["warnings"] if is_main() else ():
+        log.warning("warning: %s", w)
     teacher = dataset_info(data).get("teacher")
     if teacher:
         result["teacher"] = teacher
@@ -489,6 +601,4 @@ def train(
             "m"
         ]
     ]
-    if is_main():
-        ckpt.write_metrics(result)
     return result

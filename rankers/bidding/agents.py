@@ -12,8 +12,9 @@ won (`observe`) and adapts. Every agent returns finite bids in [0, cap].
 - `TargetCPA(cpa)`: bid = kappa cpa value (truthful for conversions worth `cpa` in a second-price
   auction); kappa paced on the expected CPA so far (spend / expected conversions won). With a
   budget, the bid is at most value / lambda.
-- `TargetROAS(roas)`: bid = kappa value / roas for money values; kappa paced on the expected ROAS
-  so far (expected revenue won / spend).
+- `TargetROAS(roas, value_per_conversion)`: bid = kappa value x value per conversion / roas;
+  kappa paced on the expected ROAS so far (expected revenue won / spend). With a budget (`paced`),
+  the bid is at most value / lambda, as target CPA's.
 - `FirstPriceShading(agent, prices)`: turns another agent's bid b into the b' <= b that maximizes
   (b - b') W(b'), W(b) = P(market price <= b) estimated from logged market prices.
 """
@@ -154,24 +155,36 @@ class TargetCPA(Agent):
 
 @dataclass
 class TargetROAS(Agent):
-    """Revenue (values in money) at a return on ad spend of `roas`."""
+    """Revenue at a return on ad spend of `roas`: the values times `value_per_conversion` are money
+    (1 where the values already are); with `paced`, also under the budget (bid <= value / lambda)."""
 
     roas: float = 1.0
     eta: float = 0.3
+    value_per_conversion: float = 1.0
+    paced: bool = False
+    lambda0: float = 1.0
     kappa: float = field(default=1.0, init=False)
+    lam: float = field(default=0.0, init=False)
 
     def reset(self, state: AgentState) -> None:
-        if not self.roas > 0:
-            raise ValueError(f"target ROAS {self.roas} must be > 0")
-        self.kappa = 1.0
+        if not (math.isfinite(self.roas) and self.roas > 0):
+            raise ValueError(f"target ROAS {self.roas} must be finite and > 0")
+        if not (math.isfinite(self.value_per_conversion) and self.value_per_conversion > 0):
+            raise ValueError(f"value per conversion {self.value_per_conversion} must be finite and > 0")
+        if self.paced and not self.lambda0 > 0:
+            raise ValueError(f"lambda0 {self.lambda0} must be > 0")
+        self.kappa, self.lam = 1.0, self.lambda0
 
     def _bid(self, values: BidValues, state: AgentState) -> np.ndarray:
-        return self.kappa * values.value / self.roas
+        bids = self.kappa * values.value * self.value_per_conversion / self.roas
+        return np.minimum(bids, values.value / self.lam) if self.paced else bids
 
     def observe(self, state: AgentState, spent: float, conversions: float) -> None:
-        if state.spend > 0:
-            expected_roas = state.value_won / state.spend
+        if state.spend > 0:  # expected ROAS so far against the target
+            expected_roas = state.value_won * self.value_per_conversion / state.spend
             self.kappa = _nudge(self.kappa, self.eta, (expected_roas - self.roas) / self.roas)
+        if self.paced:
+            self.lam = _pace(self.lam, spent, state, 0.5, (self.lambda0 / 100, self.lambda0 * 100))
 
 
 @dataclass

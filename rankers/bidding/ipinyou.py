@@ -85,3 +85,13 @@ def load_campaign(directory: str | Path, name: str) -> Campaign:
     except (OSError, json.JSONDecodeError, KeyError, ZeroDivisionError) as e:
         raise ValueError(f"{info}: expected JSON with cost_train and imp_train > 0 ({e!r})") from e
     return Campaign(name, episodes, float(mean_price))
+
+
+def describe_campaigns(directory: str | Path, names: list[str]) -> str:
+    """Where the campaigns' values, outcomes and prices come from, and their units."""
+    return (
+        f"iPinYou campaign{'s' if len(names) > 1 else ''} {', '.join(names)} ({directory}): values: the "
+        "log's pCTR; outcomes: the log's clicks; prices: the log's second prices, in the log's CPM price "
+        "units (the price per 1000 impressions, as logged), as are budget, spend, cost per click, --cpa, "
+        "--value and --cap. Budgets at the campaign's mean market price in its training log."
+    )

@@ -84,7 +84,7 @@ def outcome(
 ) -> dict[str, Any]:
     """Conversions (or clicks), expected ones, spend, CPA, win rate, budget used; with a target
     CPA, AuctionNet's score: conversions x min(1, (target CPA / CPA)^2); with a value per
-    conversion, ROI = (conversions x value - spend) / spend."""
+    conversion, ROI = (conversions x value - spend) / spend and ROAS = conversions x value / spend."""
     cpa = state.spend / state.conversions if state.conversions else float("inf") if state.spend else 0.0
     row: dict[str, Any] = {
         "conversions": state.conversions,
@@ -98,6 +98,7 @@ def outcome(
     if value_per_conversion is not None:
         revenue = state.conversions * value_per_conversion
         row["roi"] = (revenue - state.spend) / state.spend if state.spend else float("nan")
+        row["roas"] = revenue / state.spend if state.spend else float("nan")
     if target_cpa is not None:
         row["score"] = state.conversions * min(1.0, (target_cpa / cpa) ** 2) if cpa > 0 else state.conversions
     return row
@@ -111,7 +112,7 @@ def replay(
 
 
 def totals(rows: list[dict[str, Any]], value_per_conversion: float | None = None) -> dict[str, float]:
-    """Sums over episodes, with CPA (and ROI) over the sums and the mean win rate and budget used."""
+    """Sums over episodes, with CPA (and ROI, ROAS) over the sums and the mean win rate and budget used."""
     spend = sum(r["spend"] for r in rows)
     conversions = sum(r["conversions"] for r in rows)
     out = {
@@ -125,6 +126,7 @@ def totals(rows: list[dict[str, Any]], value_per_conversion: float | None = None
     }
     if value_per_conversion is not None:
         out["roi"] = (conversions * value_per_conversion - spend) / spend if spend else float("nan")
+        out["roas"] = conversions * value_per_conversion / spend if spend else float("nan")
     if rows and all("score" in r for r in rows):
         out["score"] = sum(r["score"] for r in rows)
     return out
@@ -146,3 +148,48 @@ def hindsight_optimum(values: np.ndarray, prices: np.ndarray, budget: float) -> 
         left = budget - (cum[k - 1] if k else 0.0)
         total += float(v[order[k]]) * left / float(p[order[k]])
     return total
+
+
+def outcome_columns(goal: str, roi: bool = False, roas: bool = False, score: bool = False) -> dict[str, str]:
+    """The keys of `totals` (and `compare_agents` rows) a table shows, each with its label for
+    `goal` ("click": clicks, cost per click; "conversion": conversions, cost per conversion)."""
+    plural, one = ("clicks", "click") if goal == "click" else ("conversions", "conversion")
+    columns = {
+        "conversions": plural,
+        "expected": f"expected {plural}",
+        "of_optimum": "of optimum",
+        "spend": "spend (total)",
+        "cpa": f"cost per {one}",
+        "win_rate": "win rate",
+        "budget_used": "budget used",
+    }
+    columns |= {"roi": "ROI"} if roi else {}
+    columns |= {"roas": "ROAS"} if roas else {}
+    columns |= {"score": "score (AuctionNet)"} if score else {}
+    return columns
+
+
+def describe_run(goal: str, auction: str, fraction: float, sources: list[tuple[str, list[Episode]]]) -> str:
+    """The auction, the budget, what the columns sum over, and what buying everything would cost."""
+    plural, one = ("clicks", "click") if goal == "click" else ("conversions", "conversion")
+    tests = {(len(e) - len(e) // 2, len(e[0].values)) for _, e in sources}
+    n, length = next(iter(tests))
+    rest = f"the other {n} episodes of {length:,} rows" if len(tests) == 1 else "the rest (test episodes)"
+    costs = ", ".join(f"{name} {_amount(_buy_all(e[: len(e) // 2]))}" for name, e in sources)
+    return (
+        f"{auction.replace('_', '-').capitalize()} auction; budget per episode {fraction:g} of its "
+        "traffic's cost. "
+        f"Agents tuned on the first half of each source's episodes, replayed on {rest}: {plural} (real, "
+        f"won), expected {plural} (the values won) and spend (total) sum over those test episodes; win "
+        f"rate and budget used are means per episode; of optimum: expected {plural} over the hindsight "
+        f"optimum's. Buying every tuning opportunity costs per expected {one}: {costs}."
+    )
+
+
+def _amount(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _buy_all(episodes: list[Episode]) -> float:
+    value = sum(float(e.values.value.sum()) for e in episodes)
+    return sum(float(e.prices.sum()) for e in episodes) / value if value else float("inf")

@@ -1,4 +1,5 @@
-"""Auctions, agents and replay: invariants on the real iPinYou logs, and the paced agent's outcome."""
+"""Auctions, agents and replay: invariants on the real iPinYou logs, the paced agent's outcome, the
+market model, and every agent through `compare_agents`."""
 
 from __future__ import annotations
 
@@ -19,8 +20,17 @@ from rankers.bidding.agents import (
     tune,
 )
 from rankers.bidding.auctions import first_price, gsp, second_price
+from rankers.bidding.evaluate import AGENTS, MarketModel, compare_agents, market_prices, select_agents
 from rankers.bidding.ipinyou import Campaign, load_campaign
-from rankers.bidding.replay import Episode, ReplayConfig, hindsight_optimum, replay, run_episode, totals
+from rankers.bidding.replay import (
+    Episode,
+    ReplayConfig,
+    hindsight_optimum,
+    outcome_columns,
+    replay,
+    run_episode,
+    totals,
+)
 from rankers.bidding.values import BidValues
 from tests.conftest import SHARED_DATA, shared_file
 
@@ -179,3 +189,75 @@ def test_campaign_files_with_bad_lines_are_named(tmp_path: Path) -> None:
         ValueError, match=r"episode 1 \(lines 3-4\): could not convert string to float: 'fifty'"
     ):
         load_campaign(tmp_path, "c")
+
+
+def test_target_roas_bids_money_value_over_the_target_and_paces_to_the_budget() -> None:
+    values, state = BidValues(np.array([0.1, 0.02]), np.zeros(2)), AgentState(budget=10.0, ticks=4)
+    agent = TargetROAS(roas=2.0, value_per_conversion=10.0)
+    agent.reset(state)
+    assert agent.bid(values, state).tolist() == pytest.approx([0.5, 0.1])  # value x 10 / 2
+    paced = TargetROAS(roas=2.0, value_per_conversion=10.0, paced=True, lambda0=0.5)
+    paced.reset(state)
+    assert paced.bid(values, state).tolist() == pytest.approx([0.2, 0.04])  # at most value / lambda
+    state.spend, state.value_won = 1.0, 0.1  # expected ROAS 1 < 2: kappa falls, bids with it
+    agent.observe(state, 1.0, 0.0)
+    assert agent.kappa < 1
+    with pytest.raises(ValueError, match="value per conversion nan must be finite and > 0"):
+        TargetROAS(value_per_conversion=float("nan")).reset(state)
+
+
+def _episodes(n: int, seed: int = 0) -> list[Episode]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        v = rng.uniform(0.01, 0.2, 200)
+        out.append(
+            Episode(BidValues(v, np.zeros(200)), MarketModel(median=1.0).prices(v), rng.binomial(1, v))
+        )
+    return out
+
+
+def test_compare_agents_reaches_every_agent_and_names_what_one_lacks() -> None:
+    train, test = _episodes(3), _episodes(3, seed=1)
+    with pytest.raises(ValueError, match=r"agent 'shading' needs --auction first_price"):
+        compare_agents(train, test, 20.0, agents=("shading",))
+    with pytest.raises(ValueError, match=r"agent 'roas' needs a target ROAS \(--roas\)"):
+        compare_agents(train, test, 20.0, agents=("roas",), value_per_conversion=10.0)
+    with pytest.raises(ValueError, match=r"agent 'roas' needs a value per conversion or click \(--value\)"):
+        compare_agents(train, test, 20.0, agents=("roas",), roas=2.0)
+    assert select_agents("all", None, None, None, "second_price") == ("constant", "linear", "paced")
+    agents = select_agents("all", 5.0, 2.0, 10.0, "first_price")
+    assert agents == AGENTS
+    rows = compare_agents(train, test, 20.0, agents, 5.0, "first_price", 10.0, 8, 10.0, 2.0)
+    assert [r["agent"] for r in rows] == [*AGENTS, "hindsight optimum"]
+    for r in rows[:-1]:
+        assert r["spend"] <= 3 * 20.0 and 0 <= r["of_optimum"] <= 1 + 1e-9, r
+        assert r["roas"] == pytest.approx(r["conversions"] * 10.0 / r["spend"])
+
+
+def test_market_model_checks_its_settings_and_centres_on_its_median() -> None:
+    v = np.exp(np.random.default_rng(0).normal(-3.0, 1.0, 20_000))  # log value symmetric
+    prices = MarketModel(median=0.05, sigma=0.3, corr=0.8, seed=3).prices(v)
+    assert np.median(prices) == pytest.approx(0.05, rel=0.02)
+    assert np.corrcoef(np.log(prices), np.log(v))[0, 1] > 0.7
+    assert np.array_equal(prices, market_prices(v, median=0.05, corr=0.8, sigma=0.3, seed=3))
+    for bad, match in [
+        ({"median": 0.0}, "median 0.0; expected a finite price > 0"),
+        ({"sigma": float("nan")}, "sigma nan; expected a finite spread >= 0"),
+        ({"corr": -1.5}, r"corr -1.5; expected a correlation in \[-1, 1\]"),
+        ({"seed": -1}, "seed -1; expected an integer >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            MarketModel(**bad)
+
+
+def test_outcome_columns_are_named_by_the_goal() -> None:
+    click = outcome_columns("click")
+    assert [click[k] for k in ("conversions", "expected", "cpa")] == [
+        "clicks",
+        "expected clicks",
+        "cost per click",
+    ]
+    conversion = outcome_columns("conversion", roi=True, roas=True, score=True)
+    assert list(conversion.values())[:2] == ["conversions", "expected conversions"]
+    assert list(conversion)[-3:] == ["roi", "roas", "score"]

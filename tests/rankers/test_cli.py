@@ -170,13 +170,22 @@ def test_convert_taobao_samples(tmp_path: Path, capsys: pytest.CaptureFixture[st
     [
         ("taobao/UserBehavior_head_650users.csv", ["userbehavior", "--max-len", "20"], "din"),
         ("taobao/UserBehavior_head_650users.csv", ["userbehavior", "--max-len", "20"], "dien"),
-        ("taobao/alimama_joined_sample100.csv", ["taobao-ad", "--split-by", "random"], "din"),
-        ("taobao/alimama_dmr_sample99.csv", ["taobao-ad", "--split-by", "random"], "dien"),
+        # about 10 validation rows without a click: AUC cannot select the epoch there, LogLoss can
+        (
+            "taobao/alimama_joined_sample100.csv",
+            ["taobao-ad", "--split-by", "random"],
+            "din --monitor-metric logloss",
+        ),
+        (
+            "taobao/alimama_dmr_sample99.csv",
+            ["taobao-ad", "--split-by", "random"],
+            "dien --monitor-metric logloss",
+        ),
         # the unpooled EmbeddingCollection lookup, sharded through DistributedModelParallel too
         (
             "taobao/alimama_dmr_sample99.csv",
             ["taobao-ad", "--split-by", "random"],
-            "din --sequence-lookup collection",
+            "din --sequence-lookup collection --monitor-metric logloss",
         ),
     ],
 )
@@ -193,7 +202,7 @@ def test_taobao_sources_train_din_and_dien_end_to_end(
     assert main([*args, *flags]) == 0
     out = capsys.readouterr().out
     assert f"| {backbone} | test | ctr |" in out and "gAUC" in out
-    lookup = "collection" if extra else "bag"
+    lookup = "collection" if "collection" in extra else "bag"
     assert json.loads((ckpt / "config.json").read_text())["ranker"]["sequence_lookup"] == lookup
     metrics = json.loads((ckpt / "metrics.json").read_text())
     assert set(metrics["test"]) == {"ctr"} and "gauc" in metrics["test"]["ctr"]
@@ -222,7 +231,7 @@ def test_convert_aliexpress_and_aliccp_samples(tmp_path: Path, capsys: pytest.Ca
     assert "| train | 100 |" in out and "| valid | 50 |" in out and "| test | 50 |" in out
     schema = Schema.load(tmp_path / "cc")
     assert [lab.name for lab in schema.labels] == ["click", "conversion"] and schema.group == "101"
-    raw = ["convert", "aliccp", str(tmp_path), "--test", str(files[2]), "--out", str(tmp_path / "x")]
+    raw = ["convert", "aliccp", str(tmp_path / "cc"), "--test", str(files[2]), "--out", str(tmp_path / "x")]
     assert main(raw) == 2  # a directory is the raw layout, which takes no --test file
     assert "valid/test files are for the encoded layout" in capsys.readouterr().err
 
@@ -296,7 +305,7 @@ def test_two_processes_match_one_and_their_checkpoint_loads_in_one(
 
 @pytest.mark.shared_data
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(
-    criteo_8k_2k: Path, tmp_path: Path
+    criteo_8k_2k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SIGKILL after a checkpoint partway through an epoch, `--resume`, finish: the weights
     (predictions) and metrics equal an uninterrupted run's bit for bit (1 thread, CPU)."""
@@ -337,7 +346,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(
         *flags,
     ]
     run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress = cut / "state" / "progress.json"
+    progress = tmp_path / ".cut.partial" / "state" / "progress.json"  # built beside --out until complete
     deadline, seen = time.monotonic() + 120, None
     while time.monotonic() < deadline and run.poll() is None:
         try:
@@ -350,7 +359,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(
     assert run.poll() is None, "the run ended before a mid-epoch checkpoint could be seen"
     run.send_signal(signal.SIGKILL)
     run.wait()
-    assert not (cut / "metrics.json").exists()
+    assert not cut.exists()  # nothing at --out until the run is complete
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(cut)]) == 2
+    assert f"{tmp_path / '.cut.partial'} holds an unfinished run: --resume {cut}" in capsys.readouterr().err
+    assert main(["train", "--data", str(criteo_8k_2k), "--out", str(cut), *flags]) == 2  # would discard it
+    assert "holds an unfinished run" in capsys.readouterr().err
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
     for row in (*a["history"], *b["history"]):
@@ -358,6 +372,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(
     assert a["history"] == b["history"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
     pa, pb = (Predictor.load(d).predict_proba(criteo_8k_2k / "test")["ctr"] for d in (whole, cut))
     assert np.array_equal(pa, pb)
+    capsys.readouterr()
+    files = {f: f.read_bytes() for f in cut.rglob("*") if f.is_file()}
+    assert main(["train", "--resume", str(cut)]) == 0  # finished: says so, trains nothing
+    said = capsys.readouterr().out
+    assert said.startswith(f"{cut}: the run is finished") and said.rstrip().endswith("nothing to resume"), said
+    assert {f: f.read_bytes() for f in cut.rglob("*") if f.is_file()} == files
 
 
 def test_per_table_sharding_from_flags(synthetic_small: Path, tmp_path: Path) -> None:

@@ -195,11 +195,22 @@ def _copy_with(src: Path, dst: Path, split: str, column: str, value: int) -> Pat
     return dst
 
 
-def test_one_class_validation_keeps_the_last_epoch(synthetic_small: Path, tmp_path: Path) -> None:
+def test_one_class_validation_is_refused_unless_logloss_selects(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
     data = _copy_with(synthetic_small, tmp_path / "data", "valid", "label", 0)
-    result = train(data, tmp_path / "ck", RankerConfig(), TrainConfig(epochs=2, patience=1, progress=True))
-    assert result["valid"]["ctr"]["auc"] is None  # undefined with one class: nothing to stop on
-    assert len(result["history"]) == 2 and result["best_epoch"] == 2
+    message = (
+        rf"{data / 'valid'}: task 'ctr' has only negatives \(0 positives in 2000 rows\), so its AUC is "
+        r"undefined .* pass --monitor-metric logloss"
+    )
+    for metric in ("auc", "auc-logloss"):
+        with pytest.raises(ValueError, match=message):
+            train(data, tmp_path / "ck", RankerConfig(), TrainConfig(epochs=2, monitor_metric=metric))
+        assert not (tmp_path / "ck").exists()
+    config = TrainConfig(epochs=2, patience=1, progress=True, monitor_metric="logloss")
+    result = train(data, tmp_path / "ck", RankerConfig(), config)
+    assert result["valid"]["ctr"]["auc"] is None and result["valid"]["ctr"]["logloss"] > 0
+    assert 1 <= result["best_epoch"] <= 2
 
 
 def test_short_last_batch_is_dropped_so_batch_norm_trains(synthetic_small: Path, tmp_path: Path) -> None:

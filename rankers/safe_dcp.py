@@ -1,0 +1,171 @@
+"""Loading a checkpoint never runs code from it.
+
+`torch.distributed.checkpoint`'s `FileSystemReader` reads `.metadata` with plain `pickle.load`, and
+its default planner reads non-tensor entries with `torch.load(weights_only=False)`: a checkpoint
+someone else wrote could run any command on load. Here the metadata goes through an unpickler that
+builds only the classes DCP's metadata is made of (anything else is refused, naming the file and
+the class), non-tensor entries through `torch.load(weights_only=True)`, and every shard file is
+checked against the metadata's offsets before a byte is read, so a truncated or malformed file
+gets a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
+from torch.distributed.checkpoint.planner import ReadItem
+
+METADATA = ".metadata"
+# (module, name) pairs DCP's metadata pickles reference; nothing else may be built.
+_ALLOWED = {
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "ChunkStorageMetadata",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(
+            f"it references {module}.{name}, which is not part of a checkpoint's metadata"
+        )
+
+
+def read_metadata(path: Path) -> dcp_metadata.Metadata:
+    """The DCP `Metadata` in file `path`, built by the restricted unpickler."""
+    try:
+        with open(path, "rb") as f:
+            meta = _MetadataUnpickler(f, path).load()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing (expected the weights' metadata written by rankers)") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(
+            f"{path}: refused, not a checkpoint metadata file ({e or type(e).__name__})"
+        ) from None
+    if not isinstance(meta, dcp_metadata.Metadata):
+        raise ValueError(f"{path}: refused, it holds a {type(meta).__name__}, not a checkpoint's Metadata")
+    return meta
+
+
+def check_shards(directory: Path, meta: dcp_metadata.Metadata) -> None:
+    """ValueError naming the first shard file that is missing or shorter than the metadata says."""
+    ends: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        if not isinstance(info, _StorageInfo):
+            raise ValueError(f"{directory / METADATA}: refused, malformed storage entry {info!r}")
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(ends.items()):
+        shard = directory / name
+        if Path(name).name != name or not shard.is_file():
+            raise ValueError(f"{shard}: missing (the checkpoint's metadata lists it)")
+        size = shard.stat().st_size
+        if size < end:
+            raise ValueError(f"{shard}: truncated ({size:,} bytes; its metadata needs {end:,})")
+
+
+class SafeReader(FileSystemReader):
+    """DCP's file reader with the restricted metadata unpickler and the shard-size check."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        directory = Path(self.path)
+        rank = kwargs.get("rank")
+        meta = read_metadata(directory / (METADATA if rank is None else f"__{rank}{METADATA}"))
+        check_shards(directory, meta)
+        storage_meta = getattr(meta, "storage_meta", None) or dcp_metadata.StorageMeta()
+        storage_meta.load_id = self.load_id
+        meta.storage_meta = storage_meta
+        return meta
+
+
+class SafePlanner(DefaultLoadPlanner):
+    """DCP's default load planner, reading non-tensor entries with `weights_only=True`."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError or RuntimeError on forbidden content
+            raise ValueError(
+                f"entry {read_item.dest_index.fqn!r}: refused, not plain data ({_first_line(e)})"
+            ) from None
+        # As DefaultLoadPlanner.load_bytes does with what it unpickled (there without weights_only).
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def load(state: dict[str, Any], directory: Path, no_dist: bool = False) -> None:
+    """`dcp.load` of `state` from `directory` through `SafeReader` and `SafePlanner`."""
+    try:
+        dcp.load(state, storage_reader=SafeReader(str(directory)), planner=SafePlanner(), no_dist=no_dist)
+    except CheckpointException as e:  # DCP wraps each rank's error: report the first one
+        cause = next(iter(e.failures.values()))[0]
+        if isinstance(cause, ValueError):
+            raise ValueError(str(cause)) from None
+        raise ValueError(f"{directory}: cannot load the weights ({_first_line(cause)})") from None
+    except (RuntimeError, OSError, AssertionError) as e:
+        raise ValueError(f"{directory}: cannot load the weights ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in `path`; ValueError naming the file and `what` it should be otherwise."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing (expected {what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from None
+
+
+def load_rng(path: Path) -> torch.Tensor:
+    """A saved torch RNG state (a uint8 tensor), read with `weights_only=True`."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing (expected a saved RNG state)") from None
+    except Exception as e:  # torch raises UnpicklingError or RuntimeError on forbidden content
+        raise ValueError(f"{path}: refused, not a saved RNG state ({_first_line(e)})") from None
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
+        raise ValueError(f"{path}: refused, not a saved RNG state (a {type(state).__name__})")
+    return state
