@@ -240,6 +240,7 @@ class StagedOutput:
         self.kind, self.overwrite = kind, overwrite
         self.staging = staging_path(self.final)
         self.keep_on_error = False
+        self.copied_progress: bytes | None = None  # set by a resumed run that continues a copy
         self._lock: OutputLock | None = OutputLock(self.final)
         self.committed = False
 

@@ -249,6 +249,18 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _progress_bytes(directory: Path) -> bytes | None:
+    state = CheckpointDir(directory).state_dir()
+    return (state / PROGRESS_FILE).read_bytes() if state else None
+
+
+def keep_unfinished(output: StagedOutput) -> bool:
+    """Whether a run that failed should leave its staging directory for `--resume`: it holds state,
+    and (for a finished run being trained further) state saved since it was copied."""
+    progress = _progress_bytes(output.staging)
+    return progress is not None and progress != output.copied_progress
+
+
 def has_state(directory: Path) -> bool:
     """Whether `directory` holds state a run can resume from."""
     return any((directory / name / PROGRESS_FILE).is_file() for name in (STATE_DIR, f".{STATE_DIR}.old"))
@@ -314,10 +326,14 @@ def open_run(final: Path, overwrite: bool, resume: bool, inputs: list[Path]) -> 
         unfinished = unfinished_run(output.final)
         if resume:
             source = resume_dir(output.final)
-            if source != output.staging:
+            if source != output.staging:  # a finished run trained further: on a copy
+                state = CheckpointDir(source).state_dir()
+                assert state is not None  # resume_dir found it
+                safe_dcp.verify(state)  # a bad file is named where the user has it, not in the copy
                 remove(output.staging)
                 shutil.copytree(source, output.staging)
                 remove(output.staging / CHECKPOINT_MARKER)  # complete again only at the end
+                output.copied_progress = _progress_bytes(output.staging)
         elif unfinished is not None and not overwrite:
             raise ValueError(
                 f"{unfinished} holds an unfinished run for {output.final}: continue it with "

@@ -303,6 +303,17 @@ def results_table(result: dict[str, Any], model: str, splits: tuple[str, ...] = 
     return markdown_table(rows, columns)
 
 
+def _probabilities(predictor: Any, raw: bool) -> str:
+    """What the probabilities are: calibrated by the checkpoint's calibration, or the model's own."""
+    if predictor.calibration is None:
+        return "the model's own probabilities (the checkpoint holds no calibration)"
+    if raw:
+        return "the model's own probabilities (--raw; the checkpoint's calibration is not applied)"
+    maps = ", ".join(f"{t} {c.method}" for t, c in predictor.calibration.tasks.items())
+    where = predictor.path / "calibration.json"
+    return f"probabilities calibrated by {where} ({maps}; --raw for the model's own)"
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from features.dataset import dataset_info
     from rankers.checkpoint import CheckpointDir
@@ -311,24 +322,40 @@ def _evaluate(args: argparse.Namespace) -> None:
     predictor = Predictor.load(args.checkpoint)
     data = Path(args.data) if args.data else Path(CheckpointDir(args.checkpoint).config()["data"]) / "test"
     split = data.name if data.name in ("train", "valid", "test") else "rows"
-    result: dict[str, Any] = {split: predictor.evaluate(data)}
+    result: dict[str, Any] = {split: predictor.evaluate(data, raw=args.raw)}
     teacher = dataset_info(data.parent).get("teacher", {})
     if teacher.get(data.name):
         result["teacher"] = {split: teacher[data.name]}
-    print(f"{data}\n\n" + results_table(result, "checkpoint", splits=(split,)))
+    print(
+        f"{data}: {_probabilities(predictor, args.raw)}\n\n"
+        + results_table(result, "checkpoint", splits=(split,))
+    )
 
 
 def _predict(args: argparse.Namespace) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from features.outputs import PREDICTIONS_KEY, StagedOutput
     from rankers.predictor import Predictor
 
-    predictor = Predictor.load(args.checkpoint)
-    probs = predictor.predict_proba(args.data)
-    table = pa.table({f"p_{t}": p for t, p in probs.items()})
-    pq.write_table(table, args.out)
-    print(f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}")
+    with StagedOutput(args.out, "predictions", args.overwrite, inputs=[args.checkpoint, args.data]) as out:
+        if out.final.is_dir():
+            raise ValueError(f"--out {args.out} is a directory; expected the parquet file to write")
+        predictor = Predictor.load(args.checkpoint)
+        probs = predictor.predict_proba(args.data, raw=args.raw)
+        meta = {
+            PREDICTIONS_KEY: b"predictions",
+            b"rankers.checkpoint": str(Path(args.checkpoint).absolute()).encode(),
+            b"rankers.calibrated": b"true" if predictor.calibrated and not args.raw else b"false",
+        }
+        table = pa.table({f"p_{t}": p for t, p in probs.items()}).replace_schema_metadata(meta)
+        pq.write_table(table, out.staging)
+        out.commit()
+    print(
+        f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}: "
+        + _probabilities(predictor, args.raw)
+    )
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -514,9 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_shared_flags(p, {name: cls.config_class for name, cls in BACKBONES.items()})
     p.set_defaults(func=_train)
 
+    raw_help = (
+        "score with the model's own probabilities, not the checkpoint's calibration (default: calibrated)"
+    )
     p = sub.add_parser("evaluate", help="AUC/LogLoss of a checkpoint on labeled rows")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory written by `rankers train`")
     p.add_argument("--data", help="split directory or parquet file (default: the training data's test split)")
+    p.add_argument("--raw", action="store_true", help=raw_help)
     p.set_defaults(func=_evaluate)
 
     from rankers.bidding.calibration import FOLDS, MIN_NEGATIVES, MIN_POSITIVES
@@ -612,9 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bid)
 
     p = sub.add_parser("predict", help="probabilities per task for new rows")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory written by `rankers train`")
     p.add_argument("--data", required=True, help="split directory or parquet file")
     p.add_argument("--out", required=True, help="parquet file to write (one column p_<task> per task)")
+    p.add_argument("--raw", action="store_true", help=raw_help)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing predictions file at --out (default: refuse)",
+    )
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> calibrate -> bidding replay")

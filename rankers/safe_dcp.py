@@ -99,6 +99,14 @@ def check_shards(directory: Path, meta: dcp_metadata.Metadata) -> None:
             raise ValueError(f"{shard}: truncated ({size:,} bytes; its metadata needs {end:,})")
 
 
+def verify(directory: Path) -> None:
+    """Reads what `load` would read of a DCP directory but the tensors: its metadata (restricted),
+    its shards' sizes and any saved RNG states; ValueError naming the first bad file."""
+    check_shards(directory, read_metadata(directory / METADATA))
+    for rng in sorted(directory.glob("rng-*.pt")):
+        load_rng(rng)
+
+
 class SafeReader(FileSystemReader):
     """DCP's file reader with the restricted metadata unpickler and the shard-size check."""
 
@@ -131,13 +139,22 @@ class SafePlanner(DefaultLoadPlanner):
 
 
 def load(state: dict[str, Any], directory: Path, no_dist: bool = False) -> None:
-    """`dcp.load` of `state` from `directory` through `SafeReader` and `SafePlanner`."""
+    """`dcp.load` of `state` from `directory` through `SafeReader` and `SafePlanner`; the metadata
+    and shard sizes are checked first, so a bad file fails here with its name (DCP would log a
+    traceback and fall back to per-rank metadata, which rankers never writes)."""
+    check_shards(directory, read_metadata(directory / METADATA))
     try:
         dcp.load(state, storage_reader=SafeReader(str(directory)), planner=SafePlanner(), no_dist=no_dist)
     except CheckpointException as e:  # DCP wraps each rank's error: report the first one
         cause = next(iter(e.failures.values()))[0]
+        text = str(cause)
+        # DCP tries the global metadata, then a per-rank one that rankers never writes: the first
+        # failure is the one to report.
+        if "global metadata read failed: " in text:
+            text = text.split("global metadata read failed: ", 1)[1].split("; rank local metadata", 1)[0]
+            raise ValueError(text) from None
         if isinstance(cause, ValueError):
-            raise ValueError(str(cause)) from None
+            raise ValueError(text) from None
         raise ValueError(f"{directory}: cannot load the weights ({_first_line(cause)})") from None
     except (RuntimeError, OSError, AssertionError) as e:
         raise ValueError(f"{directory}: cannot load the weights ({_first_line(e)})") from None

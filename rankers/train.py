@@ -443,7 +443,7 @@ def train(
             log.info("checkpoint complete: %s", final)
     except BaseException:
         if output is not None:
-            output.keep_on_error = checkpoint.has_state(ckpt.path)
+            output.keep_on_error = checkpoint.keep_unfinished(output)
             if output.keep_on_error:
                 log.warning(
                     "the unfinished run stays at %s: `rankers train --resume %s` continues it",

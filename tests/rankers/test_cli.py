@@ -376,7 +376,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(
     files = {f: f.read_bytes() for f in cut.rglob("*") if f.is_file()}
     assert main(["train", "--resume", str(cut)]) == 0  # finished: says so, trains nothing
     said = capsys.readouterr().out
-    assert said.startswith(f"{cut}: the run is finished") and said.rstrip().endswith("nothing to resume"), said
+    assert said.startswith(f"{cut}: the run is finished"), said
+    assert said.rstrip().endswith("nothing to resume"), said
     assert {f: f.read_bytes() for f in cut.rglob("*") if f.is_file()} == files
 
 
