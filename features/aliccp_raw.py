@@ -102,7 +102,8 @@ def convert_raw(
         labels=FUNNEL,
         group=GROUP,
     )
-    with DatasetWriter(output, schema, splits=SPLITS) as writer:
+    vocabulary = vocabulary_table(vocab)
+    with DatasetWriter(output, schema, splits=SPLITS, identity=vocabulary) as writer:
         for s in files:
             if s == "test":
                 common = _load_common(files["test"][1], config.block_bytes, progress)
@@ -116,7 +117,7 @@ def convert_raw(
             "seconds": round(seconds, 3),
             "rows_per_s": round(total / seconds),
         }
-        written = writer.commit(info, files={"vocabulary.parquet": vocabulary_table(vocab)})
+        written = writer.commit(info, files={"vocabulary.parquet": vocabulary})
     logger.info("aliccp (raw): %d rows -> %s %s in %.1f s", total, written, writer.rows, seconds)
     return written
 

@@ -146,7 +146,8 @@ def convert_aliexpress(
             raise ValueError(
                 f"{vocabulary_from}: schema.json does not match {VOCAB_FILE}; expected an AliExpress dataset"
             )
-        with DatasetWriter(output, schema, splits=SPLITS) as writer:
+        vocabulary = vocabulary_table(vocab)
+        with DatasetWriter(output, schema, splits=SPLITS, identity=vocabulary) as writer:
             _write(writer, parts, vocab, config, progress)
             seconds, total = time.perf_counter() - began, sum(rows for (_, _, rows), _ in parts)
             info = {
@@ -157,7 +158,7 @@ def convert_aliexpress(
                 "seconds": round(seconds, 3),
                 "rows_per_s": round(total / seconds),
             }
-            path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
+            path = writer.commit(info, files={VOCAB_FILE: vocabulary})
         logger.info("aliexpress: %d rows -> %s %s in %.1f s", total, path, writer.rows, seconds)
         return path
 

@@ -143,7 +143,9 @@ def convert_criteo(
             schema = _schema(config.int_mode, {c: len(v) for c, (v, _) in vocab.items()}, labeled)
         else:
             schema, vocab = _load_vocabulary(Path(vocabulary_from), config.int_mode, labeled)
-        with DatasetWriter(output, schema, splits=SPLITS if labeled else (UNLABELED,)) as writer:
+        vocabulary = vocabulary_table(vocab)
+        splits = SPLITS if labeled else (UNLABELED,)
+        with DatasetWriter(output, schema, splits=splits, identity=vocabulary) as writer:
             _write(writer, layouts, counts, config, vocab, progress)
             seconds = time.perf_counter() - start
             info = {
@@ -154,7 +156,7 @@ def convert_criteo(
                 "seconds": round(seconds, 3),
                 "rows_per_s": round(n / seconds),
             }
-            path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
+            path = writer.commit(info, files={VOCAB_FILE: vocabulary})
         if not labeled:
             logger.warning(
                 "criteo: no labels: the %d rows are one split for prediction, %s", n, path / UNLABELED

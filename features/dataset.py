@@ -15,10 +15,16 @@ is replaced only when asked, and only when this library wrote it.
 
 `dataset.json` records, besides rows per split, the positives of every label per split, and
 `warnings` for splits that are empty or hold one class of a label (they are logged too).
+
+Every parquet file carries the dataset's `fingerprint` in its schema metadata (and dataset.json):
+a digest of the features (the schema without labels) and of what gives the ids their meaning (the
+vocabularies, or the generator's settings), so rows mapped with other vocabularies are told apart
+from the rows a model was trained on even when a file travels without its dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -35,6 +41,7 @@ from features.schema import Schema
 
 logger = logging.getLogger(__name__)
 DATASET_FILE = "dataset.json"
+FINGERPRINT_KEY = b"rankers.fingerprint"  # parquet schema metadata of every split file
 ROW_GROUP_ROWS = 131_072
 
 
@@ -54,6 +61,8 @@ class DatasetWriter:
             written; never a directory this library did not write).
         rows_per_file: rows per parquet file before a new part is started.
         inputs: the files the conversion reads; `out` must be apart from each.
+        identity: what gives the ids their meaning, for the fingerprint: the vocabulary table
+            (feature, value, id), or the settings that generated the ids; None: the schema alone.
     """
 
     def __init__(
@@ -64,6 +73,7 @@ class DatasetWriter:
         overwrite: bool = False,
         rows_per_file: int = 4_194_304,
         inputs: Iterable[str | Path | None] = (),
+        identity: pa.Table | dict[str, Any] | None = None,
     ) -> None:
         if rows_per_file < 1:
             raise ValueError(f"rows_per_file {rows_per_file} must be >= 1")
@@ -72,6 +82,7 @@ class DatasetWriter:
         )
         self.out = self.output.final
         self.schema = schema
+        self.fingerprint = fingerprint(schema, identity)
         self.rows_per_file = rows_per_file
         self.tmp = self.output.fresh_directory()
         self.rows = {s: 0 for s in splits}
@@ -95,6 +106,12 @@ class DatasetWriter:
 
     def write(self, split: str, table: pa.Table) -> None:
         """Appends `table`'s rows to `split` (buffered into row groups of ROW_GROUP_ROWS)."""
+        try:
+            self._write(split, table)
+        except OSError as e:
+            raise _named(e, self.out) from None
+
+    def _write(self, split: str, table: pa.Table) -> None:
         if split not in self.rows:
             raise ValueError(f"unknown split {split!r}, expected one of {list(self.rows)}")
         if table.num_rows == 0:
@@ -130,12 +147,19 @@ class DatasetWriter:
     def _writer(self, split: str, arrow_schema: pa.Schema) -> pq.ParquetWriter:
         if split not in self._writers:
             path = self.tmp / split / f"part-{self._parts[split]:05d}.parquet"
-            self._writers[split] = pq.ParquetWriter(path, arrow_schema)
+            meta = (arrow_schema.metadata or {}) | {FINGERPRINT_KEY: self.fingerprint.encode()}
+            self._writers[split] = pq.ParquetWriter(path, arrow_schema.with_metadata(meta))
         return self._writers[split]
 
     def commit(self, info: dict[str, Any], files: dict[str, pa.Table] | None = None) -> Path:
         """Closes every split, writes schema.json, dataset.json (with `info`) and extra parquet
-        `files` (name -> table), and renames the temporary directory to `out`."""
+        `files` (name -> table), and moves the staged directory to `out`."""
+        try:
+            return self._commit(info, files)
+        except OSError as e:
+            raise _named(e, self.out) from None
+
+    def _commit(self, info: dict[str, Any], files: dict[str, pa.Table] | None) -> Path:
         for split in self.rows:
             self._flush(split, final=True)
             if self.rows[split] == 0:  # an empty split still reads as a dataset of 0 rows
@@ -149,7 +173,8 @@ class DatasetWriter:
         warnings = split_warnings(self.rows, self.positives)
         for w in warnings:
             logger.warning("%s: %s", self.out, w)
-        meta = {"rows": self.rows, "positives": self.positives, "warnings": warnings, **info}
+        meta = {"rows": self.rows, "positives": self.positives, "warnings": warnings}
+        meta |= {"fingerprint": self.fingerprint, **info}
         (self.tmp / DATASET_FILE).write_text(json.dumps(meta, indent=1, default=str))
         self._committed = True
         return self.output.commit()
@@ -159,6 +184,35 @@ class DatasetWriter:
             w.close()
         self._writers.clear()
         self.output.abort()
+
+
+def _named(e: OSError, out: Path) -> OSError:
+    """`e` naming the dataset being written when it names no file (pyarrow's errors do not)."""
+    return e if e.filename else OSError(e.errno, e.strerror or str(e), str(out))
+
+
+def fingerprint(schema: Schema, identity: pa.Table | dict[str, Any] | None = None) -> str:
+    """16 hex digits of sha256 over the schema without labels and `identity` (the feature, value
+    and id columns of a vocabulary table, or settings as canonical JSON)."""
+    h = hashlib.sha256(schema.without_labels().to_json().encode())
+    if isinstance(identity, pa.Table):
+        for name in [
+            c for c in ("feature", "value", "id") if c in identity.column_names
+        ] or identity.column_names:
+            h.update(name.encode() + b"\0")
+            h.update("\0".join(map(str, identity[name].to_pylist())).encode())
+    elif identity is not None:
+        h.update(json.dumps(identity, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint a parquet file carries (`DatasetWriter`), or None."""
+    try:
+        value = (pq.read_schema(path).metadata or {}).get(FINGERPRINT_KEY)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
+    return None if value is None else value.decode()
 
 
 def split_warnings(rows: dict[str, int], positives: dict[str, dict[str, int]]) -> list[str]:
@@ -179,6 +233,34 @@ def split_warnings(rows: dict[str, int], positives: dict[str, dict[str, int]]) -
 
 
 def dataset_info(directory: str | Path) -> dict[str, Any]:
-    """The `dataset.json` of a dataset directory, or {} if it has none."""
+    """The `dataset.json` of a dataset directory, or {} if it has none.
+
+    Strict: the keys the library reads are type-checked, and a key outside those `DatasetWriter` and
+    the converters write is refused (a misspelt key would otherwise read as absent); ValueError
+    naming the file, the key and the value.
+    """
+    from features.strict import check_keys, check_value, read_json
+
     path = Path(directory) / DATASET_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    read: dict[str, Any] = {  # what the library reads, and its type
+        "rows": dict[str, int],
+        "positives": dict[str, dict[str, int]],
+        "warnings": list[str],
+        "fingerprint": str,
+        "converter": str,
+        "config": dict[str, Any],
+        "teacher": dict[str, Any],
+    }
+    informational = {  # written by the converters (features/*.py, benchmarks/*.py) for people
+        *("layout", "inputs", "vocabulary_from", "seconds", "rows_per_s", "timezone", "source"),
+        *("mean_history_length", "input_rows", "excluded_outside_dates", "behaviours", "buckets"),
+        *("missing_ad_feature", "missing_user_profile", "excluded_out_of_range", "days"),
+        *("behaviours_without_history", "users", "items", "categories", "items_with_several_categories"),
+    }
+    info = check_keys(read_json(path), str(path), optional={*read, *informational})
+    for key, tp in read.items():
+        if key in info:
+            check_value(info[key], tp, f"{path} {key}")
+    return info

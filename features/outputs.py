@@ -128,9 +128,12 @@ class OutputLock:
 
     def __init__(self, final: Path) -> None:
         self.path = lock_path(final)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # named as the output the user asked for, not our lock file
+            raise OSError(e.errno, e.strerror, str(final)) from None
+        while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -146,6 +149,7 @@ class OutputLock:
             except FileNotFoundError:
                 pass
             os.close(fd)  # the holder released and removed this file meanwhile: lock the new one
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self.fd: int | None = fd
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         me["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]

@@ -17,11 +17,14 @@ Example:
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+from features.strict import build, check_keys
 
 if TYPE_CHECKING:
     from torchrec import EmbeddingBagConfig
@@ -268,17 +271,15 @@ class Schema:
 
     @classmethod
     def from_json(cls, text: str, where: str = "schema") -> Schema:
+        """The schema `to_json` wrote. Strict: the four feature lists are required (`group` is not:
+        files written before it existed lack it), unknown keys are refused at every level, and every
+        entry is type-checked; ValueError naming `where`, the entry, the key and the value."""
         try:
             d = json.loads(text)
-            return cls(
-                dense=tuple(DenseFeature(**f) for f in d.get("dense", [])),
-                categorical=tuple(CategoricalFeature(**f) for f in d.get("categorical", [])),
-                sequences=tuple(SequenceFeature(**f) for f in d.get("sequences", [])),
-                labels=tuple(Label(**f) for f in d.get("labels", [])),
-                group=d.get("group", ""),
-            )
-        except (ValueError, TypeError, AttributeError) as e:  # ValueError: JSON or a field's check
-            raise ValueError(f"{where}: not a valid schema ({e})") from e
+        except ValueError as e:
+            raise ValueError(f"{where}: not a valid schema (not JSON: {e})") from None
+        check_keys(d, where, required=("dense", "categorical", "sequences", "labels"), optional=("group",))
+        return typing.cast(Schema, build(cls, d, where))
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / SCHEMA_FILE
@@ -291,4 +292,8 @@ class Schema:
         path = Path(directory) / SCHEMA_FILE
         if not path.is_file():
             raise ValueError(f"{directory}: no {SCHEMA_FILE} found (expected a dataset directory)")
-        return cls.from_json(path.read_text(), where=str(path))
+        try:
+            text = path.read_text()
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8
+            raise ValueError(f"{path}: cannot read it ({e})") from None
+        return cls.from_json(text, where=str(path))

@@ -286,7 +286,7 @@ def write_synthetic(
     per_split: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s, *_ in splits}
     t0 = time.perf_counter()
     with (
-        DatasetWriter(out, synthetic_schema(config), overwrite=overwrite) as writer,
+        DatasetWriter(out, synthetic_schema(config), overwrite=overwrite, identity=asdict(config)) as writer,
         tqdm(total=config.rows, unit="rows", unit_scale=True, desc="synthetic", disable=not progress) as bar,
     ):
         for start, table, scored in _chunk_tables(teacher, kept):

@@ -168,7 +168,7 @@ def write_synthetic_sequences(
         "valid": (n_train, n_train + n_valid),
         "test": (n_train + n_valid, config.rows),
     }
-    with DatasetWriter(out, sequence_schema(config), overwrite=overwrite) as writer:
+    with DatasetWriter(out, sequence_schema(config), overwrite=overwrite, identity=asdict(config)) as writer:
         for name, (lo, hi) in bounds.items():
             writer.write(name, table.slice(lo, hi - lo))
         return writer.commit(

@@ -229,7 +229,8 @@ def convert_taobao_ad(
                 source = csv_source(layout, paths, config)
             vocab = _vocabulary(source, config, progress)
             schema = _schema(source, {t: len(v) for t, (v, _) in vocab.items()}, config.max_len)
-            with DatasetWriter(output, schema) as writer:
+            vocabulary = vocabulary_table(vocab)
+            with DatasetWriter(output, schema, identity=vocabulary) as writer:
                 excluded = _write(writer, source, vocab, config, progress)
                 seconds = time.perf_counter() - began
                 info = {
@@ -243,7 +244,7 @@ def convert_taobao_ad(
                     "timezone": "UTC+8 (Beijing)",
                     "seconds": round(seconds, 3),
                 }
-                path = writer.commit(info, files={VOCAB_FILE: vocabulary_table(vocab)})
+                path = writer.commit(info, files={VOCAB_FILE: vocabulary})
         logger.info(
             "taobao-ad (%s): %d rows, %d excluded -> %s in %.1f s",
             layout,

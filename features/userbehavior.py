@@ -170,7 +170,8 @@ def convert_userbehavior(
         bounds = (last - config.test_days - config.valid_days, last - config.test_days)
         schema = _schema(cat, config.max_len)
         bar = tqdm(total=total, unit="rows", unit_scale=True, desc="userbehavior 2/2", disable=not progress)
-        with DatasetWriter(output, schema, splits=SPLITS) as writer, bar:
+        vocabulary = _vocabulary(cat)
+        with DatasetWriter(output, schema, splits=SPLITS, identity=vocabulary) as writer, bar:
             positives = 0
             for rows in _by_user(layouts, config, bar):
                 table, split = _examples(rows, cat, bounds, config, writer.schema.arrow_schema())
@@ -195,7 +196,7 @@ def convert_userbehavior(
                 "timezone": "UTC+8 (Beijing)",
                 "seconds": round(seconds, 3),
             }
-            files = {"vocabulary.parquet": _vocabulary(cat), "catalogue.parquet": _catalogue_table(cat)}
+            files = {"vocabulary.parquet": vocabulary, "catalogue.parquet": _catalogue_table(cat)}
             path = writer.commit(info, files=files)
         logger.info(
             "userbehavior: %d behaviours, %d outside %s..%s excluded -> %s %s in %.1f s",

@@ -2,6 +2,10 @@
 
 `--hidden-units 256,128` sets the tuple field `hidden_units`; booleans take `--batch-norm` /
 `--no-batch-norm`. Flags left unset keep the dataclass default, or the value from a TOML file.
+
+A TOML config is read strictly (`features.strict`): its tables and keys; unknown keys are refused
+and values type-checked, naming the file, the table and the key. (A checkpoint's config.json:
+`rankers.checkpoint.CheckpointDir.settings`.)
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import types
 import typing
 from pathlib import Path
 from typing import Any
+
+from features.strict import check_fields
 
 
 def _is_tuple(tp: Any) -> bool:
@@ -95,30 +101,46 @@ def add_shared_flags(parser: argparse.ArgumentParser, owners: dict[str, type]) -
         seen |= {f.name for f in dataclasses.fields(cls)}
 
 
-def dataclass_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
-    """`cls(**values)`: values from `base` (e.g. a TOML table) overridden by the flags that were set."""
+def dataclass_from_args(
+    cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None, where: str = ""
+) -> Any:
+    """`cls(**values)`: values from `base` (e.g. a TOML table) overridden by the flags that were set.
+    `base` is read strictly (`features.strict.check_fields`): unknown keys and values of the wrong
+    type raise ValueError naming `where` (default: the class), the key and the value."""
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (base or {}).items()}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__} has no fields {unknown}; expected some of {sorted(names)}")
+    values = check_fields(cls, base or {}, where or cls.__name__, partial=True)
     values |= {k: v for k, v in vars(args).items() if k in names and v is not None}
     return cls(**values)
 
 
-def flags_set(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The fields of `cls` given by `base` or by flags, as a dict (for configs stored as dicts)."""
+def flags_set(
+    cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None, where: str = ""
+) -> dict[str, Any]:
+    """The fields of `cls` given by `base` or by flags, as a dict (for configs stored as dicts);
+    `base` is checked as in `dataclass_from_args`."""
     names = {f.name for f in dataclasses.fields(cls)}
-    out = {k: v for k, v in (base or {}).items() if k in names}
+    out = check_fields(cls, base or {}, where or cls.__name__, partial=True)
     return out | {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
-def read_toml(path: str | Path | None) -> dict[str, Any]:
-    """The tables of a TOML config file ({} without one); ValueError naming the file otherwise."""
+TOML_TABLES = ("train", "ranker", "backbone")  # of `rankers train --config`
+
+
+def read_toml(path: str | Path | None, tables: tuple[str, ...] = TOML_TABLES) -> dict[str, Any]:
+    """The tables of a TOML config file ({} without one); ValueError naming the file if it cannot be
+    read, or holds a key outside a table or a table not among `tables`. The tables' keys are checked
+    by their readers (`dataclass_from_args`, `flags_set`)."""
     if path is None:
         return {}
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            content = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"{path}: cannot read the TOML config ({e})") from e
+    expected = ", ".join(f"[{t}]" for t in tables)
+    for key, value in content.items():
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: key {key!r} is outside a table; expected it in one of {expected}")
+        if key not in tables:
+            raise ValueError(f"{path}: unknown table [{key}]; expected some of {expected}")
+    return content

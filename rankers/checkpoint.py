@@ -27,17 +27,17 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from features.outputs import CHECKPOINT_MARKER, StagedOutput, remove, staging_path
 from features.schema import SCHEMA_FILE, Schema
+from features.strict import build, check_keys, check_value
 from rankers import safe_dcp
 
 if TYPE_CHECKING:
@@ -49,6 +49,42 @@ CONFIG_FILE, WEIGHTS_DIR, METRICS_FILE = "config.json", "weights", "metrics.json
 OLD_WEIGHTS = f".{WEIGHTS_DIR}.old"
 STATE_DIR, PROGRESS_FILE = "state", "progress.json"
 FORMAT = 1  # of the checkpoint directory; in checkpoint.json
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """A checkpoint's config.json (`rankers.checkpoint.CheckpointDir.write_config`), checked."""
+
+    ranker: RankerConfig
+    train: TrainConfig
+    data: str  # the dataset directory trained on
+    prior: dict[str, float]  # task -> positive rate of the training rows
+
+
+def checkpoint_config(config: object, where: str) -> CheckpointConfig:
+    """The content of a checkpoint's config.json read strictly: exactly the keys ranker, train, data
+    and prior; ranker by `RankerConfig.from_dict`, train against `TrainConfig`'s fields, data a
+    string, prior a probability per task.
+
+    Args:
+        config: the parsed JSON (`CheckpointDir.config()`).
+        where: the file, e.g. "runs/mlp/config.json".
+
+    Raises:
+        ValueError: naming `where`, the entry, the key and the value.
+    """
+    from rankers.ranker import RankerConfig
+    from rankers.train import TrainConfig
+
+    d = check_keys(config, where, required=("ranker", "train", "data", "prior"))
+    ranker = RankerConfig.from_dict(d["ranker"], f"{where} [ranker]")
+    train = build(TrainConfig, d["train"], f"{where} [train]")
+    data = check_value(d["data"], str, f"{where} data")
+    prior = check_value(d["prior"], dict[str, float], f"{where} prior")
+    for task, p in prior.items():
+        if not 0 <= p <= 1:  # NaN and infinities too
+            raise ValueError(f"{where} prior.{task}: {p} is not a probability; expected a number in [0, 1]")
+    return CheckpointConfig(ranker, train, data, prior)
 
 
 class CheckpointDir:
@@ -83,7 +119,7 @@ class CheckpointDir:
         if is_main():
             shutil.rmtree(tmp, ignore_errors=True)
         barrier()
-        dcp.save(model.state_dict(), checkpoint_id=str(tmp))
+        safe_dcp.save(model.state_dict(), tmp)
         self._publish(tmp, self.path / WEIGHTS_DIR)  # the previous weights as .weights.old meanwhile
 
     def _publish(self, tmp: Path, final: Path) -> None:
@@ -112,9 +148,12 @@ class CheckpointDir:
         if is_main():
             shutil.rmtree(tmp, ignore_errors=True)
         barrier()
-        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
+        safe_dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, tmp)
         rank = dist.get_rank() if dist.is_initialized() else 0
-        torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+        try:
+            torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+        except (OSError, RuntimeError) as e:
+            raise safe_dcp.write_error(e, tmp / f"rng-{rank}.pt") from None
         if is_main():
             world = dist.get_world_size() if dist.is_initialized() else 1
             # TorchRec's optimizers leave their param groups (the decayed learning rates) out of
@@ -224,6 +263,10 @@ class CheckpointDir:
         if self.weights_dir() is None:
             raise ValueError(f"{self.path}: missing {WEIGHTS_DIR}/.metadata (no saved weights)")
 
+    def settings(self) -> CheckpointConfig:
+        """config.json read strictly (`checkpoint_config`)."""
+        return checkpoint_config(self.config(), str(self.path / CONFIG_FILE))
+
     def config(self) -> dict[str, Any]:
         config = safe_dcp.read_json(self.path / CONFIG_FILE, "a checkpoint's config")
         if not isinstance(config, dict):
@@ -283,7 +326,7 @@ def finished(final: str | Path, epochs: int | None = None) -> str | None:
     if unfinished_run(final) is not None or not (final / CHECKPOINT_MARKER).is_file():
         return None
     ckpt = CheckpointDir(final)
-    marker, own = ckpt.marker() or {}, ckpt.config().get("train", {}).get("epochs")
+    marker, own = ckpt.marker() or {}, ckpt.settings().train.epochs
     trained, best = marker.get("epochs"), marker.get("best_epoch")
     state = ckpt.state_dir()
     progress = safe_dcp.read_json(state / PROGRESS_FILE, "the progress of a run") if state else {}

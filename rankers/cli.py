@@ -16,6 +16,7 @@ rankers demo --out build/demo
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -103,18 +104,24 @@ def _print_dataset(out: Path) -> None:
 
 def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> RankerConfig:
     """The model from flags over the TOML file's [ranker] and [backbone] tables (and over the preset,
-    when the backbone names one)."""
+    when the backbone names one). The file's [train] table is checked here too (the caller builds
+    the TrainConfig from it after the preset's settings), so every mistake in the file names it."""
+    from features.strict import check_fields, check_keys, check_value
     from rankers.ranker import RankerConfig
+    from rankers.train import TrainConfig
 
-    ranker = dict(toml.get("ranker", {}))
-    keys = {"backbone", "embedding_dim", "task_weights", "embedding_l2", "tasks", "sequence_lookup"}
-    unknown = sorted(set(ranker) - keys)
-    if unknown:
-        raise ValueError(f"[ranker] table: unknown keys {unknown}; expected some of {sorted(keys)}")
+    where = str(args.config)  # the tables are empty without a file
+    types: dict[str, Any] = {"backbone": str, "embedding_dim": int, "embedding_l2": float}  # [ranker]'s
+    types |= {"task_weights": dict[str, float], "tasks": tuple[str, ...], "sequence_lookup": str}
+    table = check_keys(toml.get("ranker", {}), f"{where} [ranker]", optional=types)
+    ranker = {k: check_value(v, types[k], f"{where} [ranker] {k}") for k, v in table.items()}
+    check_fields(TrainConfig, toml.get("train", {}), f"{where} [train]")
     name = args.backbone or ranker.get("backbone", "mlp")
-    cls = backbone_class(name)  # raises naming the known backbones and presets
-    # Every key of the [backbone] table goes on, so RankerConfig names the ones it does not know.
-    chosen = dict(toml.get("backbone", {})) | flags_set(cls.config_class, args)
+    try:
+        cls = backbone_class(name)  # raises naming the known backbones and presets
+    except ValueError as e:  # --backbone is one of argparse's choices: the name is the file's
+        raise ValueError(f"{where} [ranker] backbone: {e}") from None
+    chosen = flags_set(cls.config_class, args, toml.get("backbone", {}), f"{where} [backbone]")
     others = {k for c in BACKBONES.values() for k in flags_set(c.config_class, args) if k not in chosen}
     if others:
         raise ValueError(
@@ -127,7 +134,7 @@ def _ranker_config(args: argparse.Namespace, toml: dict[str, Any]) -> RankerConf
         backbone=name,
         embedding_dim=dim,
         backbone_config=chosen,
-        task_weights=tuple((str(t), float(w)) for t, w in dict(ranker.get("task_weights", {})).items()),
+        task_weights=tuple(ranker.get("task_weights", {}).items()),
         embedding_l2=l2,
         sequence_lookup=args.sequence_lookup or ranker.get("sequence_lookup", ""),
         tasks=tuple(str(t) for t in tasks),
@@ -164,38 +171,40 @@ def _launch(args: argparse.Namespace) -> None:
 # What `train --resume DIR` takes beside the run's own settings: more epochs in all (to continue
 # a finished run), progress bars, threads, and the number of processes.
 RESUME_FLAGS = ("epochs", "progress", "threads")
-_RESUME_ARGS = {"--resume", "--nproc", "--epochs", "--progress", "--no-progress", "--threads", "--verbose"}
+_RESUME_ARGS = {
+    "--resume",
+    "--nproc",
+    "--epochs",
+    "--progress",
+    "--no-progress",
+    "--threads",
+    "--verbose",
+    "--debug",
+}
 
 
 def _resume(args: argparse.Namespace) -> None:
     """Continues the run of checkpoint directory `args.resume` with the settings it was started with
     (its unfinished run beside it, or the complete checkpoint when `--epochs` asks for more); says
     so and trains nothing when the run is finished."""
+    from dataclasses import replace
+
     from rankers.checkpoint import CheckpointDir, finished, resume_dir
     from rankers.distributed import is_main
-    from rankers.ranker import RankerConfig
-    from rankers.train import TrainConfig, train
+    from rankers.train import train
 
     done = finished(args.resume, args.epochs)
     if done is not None:
         if os.environ.get("RANK", "0") == "0":
             print(done)
         return
-    saved = CheckpointDir(resume_dir(args.resume)).config()
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["train"].items()}
-    for name in RESUME_FLAGS:  # kept in the run's config.json, so a later --resume keeps them
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
-    result = train(
-        saved["data"],
-        args.resume,
-        RankerConfig.from_dict(saved["ranker"]),
-        TrainConfig(**fields),
-        resume=True,
-    )
+    saved = CheckpointDir(resume_dir(args.resume)).settings()
+    # RESUME_FLAGS are kept in the run's config.json, so a later --resume keeps them
+    given = {name: getattr(args, name) for name in RESUME_FLAGS if getattr(args, name) is not None}
+    result = train(saved.data, args.resume, saved.ranker, replace(saved.train, **given), resume=True)
     if is_main():
         print(f"\ncheckpoint: {args.resume} (best epoch {result['best_epoch']})\n")
-        print(results_table(result, saved["ranker"].get("preset") or saved["ranker"]["backbone"]))
+        print(results_table(result, saved.ranker.preset or saved.ranker.backbone))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -320,7 +329,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from rankers.predictor import Predictor
 
     predictor = Predictor.load(args.checkpoint)
-    data = Path(args.data) if args.data else Path(CheckpointDir(args.checkpoint).config()["data"]) / "test"
+    data = Path(args.data) if args.data else Path(CheckpointDir(args.checkpoint).settings().data) / "test"
     split = data.name if data.name in ("train", "valid", "test") else "rows"
     result: dict[str, Any] = {split: predictor.evaluate(data, raw=args.raw)}
     teacher = dataset_info(data.parent).get("teacher", {})
@@ -350,7 +359,10 @@ def _predict(args: argparse.Namespace) -> None:
             b"rankers.calibrated": b"true" if predictor.calibrated and not args.raw else b"false",
         }
         table = pa.table({f"p_{t}": p for t, p in probs.items()}).replace_schema_metadata(meta)
-        pq.write_table(table, out.staging)
+        try:
+            pq.write_table(table, out.staging)
+        except OSError as e:  # pyarrow's errors name no file
+            raise OSError(e.errno, e.strerror or str(e), str(out.final)) from None
         out.commit()
     print(
         f"wrote {table.num_rows:,} predictions ({', '.join(table.column_names)}) to {args.out}: "
@@ -359,26 +371,32 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    from features.outputs import OutputLock, check_apart
     from rankers.bidding.calibration import calibrate, plot_reliability, report_markdown
     from rankers.checkpoint import CheckpointDir
     from rankers.predictor import Predictor
 
     predictor = Predictor.load(args.checkpoint)
-    data = Path(CheckpointDir(args.checkpoint).config()["data"])
+    data = Path(CheckpointDir(args.checkpoint).settings().data)
     valid = Path(args.valid) if args.valid else data / "valid"
     test = Path(args.test) if args.test else (data / "test" if (data / "test").is_dir() else None)
+    check_apart(args.checkpoint, [valid, test], flag="--checkpoint")  # it writes into the checkpoint
     # `rankers demo` passes only the fields above; the check's options keep calibrate's defaults there
     check = ("folds", "min_positives", "min_negatives", "force")
     options = {k: getattr(args, k) for k in check if hasattr(args, k)}
     # a refused calibration raises here, before anything is written into the checkpoint
     calibration, report = calibrate(predictor, valid, test, args.method, args.bins, **options)
     out = Path(args.checkpoint)
-    calibration.save(out)
-    text = report_markdown(report)
-    (out / "calibration.md").write_text(text)
-    plot = plot_reliability(report, out / "calibration.png")
-    if plot is None:
-        (out / "calibration.png").unlink(missing_ok=True)  # an older map's diagram
+    lock = OutputLock(out)  # one writer: not while a run replaces this checkpoint, nor a second calibrate
+    try:
+        calibration.save(out)
+        text = report_markdown(report)
+        (out / "calibration.md").write_text(text)
+        plot = plot_reliability(report, out / "calibration.png")
+        if plot is None:
+            (out / "calibration.png").unlink(missing_ok=True)  # an older map's diagram
+    finally:
+        lock.release()
     saved = [out / "calibration.json", out / "calibration.md", *([plot] if plot else [])]
     print(text + "\nsaved " + ", ".join(map(str, saved)))
 
@@ -473,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="rankers", description="CTR/CVR ranking on TorchRec embeddings")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the full traceback instead of one line (also RANKERS_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     convert = sub.add_parser("convert", help="raw logs -> parquet dataset").add_subparsers(
@@ -667,22 +690,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    # Epoch summaries (rankers.train logs them at INFO) are part of the CLI's output, on stderr
-    # beside the progress bars.
+    # Epoch summaries (rankers.train logs them at INFO) and warnings (a converter's empty split,
+    # an over-confident selected epoch) are part of the CLI's output, on stderr beside the bars.
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("rankers")
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
-        logger.setLevel(logging.WARNING)
+    handler.setFormatter(_Format("%(message)s"))
+    loggers = [logging.getLogger("rankers"), logging.getLogger("features")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+            logger.setLevel(logging.WARNING)
+    debug = args.debug or os.environ.get("RANKERS_DEBUG", "") not in ("", "0")
     try:
         with quiet_torchrec():
             args.func(args)
-    except ValueError as e:
-        print(f"rankers: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # the user's input or the machine: one line, exit 2
+        if debug:
+            raise
+        print(f"rankers: error: {fault_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rankers: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: still one line, with the way to the traceback
+        if debug:
+            raise
+        print(
+            f"rankers: internal error: {type(e).__name__}: {fault_line(e)} (rerun with --debug or "
+            "RANKERS_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
     return 0
+
+
+class _Format(logging.Formatter):
+    """The message alone; a warning says that it is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno == logging.WARNING else text
+
+
+def fault_line(e: BaseException) -> str:
+    """One line for an error: an OS error as its path and cause (a full disk said as such)."""
+    if isinstance(e, OSError) and e.strerror:
+        where = e.filename or "rankers"
+        cause = e.strerror[0].lower() + e.strerror[1:]
+        if e.errno == errno.ENOSPC:
+            cause = "no space left on device (the disk is full)"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            cause = "permission denied (the path is not writable or readable by this user)"
+        elif e.errno == errno.EROFS:
+            cause = "read-only file system"
+        return f"{where}: {cause}"
+    text = " ".join(str(e).split())  # messages of other libraries may span lines
+    return text or type(e).__name__

@@ -20,19 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
 from torch.distributed.optim import _apply_optimizer_in_backward
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from rankers._quiet import quiet_torchrec
-from rankers.ranker import Ranker
+from rankers.ranker import Ranker, format_bytes, machine_memory
 
 SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 SHARDED = ("table_wise", "row_wise", "column_wise")
@@ -94,7 +96,15 @@ def plan_constraints(
                 "table kernel (torchrec 1.8) needs a multiple of 4: choose an embedding dim that is "
                 "one (--embedding-dim), or --sharding data_parallel (dense tables trained by Adam)"
             )
-        out[table] = ParameterConstraints(sharding_types=types, compute_kernels=kernels, min_partition=block)
+        # FATAL: an id outside the table raises (RuntimeError, measured on CPU) instead of fbgemm's
+        # default WARNING, which logs once and looks up row 0 (and trains it). Batches are checked
+        # in Python first (features.batch.BatchCheck); this only backs that up.
+        out[table] = ParameterConstraints(
+            sharding_types=types,
+            compute_kernels=kernels,
+            min_partition=block,
+            bounds_check_mode=None if kind == "data_parallel" else BoundsCheckMode.FATAL,
+        )
     return out
 
 
@@ -162,8 +172,18 @@ def single_process_group() -> None:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
-def _memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def _no_plan(ranker: Ranker, world: int, topology: Topology, error: PlannerError) -> str:
+    """TorchRec's multi-line PlannerError as one line naming the largest tables and their sizes."""
+    shapes = sorted(ranker.embedding.table_shapes.items(), key=lambda item: -item[1][0] * item[1][1])
+    tables = ", ".join(f"{t} {n:,} x {d} ({format_bytes(n * d * 4)})" for t, (n, d) in shapes[:5])
+    more = f" and {len(shapes) - 5} smaller" if len(shapes) > 5 else ""
+    memory = format_bytes(topology.devices[0].storage.ddr)
+    reason = str(error).strip().splitlines()[0].strip().rstrip(".")
+    return (
+        f"sharding: TorchRec found no plan for tables {tables}{more} in {memory} of memory per "
+        f"process ({world} process{'es' if world > 1 else ''}; TorchRec: {reason}); expected smaller "
+        "tables (num_embeddings in schema.json), a smaller embedding_dim or more processes"
+    )
 
 
 def shard_ranker(
@@ -176,7 +196,9 @@ def shard_ranker(
     """Wraps `ranker` (tables on `meta`) in DistributedModelParallel over the current process group:
     tables sharded as `sharding` says, the sharded ones updated by rowwise Adagrad inside the backward
     pass; the dense parameters (data-parallel tables included) get Adam. Returns the wrapped model
-    and one optimizer over both; `model.plan` is the sharding plan (see `describe_plan`).
+    and one optimizer over both; `model.plan` is the sharding plan (see `describe_plan`). Where
+    TorchRec's planner finds no plan (tables larger than memory), a one-line ValueError names the
+    tables and their sizes. Fused tables raise on an id outside them (`plan_constraints`).
     """
     with quiet_torchrec():
         return _shard(ranker, lr, weight_decay, embedding_lr, sharding)
@@ -199,11 +221,14 @@ def _shard(
     ]
     _apply_optimizer_in_backward(RowWiseAdagrad, fused, {"lr": embedding_lr, "eps": 1e-8})
     # A sequence and its target field are one table, so they are always sharded together.
-    topology = Topology(world_size=world, compute_device="cpu", ddr_cap=_memory_bytes() // world)
+    topology = Topology(world_size=world, compute_device="cpu", ddr_cap=machine_memory() // world)
     sharders = [RowWiseBagSharder(), EmbeddingCollectionSharder()]
-    plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
-        ranker, sharders, dist.GroupMember.WORLD
-    )
+    try:
+        plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
+            ranker, sharders, dist.GroupMember.WORLD
+        )
+    except PlannerError as e:
+        raise ValueError(_no_plan(ranker, world, topology, e)) from None
     # One process needs no DistributedDataParallel around the dense part (it would only add
     # an all-reduce of every gradient with itself).
     model = DistributedModelParallel(

@@ -26,6 +26,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
+from features.batch import BatchCheck
 from features.schema import Schema
 from rankers.backbones.base import Embedded, Sequence
 
@@ -43,6 +44,13 @@ def _select(kjt: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTensor:
         return kjt
     index = {k: i for i, k in enumerate(kjt.keys())}
     return kjt.permute([index[k] for k in keys])
+
+
+def table_bytes(schema: Schema, embedding_dim: int, optimizer_state: bool = True) -> dict[str, int]:
+    """Bytes of each of `schema`'s tables: rows x D float32 weights, plus the fused rowwise Adagrad
+    state (one float32 per row) with `optimizer_state`."""
+    per_row = 4 * embedding_dim + (4 if optimizer_state else 0)
+    return {table: n * per_row for table, (n, _) in schema.tables().items()}
 
 
 def pad_sequence(values: torch.Tensor, lengths: torch.Tensor) -> Sequence:
@@ -80,6 +88,8 @@ class EmbeddingArch(nn.Module):
         if sequence_lookup not in SEQUENCE_LOOKUPS:
             raise ValueError(f"sequence_lookup {sequence_lookup!r}: expected one of {SEQUENCE_LOOKUPS}")
         self.field_names = tuple(f.name for f in schema.categorical)
+        # Validates a batch's ids against these tables before any kernel sees them (train, predict).
+        self.check = BatchCheck(schema)
         self.embedding_dim = embedding_dim
         self.sequence_lookup = sequence_lookup
         seq_tables = {s.table for s in schema.sequences}

@@ -17,7 +17,7 @@ Where it works, measured on CPU with gloo (tests/rankers/test_pipeline.py):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -29,10 +29,25 @@ from rankers._quiet import quiet_torchrec
 from rankers.ranker import Ranker
 
 
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A training loss that became NaN or infinite; a ValueError, so the CLI prints one line."""
+
+
+def check_loss(loss: torch.Tensor, where: str) -> None:
+    """Raises NonFiniteLossError naming `where` unless `loss` is finite (call before the optimizer
+    steps: the fused tables have already updated in backward, Adam has not)."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"training loss became {float(loss.detach())} at {where}; expected a finite loss "
+            "(lower the learning rates, or check the data for extreme dense values)"
+        )
+
+
 class SparseDistPipeline(TrainPipelineSparseDist[Batch, tuple[torch.Tensor, int]]):
     """TorchRec's pipeline over a DistributedModelParallel `model` of `ranker`: each `progress()`
-    trains one batch and returns (its loss, its rows). A non-finite loss raises before the
-    optimizer steps, naming the step with `where(i)` (i counts from 0)."""
+    trains one batch and returns (its loss, its rows). Each batch is validated as it is taken from
+    the iterator (`ranker.embedding.check`), before its ids are distributed, and a non-finite loss
+    raises before the optimizer steps; both name the step with `where(i)` (i counts from 0)."""
 
     def __init__(
         self,
@@ -43,7 +58,8 @@ class SparseDistPipeline(TrainPipelineSparseDist[Batch, tuple[torch.Tensor, int]
         where: Callable[[int], str] = str,
     ) -> None:
         self._loss: torch.Tensor | None = None
-        self._step, self._where = 0, where
+        self._step, self._fetched, self._where = 0, 0, where
+        self._check = ranker.embedding.check
 
         def forward(batch: Batch | None) -> tuple[torch.Tensor, Any]:
             assert batch is not None
@@ -59,11 +75,15 @@ class SparseDistPipeline(TrainPipelineSparseDist[Batch, tuple[torch.Tensor, int]
         with quiet_torchrec():
             super()._pipeline_model(*args, **kwargs)
 
+    def _next_batch(self, dataloader_iter: Iterator[Batch]) -> Batch | None:
+        batch = super()._next_batch(dataloader_iter)
+        if batch is not None:
+            self._check(batch, self._where(self._fetched))
+            self._fetched += 1
+        return batch
+
     def _optimizer_step(self) -> None:
         assert self._loss is not None
-        if not torch.isfinite(self._loss):  # stop before Adam takes the step, and before any other
-            raise FloatingPointError(
-                f"training loss became {float(self._loss.detach())} at {self._where(self._step)}"
-            )
+        check_loss(self._loss, self._where(self._step))  # before Adam takes the step, and any other
         self._step += 1
         super()._optimizer_step()

@@ -19,13 +19,14 @@ import pyarrow as pa
 import torch
 
 from features.batch import Batch
-from features.reader import ParquetBatches, find_schema, table_batches
+from features.dataset import FINGERPRINT_KEY, file_fingerprint
+from features.reader import ParquetBatches, find_schema, parquet_files, table_batches
 from features.schema import Schema
 from rankers._quiet import quiet_torchrec
 from rankers.bidding.calibration import Calibration
 from rankers.checkpoint import CheckpointDir
 from rankers.metrics import task_metrics
-from rankers.ranker import Ranker, RankerConfig, build_ranker
+from rankers.ranker import Ranker, build_ranker
 from rankers.train import predict
 
 Rows: TypeAlias = str | Path | pa.Table | Batch
@@ -50,6 +51,7 @@ class Predictor:
         prior: dict[str, float] | None = None,
         path: Path | None = None,
         calibration: Calibration | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self.ranker = ranker.eval()
         self.schema = schema
@@ -57,6 +59,8 @@ class Predictor:
         self.tasks = ranker.tasks
         self.path = path  # the checkpoint directory it was loaded from
         self.calibration = calibration  # fitted by `rankers calibrate` (rankers.bidding.calibration)
+        # of the training data (features.dataset.fingerprint): rows to score must carry the same
+        self.fingerprint = fingerprint
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
@@ -64,20 +68,19 @@ class Predictor:
         ckpt = CheckpointDir(path)
         ckpt.check()
         schema = Schema.load(ckpt.path)
-        config = ckpt.config()
-        try:
-            ranker_config = RankerConfig.from_dict(config["ranker"])
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{ckpt.path}/config.json: no valid 'ranker' entry ({e})") from e
+        settings = ckpt.settings()  # config.json, read strictly
         with quiet_torchrec():
-            ranker = build_ranker(schema, ranker_config, device=torch.device("cpu"))
+            ranker = build_ranker(schema, settings.ranker, device=torch.device("cpu"))
             ckpt.load_weights(ranker, no_dist=True)
-        return cls(ranker, schema, config.get("prior"), ckpt.path, Calibration.load(ckpt.path))
+        fingerprint = (ckpt.marker() or {}).get("data_fingerprint")
+        return cls(ranker, schema, settings.prior, ckpt.path, Calibration.load(ckpt.path), fingerprint)
 
     def _batches(self, rows: Rows, batch_size: int, labels: bool) -> Iterable[Batch]:
         if isinstance(rows, Batch):
             return [rows]
-        if isinstance(rows, pa.Table):
+        if isinstance(rows, pa.Table):  # read from a converted split, it keeps the files' fingerprint
+            theirs = (rows.schema.metadata or {}).get(FINGERPRINT_KEY)
+            self.check_fingerprint(None if theirs is None else theirs.decode(), "the pyarrow Table")
             return table_batches(rows, self.schema, batch_size, labels=labels)
         if isinstance(rows, (str, Path)):
             self._check_features(Path(rows))
@@ -86,9 +89,29 @@ class Predictor:
             f"rows of type {type(rows).__name__}: expected a parquet path, a pyarrow Table or a Batch"
         )
 
+    def check_fingerprint(self, theirs: str | None, where: str) -> None:
+        """Rows mapped with other vocabularies would score silently wrong: their fingerprint (of
+        the dataset they were converted into) must be the training data's."""
+        if self.fingerprint is None or theirs == self.fingerprint:
+            return
+        if theirs is None:
+            raise ValueError(
+                f"{where}: carries no dataset fingerprint, so its ids cannot be checked against the "
+                f"checkpoint's training data (fingerprint {self.fingerprint}); convert the rows with "
+                "`rankers convert ... --vocabulary-from` the training dataset"
+            )
+        raise ValueError(
+            f"{where}: dataset fingerprint {theirs}, but {self.path} was trained on data with fingerprint "
+            f"{self.fingerprint}: its ids come from other vocabularies (convert the rows with "
+            "--vocabulary-from the training dataset)"
+        )
+
     def _check_features(self, path: Path) -> None:
-        """Data converted with other vocabularies would score silently wrong: compare the data's own
-        schema.json (if it has one) with the checkpoint's features."""
+        """Data converted with other vocabularies would score silently wrong: every file's
+        fingerprint must be the training data's (`check_fingerprint`), and the data's own
+        schema.json (if it has one) must describe the checkpoint's features."""
+        for f in parquet_files(path):
+            self.check_fingerprint(file_fingerprint(f), str(f))
         try:
             theirs = find_schema(path)
         except ValueError:
@@ -111,7 +134,11 @@ class Predictor:
 
     def predict_proba(self, rows: Rows, batch_size: int = 65_536, raw: bool = False) -> dict[str, np.ndarray]:
         """Probability per task for every row, in row order (calibrated where the checkpoint holds a
-        calibration, unless `raw`). Label columns are not needed."""
+        calibration, unless `raw`). Label columns are not needed.
+
+        A hand-built `Batch` is checked as the reader checks parquet (ids within their tables,
+        finite dense values), and a non-finite output (a checkpoint with NaN weights) raises; both
+        as a ValueError naming the feature or the task (see `rankers.train.predict`)."""
         probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
         probs = {t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}
         return self._calibrate(probs, raw)
@@ -136,11 +163,11 @@ class Predictor:
     def iter_proba(
         self, rows: Rows, batch_size: int = 65_536, raw: bool = False
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Like `predict_proba`, one dict per batch, for inputs larger than memory."""
-        with torch.no_grad():
-            for batch in self._batches(rows, batch_size, labels=False):
-                out = self.ranker(batch)
-                yield self._calibrate({t: torch.sigmoid(v).numpy() for t, v in out.logits.items()}, raw)
+        """Like `predict_proba`, one dict per batch, for inputs larger than memory. Checked as
+        `predict_proba` is; a non-finite output's row is its index in that batch's dict."""
+        for batch in self._batches(rows, batch_size, labels=False):
+            probs, _, _ = predict(self.ranker, [batch])  # validates the batch and the outputs
+            yield self._calibrate(probs, raw)
 
 
 def _describe(rows: Rows) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -14,7 +15,7 @@ from features.batch import Batch
 from features.schema import Schema
 from rankers.backbones import PRESETS, Backbone, BackboneOutput, InputSpec, backbone_class
 from rankers.backbones.base import Embedded
-from rankers.embedding import SEQUENCE_LOOKUPS, EmbeddingArch, default_sequence_lookup
+from rankers.embedding import SEQUENCE_LOOKUPS, EmbeddingArch, default_sequence_lookup, table_bytes
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class RankerConfig:
                 f"preset {self.preset!r} with backbone {self.backbone!r}: expected '' or a preset of "
                 f"that backbone among {sorted(PRESETS)}"
             )
+        if isinstance(l2, bool) or not isinstance(l2, (int, float, type(None))):
+            raise ValueError(f"embedding_l2 {l2!r} must be a number >= 0 (or None: the preset's, else 0)")
         dim, l2 = 16 if dim is None else dim, 0.0 if l2 is None else float(l2)
         if type(dim) is not int or dim < 1:
             raise ValueError(f"embedding_dim {dim!r} must be an integer >= 1")
@@ -73,8 +76,9 @@ class RankerConfig:
         frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
         object.__setattr__(self, "backbone_config", frozen)
         for task, weight in self.task_weights:
-            if not weight >= 0 or weight == float("inf"):
-                raise ValueError(f"task weight {weight!r} for {task!r} must be finite and >= 0")
+            number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if not number or not 0 <= weight < float("inf"):
+                raise ValueError(f"task weight {weight!r} for {task!r} must be a finite number >= 0")
         self.make_backbone_config()
 
     def make_backbone_config(self) -> Any:
@@ -95,17 +99,35 @@ class RankerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RankerConfig:
-        return cls(
-            backbone=d["backbone"],
-            embedding_dim=d.get("embedding_dim"),
-            backbone_config=d.get("backbone_config", {}),
-            task_weights=tuple((t, float(w)) for t, w in d.get("task_weights", ())),
-            embedding_l2=d.get("embedding_l2"),
-            preset=d.get("preset", ""),
-            sequence_lookup=d.get("sequence_lookup", ""),
-            tasks=tuple(d.get("tasks", ())),
-        )
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json [ranker]") -> RankerConfig:
+        """The config `to_dict` wrote (a checkpoint's config.json [ranker]), read strictly: `backbone`
+        required, unknown keys refused, every value type-checked, `backbone_config` against the
+        backbone's config dataclass (and an ESMM tower's config against the tower's).
+
+        Raises:
+            ValueError: naming `where`, the key and the value.
+        """
+        from features.strict import check_fields, check_keys
+
+        check_keys(d, where, required=("backbone",), optional=None)
+        values = check_fields(cls, d, where)
+        try:
+            config_class = backbone_class(values["backbone"]).config_class
+        except ValueError as e:
+            raise ValueError(f"{where} backbone: {e}") from None
+        inner = f"{where} backbone_config"
+        given = check_fields(config_class, dict(values.get("backbone_config", ())), inner)
+        for tower in ("ctr", "cvr"):  # ESMM's towers: each one's fields against its own config class
+            if f"{tower}_config" in given:
+                try:
+                    tower_class = backbone_class(given.get(f"{tower}_tower", "mlp")).config_class
+                except ValueError:
+                    continue  # ESMMConfig refuses the name below
+                check_fields(tower_class, dict(given[f"{tower}_config"]), f"{inner} {tower}_config")
+        try:
+            return cls(**values | {"backbone_config": given})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -176,14 +198,24 @@ class Ranker(nn.Module):
         return total, per_task  # type: ignore[return-value]
 
 
-def build_ranker(schema: Schema, config: RankerConfig, device: torch.device | None = None) -> Ranker:
+def build_ranker(
+    schema: Schema, config: RankerConfig, device: torch.device | None = None, memory: int | None = None
+) -> Ranker:
     """The ranker for `schema`: tables on `device` (use `meta` before sharding), dense parts on CPU
-    (DistributedModelParallel moves them)."""
+    (DistributedModelParallel moves them).
+
+    Before allocating anything, refuses (ValueError naming the table or the dense part, the figure
+    and the memory) a ranker whose estimate (`memory_needed`) exceeds `memory` bytes, by default
+    this machine's memory: the training state when the tables are on `meta` (to be sharded and
+    trained), the weights alone elsewhere (inference).
+    """
     if not schema.tasks:
         raise ValueError("schema has no labels, so no tasks to train")
     unknown = sorted(set(config.tasks) - set(schema.tasks))
     if unknown:
         raise ValueError(f"tasks {unknown} are not the dataset's; its tasks: {schema.tasks}")
+    training = device is not None and torch.device(device).type == "meta"
+    _check_memory(schema, config, training, machine_memory() if memory is None else memory)
     cls = backbone_class(config.backbone)
     dim = config.embedding_dim
     assert dim is not None  # RankerConfig resolves it
@@ -195,6 +227,67 @@ def build_ranker(schema: Schema, config: RankerConfig, device: torch.device | No
         dict(config.task_weights),
         embedding_l2=config.embedding_l2 or 0.0,
     )
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_needed(schema: Schema, config: RankerConfig, training: bool = True) -> tuple[dict[str, int], int]:
+    """Estimated bytes of the ranker, nothing allocated: (table -> bytes, the dense part's bytes).
+    A table takes rows x D x 4, plus one float of rowwise Adagrad state per row with `training`; the
+    dense part is the backbone's parameters (counted on the `meta` device) x 4 bytes, x 16 with
+    `training` (the parameter, its gradient and Adam's two moments). Activations are not counted."""
+    assert config.embedding_dim is not None  # RankerConfig resolves it
+    spec = InputSpec.from_schema(schema, config.embedding_dim)
+    with torch.device("meta"):
+        backbone = backbone_class(config.backbone)(
+            spec, config.make_backbone_config(), config.tasks or schema.tasks
+        )
+    parameters = sum(p.numel() for p in backbone.parameters())
+    tables = table_bytes(schema, config.embedding_dim, optimizer_state=training)
+    return tables, parameters * (16 if training else 4)
+
+
+def _check_memory(schema: Schema, config: RankerConfig, training: bool, memory: int) -> None:
+    """Raises ValueError naming what of the ranker (`memory_needed`) exceeds `memory` bytes: a
+    table, the dense part, or else their sum."""
+    tables, dense = memory_needed(schema, config, training)
+    total = sum(tables.values()) + dense
+    if total <= memory:
+        return
+    have = f"more than the {format_bytes(memory)} of memory of this machine"
+    if dense > memory:
+        per = "16 bytes each with its gradient and Adam's two moments" if training else "4 bytes each"
+        raise ValueError(
+            f"the {config.backbone} backbone's dense part needs {format_bytes(dense)} "
+            f"({dense // (16 if training else 4):,} parameters, {per}), {have}; expected a smaller "
+            f"backbone_config {dict(config.backbone_config)}"
+        )
+    big = max(tables, key=tables.__getitem__)  # there are tables: the dense part alone fits
+    if tables[big] > memory:
+        state = " with its rowwise Adagrad state" if training else ""
+        raise ValueError(
+            f"table {big!r} ({schema.tables()[big][0]:,} rows x {config.embedding_dim}) needs "
+            f"{format_bytes(tables[big])}{state}, {have}; expected a smaller num_embeddings in schema.json "
+            "or embedding_dim"
+        )
+    need = "to train" if training else "for its weights"
+    raise ValueError(
+        f"the ranker needs {format_bytes(total)} {need} (tables {format_bytes(total - dense)}, the largest "
+        f"{big!r} {format_bytes(tables[big])}; dense part {format_bytes(dense)}), {have}; expected smaller "
+        "tables or backbone"
+    )
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in the largest decimal unit that keeps the figure >= 1: "1.7 TB"."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    raise AssertionError
 
 
 def _with_l2_penalty(out: BackboneOutput, x: Embedded, l2: float) -> BackboneOutput:

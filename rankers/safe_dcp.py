@@ -11,9 +11,11 @@ gets a one-line error naming it.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,27 @@ def verify(directory: Path) -> None:
         load_rng(rng)
 
 
+def check_sizes(directory: Path, meta: dcp_metadata.Metadata, state: dict[str, Any]) -> None:
+    """ValueError naming the first tensor of `state` whose saved size differs (a table by name)."""
+    for key, value in state.items():
+        saved = meta.state_dict_metadata.get(key)
+        if not isinstance(value, torch.Tensor) or not isinstance(saved, dcp_metadata.TensorStorageMetadata):
+            continue
+        want, have = tuple(value.size()), tuple(saved.size)
+        if want != have:
+            parts = key.split(".")
+            table = next(
+                (parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("embedding_bags", "embeddings")),
+                None,
+            )
+            what = f"table {table}" if table else f"parameter {key}"
+            saved_size, model_size = (" x ".join(f"{n:,}" for n in size) for size in (have, want))
+            raise ValueError(
+                f"{directory}: {what} is {saved_size} in the saved weights but {model_size} in this model "
+                "(its schema.json or config.json disagrees with the weights)"
+            )
+
+
 class SafeReader(FileSystemReader):
     """DCP's file reader with the restricted metadata unpickler and the shard-size check."""
 
@@ -142,7 +165,9 @@ def load(state: dict[str, Any], directory: Path, no_dist: bool = False) -> None:
     """`dcp.load` of `state` from `directory` through `SafeReader` and `SafePlanner`; the metadata
     and shard sizes are checked first, so a bad file fails here with its name (DCP would log a
     traceback and fall back to per-rank metadata, which rankers never writes)."""
-    check_shards(directory, read_metadata(directory / METADATA))
+    meta = read_metadata(directory / METADATA)
+    check_shards(directory, meta)
+    check_sizes(directory, meta, state)
     try:
         dcp.load(state, storage_reader=SafeReader(str(directory)), planner=SafePlanner(), no_dist=no_dist)
     except CheckpointException as e:  # DCP wraps each rank's error: report the first one
@@ -158,6 +183,31 @@ def load(state: dict[str, Any], directory: Path, no_dist: bool = False) -> None:
         raise ValueError(f"{directory}: cannot load the weights ({_first_line(cause)})") from None
     except (RuntimeError, OSError, AssertionError) as e:
         raise ValueError(f"{directory}: cannot load the weights ({_first_line(e)})") from None
+
+
+def save(state: dict[str, Any], directory: Path) -> None:
+    """`dcp.save` of `state` into `directory`; a failed write is an OSError naming the directory and
+    its cause (a full disk said as such: torch's writer reports it only as "unexpected pos")."""
+    try:
+        dcp.save(state, checkpoint_id=str(directory))
+    except CheckpointException as e:
+        raise write_error(next(iter(e.failures.values()))[0], directory) from None
+    except (OSError, RuntimeError) as e:
+        raise write_error(e, directory) from None
+
+
+def write_error(e: BaseException, path: Path) -> OSError:
+    """An OSError for a failed write of `path`: the OS error itself, or ENOSPC where the disk is
+    (nearly) full, else EIO with the writer's first line."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return OSError(e.errno, e.strerror or str(e), e.filename or str(path))
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 << 20:
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+    return OSError(errno.EIO, f"writing failed ({_first_line(e)})", str(path))
 
 
 def _first_line(e: BaseException) -> str:

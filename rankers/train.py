@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from features.batch import Batch
-from features.dataset import dataset_info
+from features.dataset import dataset_info, file_fingerprint
 from features.outputs import StagedOutput, staging_path
 from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
@@ -40,8 +40,9 @@ from rankers.distributed import (
     is_main,
     shard_ranker,
 )
+from rankers.embedding import EmbeddingArch
 from rankers.metrics import markdown_table, task_metrics
-from rankers.pipeline import SparseDistPipeline
+from rankers.pipeline import SparseDistPipeline, check_loss
 from rankers.ranker import Ranker, RankerConfig, build_ranker
 
 log = logging.getLogger(__name__)
@@ -143,18 +144,29 @@ def predict(
     model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     """Probabilities and labels per task over `batches` (model put in eval mode and back), and the
-    batches' user ids (for gAUC) when they carry them, else None."""
+    batches' user ids (for gAUC) when they carry them, else None.
+
+    Each batch is validated first (`EmbeddingArch.check`: ids within their tables, finite dense
+    values), and a non-finite output raises ValueError naming the task and the row (its index in
+    the returned arrays) instead of passing off a NaN probability.
+    """
     was_training = model.training
     model.eval()
+    check = _batch_check(model)
     probs: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[np.ndarray]] = {}
     groups: list[np.ndarray] = []
+    rows = 0
     total = len(batches) if isinstance(batches, Sized) else None
     with tqdm(total=total, unit="batch", desc=desc, disable=not progress, leave=False) as bar:
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            if check is not None:
+                check(batch, f"batch {i + 1}")
             out = model(batch)
             for t, logit in out.logits.items():
+                _check_output(t, logit, rows)
                 probs.setdefault(t, []).append(torch.sigmoid(logit.float()).numpy())
+            rows += len(batch)
             for t, y in batch.labels.items():
                 labels.setdefault(t, []).append(y.numpy())
             if batch.groups is not None:
@@ -165,6 +177,26 @@ def predict(
         {t: np.concatenate(v) for t, v in probs.items()},
         {t: np.concatenate(v) for t, v in labels.items()},
         np.concatenate(groups) if groups else None,
+    )
+
+
+def _batch_check(model: nn.Module) -> Callable[[Batch, str], None] | None:
+    """The batch check of the ranker inside `model` (plain, or wrapped by DistributedModelParallel)."""
+    return next((m.check for m in model.modules() if isinstance(m, EmbeddingArch)), None)
+
+
+def _check_output(task: str, logit: torch.Tensor, first_row: int) -> None:
+    """Raises ValueError naming `task` and the first row (counted from `first_row`) of a NaN or
+    infinite logit: a model with NaN weights must not pass off NaN probabilities."""
+    if not logit.numel():
+        return
+    low, high = torch.aminmax(logit.detach().float())
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return
+    row = int((~torch.isfinite(logit)).nonzero()[0])
+    raise ValueError(
+        f"task {task!r}: the model's output (logit) is {float(logit[row])} at row {first_row + row}, "
+        "expected finite values (are the checkpoint's weights NaN or infinite?)"
     )
 
 
@@ -198,14 +230,18 @@ def train_step(
     where: str = "",
     precision: str = "fp32",
 ) -> torch.Tensor:
-    """One optimizer step on `batch`; returns the loss. The fused tables update inside backward."""
+    """One optimizer step on `batch`; returns the loss. The fused tables update inside backward.
+
+    The batch is validated first (`EmbeddingArch.check`, ValueError naming the feature); a
+    non-finite loss raises `NonFiniteLossError` (a ValueError) before the optimizer steps.
+    """
+    ranker.embedding.check(batch, where or "this step")
     optimizer.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = model(batch)
     loss, _ = ranker.loss(out, batch.labels)
     loss.backward()
-    if not torch.isfinite(loss):  # stop before Adam takes the step, and before any other
-        raise FloatingPointError(f"training loss became {float(loss)} at {where or 'this step'}")
+    check_loss(loss, where or "this step")  # before Adam takes the step, and before any other
     optimizer.step()
     return loss
 
@@ -435,24 +471,40 @@ def train(
             ckpt.write_metrics(result)
             history = result["history"]
             ckpt.write_marker(
-                {"epochs": len(history), "best_epoch": result["best_epoch"], "processes": result["processes"]}
+                {
+                    "epochs": len(history),
+                    "best_epoch": result["best_epoch"],
+                    "processes": result["processes"],
+                    "data_fingerprint": result["data_fingerprint"],  # rows to score must carry it
+                }
             )
         barrier()
         if output is not None:
             output.commit()
             log.info("checkpoint complete: %s", final)
+    except OSError as e:  # name the output the user asked for, not its staging directory
+        _abort(output)
+        if e.filename and str(e.filename).startswith(str(ckpt.path)):
+            raise OSError(e.errno, e.strerror, str(final)) from None
+        raise
     except BaseException:
-        if output is not None:
-            output.keep_on_error = checkpoint.keep_unfinished(output)
-            if output.keep_on_error:
-                log.warning(
-                    "the unfinished run stays at %s: `rankers train --resume %s` continues it",
-                    ckpt.path,
-                    final,
-                )
-            output.abort()
+        _abort(output)
         raise
     return result
+
+
+def _abort(output: StagedOutput | None) -> None:
+    """Rank 0 removes what a failed run staged, or keeps it where it can be resumed."""
+    if output is None:
+        return
+    output.keep_on_error = checkpoint.keep_unfinished(output)
+    if output.keep_on_error:
+        log.warning(
+            "the unfinished run stays at %s: `rankers train --resume %s` continues it",
+            output.staging,
+            output.final,
+        )
+    output.abort()
 
 
 def _open_output(final: Path, overwrite: bool, resume: bool, data: Path) -> StagedOutput | None:
@@ -485,7 +537,9 @@ def _run(
             f"{data}: no train split (its splits: {', '.join(splits) or 'none'}); expected a dataset "
             "converted with labels (rows without labels are for `rankers predict`)"
         )
+    info = dataset_info(data)  # read strictly, before any work
     schema = find_schema(train_split)
+    reader_files = parquet_files(train_split)
     rank, world = dist.get_rank(), dist.get_world_size()
     if not is_main():
         config = replace(config, progress=False)
@@ -587,10 +641,11 @@ def _run(
         result[name] = evaluate_batches(model, r, prior, config.progress, name)
     result["warnings"] = _selection_warnings(result, monitor)
     for w in result["warnings"] if is_main() else ():
-        log.warning("warning: %s", w)
-    teacher = dataset_info(data).get("teacher")
+        log.warning("%s", w)
+    teacher = info.get("teacher")
     if teacher:
         result["teacher"] = teacher
+    result["data_fingerprint"] = file_fingerprint(reader_files[0])
     result["train_config"] = asdict(config)
     result["processes"] = world
     result["sharding_plan"] = plan

@@ -201,6 +201,11 @@ def test_vocabulary_from_maps_unlabeled_rows(converted: dict[int, Path], tmp_pat
     assert schema.labels == () and schema.categorical == Schema.load(converted[10]).categorical
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["unlabeled"]  # never train/valid/test
     assert dataset_info(out)["rows"] == {"unlabeled": 10_000}
+    # the same vocabularies, the same fingerprint (which a checkpoint checks); others differ
+    fingerprints = {m: dataset_info(converted[m])["fingerprint"] for m in converted}
+    assert dataset_info(out)["fingerprint"] == fingerprints[10] and len(set(fingerprints.values())) == len(
+        converted
+    )
     table = _split(out, "unlabeled")
     assert table.num_rows == 10_000 and "label" not in table.column_names
     vocab = _vocab(converted[10])

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import features.dataset
-from features.dataset import DATASET_FILE, DatasetWriter, dataset_info
+from features.dataset import DATASET_FILE, DatasetWriter, dataset_info, file_fingerprint, fingerprint
 from features.schema import SCHEMA_FILE, CategoricalFeature, DenseFeature, Label, Schema
 
 SCHEMA = Schema(
@@ -46,7 +46,7 @@ def test_writes_splits_schema_and_info(tmp_path: Path) -> None:
         w.write("train", _table(37, 5))
         w.write("valid", _table(42, 0))
         assert not out.exists()  # nothing is published before commit
-        assert w.commit({"converter": "test", "n": 3}, files={"extra.parquet": _table(0, 2)}) == out
+        assert w.commit({"converter": "test", "seconds": 3}, files={"extra.parquet": _table(0, 2)}) == out
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [SCHEMA_FILE, DATASET_FILE, "extra.parquet", "train", "valid", "test"]
     )
@@ -55,9 +55,13 @@ def test_writes_splits_schema_and_info(tmp_path: Path) -> None:
         "rows": {"train": 35, "valid": 0, "test": 7},
         "positives": {"train": {"label": 18}, "valid": {"label": 0}, "test": {"label": 3}},
         "warnings": ["split 'valid' is empty (0 rows)"],
+        "fingerprint": fingerprint(SCHEMA),
         "converter": "test",
-        "n": 3,
+        "seconds": 3,
     }
+    for split in ("train", "valid", "test"):  # every file carries it, the empty split's too
+        assert {file_fingerprint(f) for f in (out / split).glob("*.parquet")} == {fingerprint(SCHEMA)}
+    assert fingerprint(SCHEMA, {"seed": 1}) != fingerprint(SCHEMA) != fingerprint(SCHEMA, _table(0, 2))
     assert json.loads((out / DATASET_FILE).read_text())["rows"]["train"] == 35
     assert pq.read_table(out / "train")["row"].to_pylist() == [*range(30), *range(37, 42)]
     assert pq.read_table(out / "test")["row"].to_pylist() == list(range(30, 37))
@@ -185,18 +189,18 @@ def test_overwrite_replaces_out_only_at_commit(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     with DatasetWriter(out, SCHEMA) as w:
         w.write("train", _table(0, 5))
-        w.commit({"version": 1})
+        w.commit({"source": "v1"})
     with DatasetWriter(out, SCHEMA, overwrite=True) as w:
         w.write("train", _table(100, 3))
         assert pq.read_table(out / "train")["row"].to_pylist() == list(range(5))  # old one intact
-        w.commit({"version": 2})
-    assert dataset_info(out)["version"] == 2
+        w.commit({"source": "v2"})
+    assert dataset_info(out)["source"] == "v2"
     assert pq.read_table(out / "train")["row"].to_pylist() == [100, 101, 102]
     assert _leftovers(tmp_path) == []
     with pytest.raises(ValueError, match="x"), DatasetWriter(out, SCHEMA, overwrite=True) as w:
         w.write("train", _table(0, 1))
         raise ValueError("x")
-    assert dataset_info(out)["version"] == 2  # a failed overwrite keeps the existing dataset
+    assert dataset_info(out)["source"] == "v2"  # a failed overwrite keeps the existing dataset
     assert _leftovers(tmp_path) == []
 
 

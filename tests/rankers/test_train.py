@@ -243,17 +243,31 @@ def test_a_save_cut_between_renames_still_loads(synthetic_small: Path, tmp_path:
 
 @pytest.mark.shared_data
 def test_predictor_refuses_rows_mapped_with_other_vocabularies(
-    criteo_run: tuple[Path, dict], tmp_path: Path
+    criteo_run: tuple[Path, dict], criteo_8k_2k: Path, tmp_path: Path
 ) -> None:
     from features.criteo import CriteoConfig, convert_criteo
+    from features.dataset import dataset_info
     from tests.conftest import shared_file
 
     out, _ = criteo_run
+    predictor = Predictor.load(out)
     other = convert_criteo(
         shared_file("criteo/train_head10k.tsv"), tmp_path / "d", CriteoConfig(min_count=1), progress=False
     )
-    with pytest.raises(ValueError, match=r"schema\.json describes other features"):
-        Predictor.load(out).predict_proba(other / "test")
+    theirs = dataset_info(other)["fingerprint"]
+    assert theirs != predictor.fingerprint
+    ours_fp = predictor.fingerprint
+    message = f"dataset fingerprint {theirs}, but {out} was trained on data with fingerprint {ours_fp}"
+    with pytest.raises(ValueError, match=message):
+        predictor.predict_proba(other / "test")
+    # a file copied away from its dataset still carries its fingerprint: refused by it alone
+    alone = tmp_path / "alone.parquet"
+    shutil.copy(next((other / "test").glob("*.parquet")), alone)
+    with pytest.raises(ValueError, match=f"{alone}: {message}"):
+        predictor.predict_proba(alone)
+    ours = tmp_path / "ours.parquet"  # one of the training dataset's files, copied away: accepted
+    shutil.copy(next((criteo_8k_2k / "test").glob("*.parquet")), ours)
+    assert len(predictor.predict_proba(ours)["ctr"]) == pq.read_metadata(ours).num_rows
 
 
 @pytest.mark.shared_data
