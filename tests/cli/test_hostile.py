@@ -530,9 +530,21 @@ def test_2_a_second_writer_fails_at_once_naming_the_path_and_holder(
 def test_2_a_second_train_beside_a_running_one_names_its_pid(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Two concurrent trains into one --out: the second is refused at once naming the first, and
+    the first ends with one complete checkpoint."""
     out = env.out("ckpt")
     command = [sys.executable, "-m", "rankers", "train", "--data", str(env.data), "--out", str(out)]
-    command += ["--epochs", "50", "--batch-size", "512", "--hidden-units", "16", "--no-progress"]
+    command += [
+        "--epochs",
+        "3",
+        "--patience",
+        "0",
+        "--batch-size",
+        "512",
+        "--hidden-units",
+        "16",
+        "--no-progress",
+    ]
     log = env.tmp / "first.stderr"
     with open(log, "wb") as stderr:
         first = subprocess.Popen(
@@ -551,9 +563,13 @@ def test_2_a_second_train_beside_a_running_one_names_its_pid(
             time.sleep(0.1)
         second = Case(train_argv(env.data, out), (named(out), rf"\b{first.pid}\b"), (env.data,), within=15)
         refused(second, capsys)
+        assert first.wait(timeout=300) == 0, log.read_text()[-2000:]
+        assert (out / "checkpoint.json").is_file() and main(["evaluate", "--checkpoint", str(out)]) == 0
+        assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")) == []
     finally:
-        first.kill()
-        first.wait()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
 
 
 def failed_train_ids_beyond_table(env: Env) -> Case:
