@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import SHARED_DATA, load_average, record
 from benchmarks.readme import write_readme
-from features.dataset import DatasetWriter
+from features.dataset import DatasetWriter, dataset_info
 from features.reader import find_schema
 from features.schema import Schema
 from features.synthetic import SyntheticConfig, write_synthetic
@@ -66,7 +66,8 @@ def clicked_only(data: Path, out: Path) -> Path:
     conversion = next(lab for lab in schema.labels if lab.task == "cvr")
     cvr_schema = Schema(schema.dense, schema.categorical, schema.sequences, (conversion,), schema.group)
     click = next(lab.name for lab in schema.labels if lab.task == "ctr")
-    with DatasetWriter(out, cvr_schema, splits=("train", "valid")) as w:
+    same_ids = dataset_info(data)["fingerprint"]  # scored on the source's test split
+    with DatasetWriter(out, cvr_schema, splits=("train", "valid"), derived_from=same_ids) as w:
         for split in ("train", "valid"):
             table = pq.read_table(data / split)
             w.write(split, table.filter(pc.equal(table[click], 1)))

@@ -190,6 +190,31 @@ def _throughput(rows: list[dict[str, Any]]) -> str:
     return out
 
 
+def _batch_checks(rows: list[dict[str, Any]]) -> str:
+    """The API's batch checks against the MLP's training step."""
+    share = statistics.median(r["share"] for r in rows)
+    table = [
+        {
+            "repeat": r["repeat"],
+            "check per 4096-row batch": f"{r['check_us']:,.0f} us",
+            "MLP training step": f"{r['step_ms']:.1f} ms",
+            "share": f"{r['share']:.2%}",
+            "load before/after": f"{r['load_before']:.2f} / {r['load_after']:.2f}",
+        }
+        for r in rows
+    ]
+    cols = ["repeat", "check per 4096-row batch", "MLP training step", "share", "load before/after"]
+    return (
+        "## Batch checks\n\n"
+        "Every batch the Predictor, training and evaluation take is checked as the parquet reader\n"
+        "checks files (ids within their tables, finite dense values: `features.batch.BatchCheck`).\n"
+        f"Its median cost is {share:.2%} of the MLP's training step (target under 2%): the check\n"
+        "alone on freshly read batches, against whole training steps (which include it) of the\n"
+        "MLP at the throughput shapes, batch 4096.\n\n"
+        f"{_header(rows)}Data: {rows[0]['dataset']}\n\n" + markdown_table(table, cols) + "\n"
+    )
+
+
 def _ceilings(rows: list[dict[str, Any]]) -> str:
     table = [
         {
@@ -285,6 +310,65 @@ def _sequences(rows: list[dict[str, Any]]) -> str:
         cols = ["model", "precision", "training loop", "load before / after", "peers and target"]
         out += f"Throughput: {speed[0]['dataset']}.  \n{_header(speed)}\n{markdown_table(table, cols)}\n"
     return out
+
+
+# Test AUC before model selection weighed LogLoss (benchmarks/README.md at git bc1fe3b: quality.py
+# with 5 seeds on Criteo, sequences.py with 3 on UserBehavior), the reference of the selection table.
+SELECTION_BEFORE = {
+    ("criteo_head10k", "mlp"): 0.7353,
+    ("criteo_head10k", "autoint"): 0.7275,
+    ("criteo_head10k", "autoint_plus"): 0.7291,
+    ("criteo_head10k", "finalmlp"): 0.7327,
+    ("userbehavior_650users", "mlp (no history)"): 0.6182,
+    ("userbehavior_650users", "din"): 0.6628,
+    ("userbehavior_650users", "din (softmax)"): 0.7809,
+    ("userbehavior_650users", "dien"): 0.7909,
+}
+
+
+def _selection(rows: list[dict[str, Any]]) -> str:
+    """Per dataset, model and variant (its latest run): test AUC and LogLoss against the prior's."""
+    rs = [r for r in rows if r.get("benchmark") == "selection"]
+    last = {(r["dataset"], r["model"], r["variant"]): r["run"] for r in rs}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rs:
+        if last[(r["dataset"], r["model"], r["variant"])] == r["run"]:
+            groups[(r["dataset"], r["model"], r["variant"])].append(r)
+    table = []
+    for (dataset, model, variant), g in groups.items():
+        aucs, lls = [r["auc"] for r in g], [r["logloss"] for r in g]
+        sd = f" ± {statistics.stdev(aucs):.4f}" if len(aucs) > 1 else ""
+        before = SELECTION_BEFORE.get((dataset, model))
+        table.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "variant": variant,
+                "seeds": len(g),
+                "test AUC": f"{statistics.mean(aucs):.4f}{sd}",
+                "AUC - before": None if before is None else statistics.mean(aucs) - before,
+                "test LogLoss": statistics.mean(lls),
+                "prior LogLoss": g[0]["prior_logloss"],
+                "below prior": f"{sum(r['logloss'] < r['prior_logloss'] for r in g)} of {len(g)}",
+                "best epochs": ", ".join(str(r["best_epoch"]) for r in g),
+            }
+        )
+    table.sort(key=lambda r: (r["dataset"], r["model"], r["variant"]))
+    cols = ["dataset", "model", "variant", "seeds", "test AUC", "AUC - before", "test LogLoss"]
+    cols += ["prior LogLoss", "below prior", "best epochs"]
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for g in groups.values():
+        runs[g[0]["run"]] += g
+    headers = "".join(f"{_header(r)}" for r in runs.values())
+    intro = (
+        "## Model selection (benchmarks/selection.py)\n\n"
+        "Which validation score selects the epoch (`--monitor-metric`), and which regularisation, so\n"
+        "that the selected model's test LogLoss is below the constant prior's. Criteo head10k (first\n"
+        "7.2k rows train, 0.8k valid, last 2k test) and UserBehavior's 650 users (by day), each with\n"
+        "its benchmark's shapes and settings; `AUC - before` is against the test AUC these models had\n"
+        "when the epoch was chosen by AUC alone (quality.py, sequences.py at git bc1fe3b).\n\n"
+    )
+    return intro + headers + "\n" + markdown_table(table, cols) + "\n"
 
 
 def _real_row(dataset: str, model: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -591,8 +675,13 @@ def write_readme() -> Path:
         parts.append(_ceilings(ceilings))
     if throughput:
         parts.append(_throughput(throughput))
+    checks = _latest_run(rows, "batchcheck-")
+    if checks:
+        parts.append(_batch_checks(checks))
     if any(str(r.get("run", "")).startswith("sequences-") for r in rows):
         parts.append(_sequences(rows))
+    if any(r.get("benchmark") == "selection" for r in rows):
+        parts.append(_selection(rows))
     if any(str(r.get("run", "")).startswith("esmm-") for r in rows):
         parts.append(_esmm(rows))
     if any(str(r.get("run", "")).startswith("scaling-") for r in rows):

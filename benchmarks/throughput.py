@@ -73,6 +73,37 @@ def bare_step_examples_per_s(
     return steps * 4096 / (time.perf_counter() - t0)
 
 
+def batch_check_cost(data: Path, ranker_config: RankerConfig, steps: int = 30) -> tuple[float, float]:
+    """(seconds of the Batch check alone, seconds of a whole training step that includes it) per
+    4096-row batch: the medians over `steps` steps on 10 batches held in memory, each batch built
+    afresh (a KJT caches its per-key lengths once computed) so the check pays for them."""
+    import statistics
+
+    from features.batch import BatchCheck
+
+    torch.manual_seed(0)
+    single_process_group()
+    schema = Schema.load(data)
+    ranker = build_ranker(schema, ranker_config, device=torch.device("meta"))
+    model, optimizer = shard_ranker(ranker, lr=1e-3, weight_decay=0.0, embedding_lr=0.05)
+    check = BatchCheck(schema)
+    files = ParquetBatches(data / "train", batch_size=4096)
+    tables = [b for _, b in zip(range(10), files, strict=False)]
+    for b in tables[:3]:
+        train_step(model, ranker, optimizer, b)
+    fresh = [b for _, b in zip(range(steps), ParquetBatches(data / "train", batch_size=4096), strict=False)]
+    check_s, step_s = [], []
+    for b in fresh:
+        t0 = time.perf_counter()
+        check(b)
+        check_s.append(time.perf_counter() - t0)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        train_step(model, ranker, optimizer, tables[i % len(tables)])
+        step_s.append(time.perf_counter() - t0)
+    return statistics.median(check_s), statistics.median(step_s)
+
+
 def dense_flops_per_example(data: Path, ranker_config: RankerConfig) -> float:
     """Matmul FLOPs of the backbone's forward and backward per example (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -163,13 +194,33 @@ def train_throughput(
                 )
 
 
+def batch_checks(data: Path, repeats: int, common: dict, command: str) -> None:
+    """The API's batch checks (ids within their tables, finite dense values) against the MLP's
+    training step, `repeats` times (a run of its own: `--only checks`)."""
+    torch.set_num_threads(2)
+    run = f"batchcheck-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    for i in range(repeats):
+        load = load_average()
+        check_s, step_s = batch_check_cost(data, MODELS["mlp"])
+        print(f"batch check: {check_s * 1e6:,.0f} us of a {step_s * 1e3:.1f} ms MLP step", flush=True)
+        row = {"check_us": check_s * 1e6, "step_ms": step_s * 1e3, "share": check_s / step_s}
+        row |= {"load_before": load, "load_after": load_average(), "repeat": i}
+        record({**common, "run": run, "benchmark": "batch_check", "model": "mlp", **row}, command)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3, help="training measurements (median reported)")
-    parser.add_argument("--only", choices=["reader", "convert", "train"], action="append")
+    parser.add_argument(
+        "--only",
+        choices=["reader", "convert", "train", "checks"],
+        action="append",
+        help="measure only these (repeatable); default reader, convert and train; checks: the batch "
+        "checks' share of the MLP step (a run of its own)",
+    )
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated, of fp32, bf16")
     args = parser.parse_args()
@@ -228,6 +279,8 @@ def main() -> None:
             )
         if "train" in only:
             train_throughput(data, work, models, precisions, args.repeats, common, command)
+        if "checks" in only:
+            batch_checks(data, args.repeats, common, command)
     write_readme()
 
 

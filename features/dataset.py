@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -63,6 +64,8 @@ class DatasetWriter:
         inputs: the files the conversion reads; `out` must be apart from each.
         identity: what gives the ids their meaning, for the fingerprint: the vocabulary table
             (feature, value, id), or the settings that generated the ids; None: the schema alone.
+        derived_from: the fingerprint of the dataset this one's rows were taken from (its ids
+            mean the same), kept instead of a new one.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class DatasetWriter:
         rows_per_file: int = 4_194_304,
         inputs: Iterable[str | Path | None] = (),
         identity: pa.Table | dict[str, Any] | None = None,
+        derived_from: str | None = None,
     ) -> None:
         if rows_per_file < 1:
             raise ValueError(f"rows_per_file {rows_per_file} must be >= 1")
@@ -82,7 +86,7 @@ class DatasetWriter:
         )
         self.out = self.output.final
         self.schema = schema
-        self.fingerprint = fingerprint(schema, identity)
+        self.fingerprint = derived_from or fingerprint(schema, identity)
         self.rows_per_file = rows_per_file
         self.tmp = self.output.fresh_directory()
         self.rows = {s: 0 for s in splits}
@@ -196,14 +200,31 @@ def fingerprint(schema: Schema, identity: pa.Table | dict[str, Any] | None = Non
     and id columns of a vocabulary table, or settings as canonical JSON)."""
     h = hashlib.sha256(schema.without_labels().to_json().encode())
     if isinstance(identity, pa.Table):
-        for name in [
-            c for c in ("feature", "value", "id") if c in identity.column_names
-        ] or identity.column_names:
+        names = [c for c in ("feature", "value", "id") if c in identity.column_names]
+        for name in names or identity.column_names:
             h.update(name.encode() + b"\0")
-            h.update("\0".join(map(str, identity[name].to_pylist())).encode())
+            _hash_column(h, identity[name])
     elif identity is not None:
         h.update(json.dumps(identity, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def _hash_column(h: Any, column: pa.ChunkedArray) -> None:
+    """Adds a column's values to `h` without a Python loop over them: numbers as int64 or float64
+    bytes, anything else as text, its offsets (from 0) and bytes; independent of how the column
+    is chunked."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+        wide = np.float64 if pa.types.is_floating(array.type) else np.int64
+        h.update(array.to_numpy(zero_copy_only=False).astype(wide).tobytes())
+        return
+    if not (pa.types.is_binary(array.type) or pa.types.is_string(array.type)):
+        array = array.cast(pa.string())
+    text = array.cast(pa.large_binary())
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + len(text) + 1]
+    if len(text):
+        h.update((offsets - offsets[0]).tobytes())
+        h.update(memoryview(text.buffers()[2])[offsets[0] : offsets[-1]])
 
 
 def file_fingerprint(path: str | Path) -> str | None:

@@ -83,10 +83,17 @@ def is_ours(path: Path, kind: str) -> bool:
     if kind == "dataset":
         return path.is_dir() and (path / "dataset.json").is_file() and (path / "schema.json").is_file()
     if kind == "checkpoint":
-        return path.is_dir() and (path / CHECKPOINT_MARKER).is_file()
+        return path.is_dir() and ((path / CHECKPOINT_MARKER).is_file() or is_legacy_checkpoint(path))
     if kind == "predictions":
         return path.is_file() and _parquet_kind(path) == b"predictions"
     raise ValueError(f"output kind {kind!r}: expected one of {KINDS}")
+
+
+def is_legacy_checkpoint(path: Path) -> bool:
+    """A checkpoint written before checkpoint.json existed: then metrics.json was written last, so
+    with it the directory is complete."""
+    files = ("config.json", "schema.json", "metrics.json", "weights/.metadata")
+    return not (path / CHECKPOINT_MARKER).exists() and all((path / f).is_file() for f in files)
 
 
 def _parquet_kind(path: Path) -> bytes | None:
@@ -105,13 +112,13 @@ def check_replaceable(final: Path, kind: str, overwrite: bool, flag: str = "--ou
         return
     if not is_ours(final, kind):
         what = "a directory" if final.is_dir() else "a file"
-        marker = {
-            "dataset": "dataset.json and schema.json",
-            "checkpoint": CHECKPOINT_MARKER,
-            "predictions": "parquet metadata from `rankers predict`",
+        expected = {
+            "dataset": "a dataset directory (with dataset.json and schema.json)",
+            "checkpoint": f"a checkpoint directory (with {CHECKPOINT_MARKER})",
+            "predictions": "a predictions file (parquet written by `rankers predict`)",
         }[kind]
         raise ValueError(
-            f"{flag} {final} is {what} that rankers did not write as a {kind} (no {marker}); refusing to "
+            f"{flag} {final} is {what} that rankers did not write (expected {expected}); refusing to "
             "replace it, with or without --overwrite (choose another path)"
         )
     if not overwrite:
@@ -153,6 +160,7 @@ class OutputLock:
         self.fd: int | None = fd
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         me["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]
+        os.ftruncate(fd, 0)  # a longer holder left by a killed process must not remain
         os.pwrite(fd, json.dumps(me).encode(), 0)
 
     def release(self) -> None:
@@ -164,10 +172,15 @@ class OutputLock:
 
 
 def _describe_holder(path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        holder = {}
+    holder: dict = {}
+    for _ in range(20):  # the holder writes who it is just after it took the lock
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if holder:
+            break
+        time.sleep(0.01)
     if not holder:
         return "holder unknown"
     since, command = holder.get("since"), holder.get("command")
@@ -183,13 +196,15 @@ def publish(staging: Path, final: Path) -> None:
     if not os.path.lexists(final):
         os.rename(staging, final)
         return
-    if _exchange(staging, final):
-        shutil.rmtree(staging)  # the old output, now at the staging path
-        return
-    old = final.with_name(f".{final.name}.old")  # no atomic exchange here: two renames
+    old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
-    os.rename(final, old)
-    os.rename(staging, final)
+    if _exchange(staging, final):
+        # The old output is now at the staging path: moved on before it is removed, so a kill
+        # during the removal never leaves a half-removed old output where a run is looked for.
+        os.rename(staging, old)
+    else:  # no atomic exchange here: two renames
+        os.rename(final, old)
+        os.rename(staging, final)
     shutil.rmtree(old)
 
 
@@ -240,13 +255,17 @@ class StagedOutput:
             raise ValueError(f"output kind {kind!r}: expected one of {KINDS}")
         self.final = Path(os.path.abspath(final))
         check_apart(self.final, paths_of(inputs), flag)
-        check_replaceable(self.final, kind, overwrite, flag)
-        self.kind, self.overwrite = kind, overwrite
+        self.kind, self.overwrite, self.flag = kind, overwrite, flag
         self.staging = staging_path(self.final)
         self.keep_on_error = False
         self.copied_progress: bytes | None = None  # set by a resumed run that continues a copy
-        self._lock: OutputLock | None = OutputLock(self.final)
+        self._lock: OutputLock | None = OutputLock(self.final)  # then what is there cannot change
         self.committed = False
+        try:
+            check_replaceable(self.final, kind, overwrite, flag)
+        except BaseException:
+            self.release()
+            raise
 
     def fresh_directory(self) -> Path:
         """An empty staging directory (whatever an earlier, dead writer left there is removed)."""
@@ -256,7 +275,7 @@ class StagedOutput:
 
     def commit(self) -> Path:
         """Publishes the staged output at `final` and releases the lock."""
-        check_replaceable(self.final, self.kind, self.overwrite)  # nothing else appeared meanwhile
+        check_replaceable(self.final, self.kind, self.overwrite, self.flag)  # nothing else appeared
         publish(self.staging, self.final)
         self.committed = True
         self.release()

@@ -176,10 +176,13 @@ def build(cls: type, values: object, where: str) -> Any:
         raise ValueError(f"{where}: {e}") from None
 
 
-def read_json(path: str | Path) -> Any:
-    """The parsed content of the JSON file `path`; ValueError naming the file if it cannot be read or
-    is not JSON."""
+def read_json(path: str | Path, what: str = "") -> Any:
+    """The parsed content of the JSON file `path`; ValueError naming the file (and `what` it should
+    be) if it is missing, cannot be read or is not JSON."""
+    expected = f"; expected {what}" if what else ""
     try:
         return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing{expected}") from None
     except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-        raise ValueError(f"{path}: cannot read it as JSON ({e})") from None
+        raise ValueError(f"{path}: cannot read it as JSON ({e}){expected}") from None

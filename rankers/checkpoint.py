@@ -35,9 +35,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from features.outputs import CHECKPOINT_MARKER, StagedOutput, remove, staging_path
+from features.outputs import CHECKPOINT_MARKER, StagedOutput, is_legacy_checkpoint, remove, staging_path
 from features.schema import SCHEMA_FILE, Schema
-from features.strict import build, check_keys, check_value
+from features.strict import build, check_keys, check_value, read_json
 from rankers import safe_dcp
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ class CheckpointDir:
         state_dir = self.state_dir()
         if state_dir is None:
             raise ValueError(f"{self.path}: no {STATE_DIR}/ to resume from (train with --checkpoint-every)")
-        progress = safe_dcp.read_json(state_dir / PROGRESS_FILE, "the progress of a resumable run")
+        progress = read_json(state_dir / PROGRESS_FILE, "the progress of a resumable run")
         world = dist.get_world_size() if dist.is_initialized() else 1
         saved_by = progress.get("processes", 1)
         if saved_by != world and progress["step"]:
@@ -239,18 +239,24 @@ class CheckpointDir:
 
     def marker(self) -> dict[str, Any] | None:
         path = self.path / CHECKPOINT_MARKER
-        return safe_dcp.read_json(path, "a checkpoint's marker") if path.is_file() else None
+        return read_json(path, "a checkpoint's marker") if path.is_file() else None
 
     def check(self) -> None:
         """ValueError naming the first file a complete checkpoint directory lacks."""
         if not self.path.is_dir():
-            partial = staging_path(self.path)
-            hint = f" ({partial} holds an unfinished run: --resume {self.path} continues it)"
-            raise ValueError(
-                f"{self.path}: not a directory (expected a checkpoint directory)"
-                + (hint if (partial / STATE_DIR).is_dir() else "")
+            partial = unfinished_run(self.path)
+            hint = (
+                f" ({partial} holds an unfinished run: --resume {self.path} continues it)" if partial else ""
             )
-        if not (self.path / CHECKPOINT_MARKER).is_file():
+            raise ValueError(f"{self.path}: not a directory (expected a checkpoint directory){hint}")
+        if is_legacy_checkpoint(self.path):
+            log.warning(
+                "%s: written before %s existed; taken as complete because its metrics.json (then "
+                "written last) is there",
+                self.path,
+                CHECKPOINT_MARKER,
+            )
+        elif not (self.path / CHECKPOINT_MARKER).is_file():
             raise ValueError(
                 f"{self.path}: missing {CHECKPOINT_MARKER}, which `rankers train` writes last: not a "
                 "complete checkpoint (the run did not finish, or this is not a checkpoint directory)"
@@ -268,7 +274,7 @@ class CheckpointDir:
         return checkpoint_config(self.config(), str(self.path / CONFIG_FILE))
 
     def config(self) -> dict[str, Any]:
-        config = safe_dcp.read_json(self.path / CONFIG_FILE, "a checkpoint's config")
+        config = read_json(self.path / CONFIG_FILE, "a checkpoint's config")
         if not isinstance(config, dict):
             what = type(config).__name__
             raise ValueError(f"{self.path / CONFIG_FILE}: expected a JSON object, got {what}")
@@ -276,7 +282,7 @@ class CheckpointDir:
 
     def metrics(self) -> dict[str, Any]:
         path = self.path / METRICS_FILE
-        return safe_dcp.read_json(path, "a checkpoint's metrics") if path.is_file() else {}
+        return read_json(path, "a checkpoint's metrics") if path.is_file() else {}
 
 
 def git_sha() -> str | None:
@@ -290,6 +296,29 @@ def git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# What a finished checkpoint hands to a run that trains it further: its calibration was fitted to
+# the old weights (calibrate again), and checkpoint.json is written when the new run is complete.
+_NOT_CARRIED = (CHECKPOINT_MARKER, "calibration.json", "calibration.md", "calibration.png")
+
+
+def _copy_to_train_further(source: Path, staging: Path) -> None:
+    """Copies the finished checkpoint `source` to `staging` (whole or not at all: through a
+    temporary sibling), leaving out `_NOT_CARRIED`."""
+    tmp = staging.with_name(staging.name + ".copy")
+    remove(tmp)
+    try:
+        shutil.copytree(source, tmp, ignore=lambda d, names: [n for n in names if n in _NOT_CARRIED])
+        remove(staging)
+        tmp.rename(staging)
+    except BaseException:
+        remove(tmp)
+        raise
+    if (source / "calibration.json").is_file():
+        log.warning(
+            "%s: its calibration is not carried into the further-trained run: calibrate again", source
+        )
 
 
 def _progress_bytes(directory: Path) -> bytes | None:
@@ -329,7 +358,7 @@ def finished(final: str | Path, epochs: int | None = None) -> str | None:
     marker, own = ckpt.marker() or {}, ckpt.settings().train.epochs
     trained, best = marker.get("epochs"), marker.get("best_epoch")
     state = ckpt.state_dir()
-    progress = safe_dcp.read_json(state / PROGRESS_FILE, "the progress of a run") if state else {}
+    progress = read_json(state / PROGRESS_FILE, "the progress of a run") if state else {}
     if progress.get("stopped"):
         return (
             f"{final}: the run is finished: it stopped at epoch {trained} (early stopping or max_steps; "
@@ -373,9 +402,7 @@ def open_run(final: Path, overwrite: bool, resume: bool, inputs: list[Path]) -> 
                 state = CheckpointDir(source).state_dir()
                 assert state is not None  # resume_dir found it
                 safe_dcp.verify(state)  # a bad file is named where the user has it, not in the copy
-                remove(output.staging)
-                shutil.copytree(source, output.staging)
-                remove(output.staging / CHECKPOINT_MARKER)  # complete again only at the end
+                _copy_to_train_further(source, output.staging)
                 output.copied_progress = _progress_bytes(output.staging)
         elif unfinished is not None and not overwrite:
             raise ValueError(

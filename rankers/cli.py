@@ -345,12 +345,13 @@ def _predict(args: argparse.Namespace) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from features.outputs import PREDICTIONS_KEY, StagedOutput
+    from features.outputs import PREDICTIONS_KEY, StagedOutput, check_apart
     from rankers.predictor import Predictor
 
+    check_apart(args.out, [args.checkpoint, args.data])  # before anything else is said of --out
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a directory; expected the parquet file to write")
     with StagedOutput(args.out, "predictions", args.overwrite, inputs=[args.checkpoint, args.data]) as out:
-        if out.final.is_dir():
-            raise ValueError(f"--out {args.out} is a directory; expected the parquet file to write")
         predictor = Predictor.load(args.checkpoint)
         probs = predictor.predict_proba(args.data, raw=args.raw)
         meta = {
@@ -376,19 +377,21 @@ def _calibrate(args: argparse.Namespace) -> None:
     from rankers.checkpoint import CheckpointDir
     from rankers.predictor import Predictor
 
-    predictor = Predictor.load(args.checkpoint)
-    data = Path(CheckpointDir(args.checkpoint).settings().data)
-    valid = Path(args.valid) if args.valid else data / "valid"
-    test = Path(args.test) if args.test else (data / "test" if (data / "test").is_dir() else None)
-    check_apart(args.checkpoint, [valid, test], flag="--checkpoint")  # it writes into the checkpoint
-    # `rankers demo` passes only the fields above; the check's options keep calibrate's defaults there
-    check = ("folds", "min_positives", "min_negatives", "force")
-    options = {k: getattr(args, k) for k in check if hasattr(args, k)}
-    # a refused calibration raises here, before anything is written into the checkpoint
-    calibration, report = calibrate(predictor, valid, test, args.method, args.bins, **options)
     out = Path(args.checkpoint)
-    lock = OutputLock(out)  # one writer: not while a run replaces this checkpoint, nor a second calibrate
+    # One writer: not while a run replaces this checkpoint (the map would fit the old weights), nor
+    # beside a second calibrate; held from before the model is loaded until the files are saved.
+    lock = OutputLock(out)
     try:
+        predictor = Predictor.load(out)
+        data = Path(CheckpointDir(out).settings().data)
+        valid = Path(args.valid) if args.valid else data / "valid"
+        test = Path(args.test) if args.test else (data / "test" if (data / "test").is_dir() else None)
+        check_apart(out, [valid, test], flag="--checkpoint")  # it writes into the checkpoint
+        # `rankers demo` passes only the fields above; the check's options keep calibrate's defaults
+        check = ("folds", "min_positives", "min_negatives", "force")
+        options = {k: getattr(args, k) for k in check if hasattr(args, k)}
+        # a refused calibration raises here, before anything is written into the checkpoint
+        calibration, report = calibrate(predictor, valid, test, args.method, args.bins, **options)
         calibration.save(out)
         text = report_markdown(report)
         (out / "calibration.md").write_text(text)
@@ -560,7 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing checkpoint directory at --out"
     )
-    add_dataclass_flags(p, TrainConfig)
+    train_helps = {
+        "monitor": "task whose validation score selects the epoch (one of the dataset's tasks, e.g. ctr, "
+        "cvr, ctcvr); default: the model's first task",
+        "monitor_metric": "validation score that selects the epoch: auc-logloss (AUC minus LogLoss), "
+        "auc, or logloss (the one to use when validation has one class); default auc-logloss",
+        "lr_decay": "on an epoch without a better validation score, go back to the best weights and "
+        "multiply both learning rates by this, in (0, 1] (1: neither); default 0.1",
+        "patience": "stop after this many epochs without a better validation score (0: never); default 2",
+    }
+    add_dataclass_flags(p, TrainConfig, helps=train_helps)
     add_shared_flags(p, {name: cls.config_class for name, cls in BACKBONES.items()})
     p.set_defaults(func=_train)
 
@@ -645,24 +657,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpa, roas --roas and --value, shading --auction first_price)",
     )
     p.add_argument(
-        "--budget", type=float, default=1 / 8, help="per episode, as a share of its traffic's cost"
+        "--budget",
+        type=float,
+        default=1 / 8,
+        help="budget per episode, as a share of what buying all its traffic would cost (> 0); default 0.125",
     )
     p.add_argument(
         "--cpa", type=float, help="target cost per conversion (click): agent cpa, AuctionNet score"
     )
     p.add_argument("--roas", type=float, help="target value won per unit spent (agent roas; needs --value)")
-    p.add_argument("--auction", choices=["second_price", "first_price"], default="second_price")
-    p.add_argument("--goal", choices=["click", "conversion"], help="with --predictor; default click")
+    p.add_argument(
+        "--auction",
+        choices=["second_price", "first_price"],
+        default="second_price",
+        help="a win pays the market price (second_price) or the bid (first_price); default second_price",
+    )
+    p.add_argument(
+        "--goal",
+        choices=["click", "conversion"],
+        help="with --predictor: the value bid on, P(click) or P(conversion) (ctcvr, or ctr x cvr); "
+        "default click",
+    )
     p.add_argument("--episode-length", type=int, help="rows per episode, with --predictor; default 1000")
-    p.add_argument("--cap", type=float, default=float("inf"), help="highest bid")
+    p.add_argument("--cap", type=float, default=float("inf"), help="highest bid (> 0); default no cap")
     p.add_argument("--value", type=float, help="money per conversion (click): ROI, and agent roas")
     from rankers.bidding.evaluate import MarketModel
 
     m, market = MarketModel(), "with --predictor, the log-normal market model's"
-    p.add_argument("--market-median", type=float, help=f"{market} median price per impression ({m.median:g})")
-    p.add_argument("--market-sigma", type=float, help=f"{market} spread of the log price ({m.sigma:g})")
-    p.add_argument("--market-corr", type=float, help=f"{market} correlation with true value ({m.corr:g})")
-    p.add_argument("--market-seed", type=int, help=f"{market} noise seed ({m.seed})")
+    p.add_argument(
+        "--market-median",
+        type=float,
+        help=f"{market} median price per impression (> 0); default {m.median:g}",
+    )
+    p.add_argument(
+        "--market-sigma", type=float, help=f"{market} spread of the log price (>= 0); default {m.sigma:g}"
+    )
+    p.add_argument(
+        "--market-corr",
+        type=float,
+        help=f"{market} correlation with true value, in [-1, 1]; default {m.corr:g}",
+    )
+    p.add_argument("--market-seed", type=int, help=f"{market} noise seed (>= 0); default {m.seed}")
     p.set_defaults(func=_bid)
 
     p = sub.add_parser("predict", help="probabilities per task for new rows")

@@ -80,7 +80,12 @@ class Predictor:
             return [rows]
         if isinstance(rows, pa.Table):  # read from a converted split, it keeps the files' fingerprint
             theirs = (rows.schema.metadata or {}).get(FINGERPRINT_KEY)
-            self.check_fingerprint(None if theirs is None else theirs.decode(), "the pyarrow Table")
+            self.check_fingerprint(
+                None if theirs is None else theirs.decode(),
+                "the pyarrow Table (a table read from a converted split keeps its files' fingerprint; "
+                "one built otherwise states its ids are the training data's by carrying that fingerprint "
+                f"in its schema metadata, key {FINGERPRINT_KEY.decode()!r})",
+            )
             return table_batches(rows, self.schema, batch_size, labels=labels)
         if isinstance(rows, (str, Path)):
             self._check_features(Path(rows))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import pickle
 import shutil
 from pathlib import Path
@@ -109,9 +108,18 @@ def verify(directory: Path) -> None:
         load_rng(rng)
 
 
-def check_sizes(directory: Path, meta: dcp_metadata.Metadata, state: dict[str, Any]) -> None:
-    """ValueError naming the first tensor of `state` whose saved size differs (a table by name)."""
+def _flat(state: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
     for key, value in state.items():
+        name = f"{prefix}{key}"
+        out += _flat(value, f"{name}.") if isinstance(value, dict) else [(name, value)]
+    return out
+
+
+def check_sizes(directory: Path, meta: dcp_metadata.Metadata, state: dict[str, Any]) -> None:
+    """ValueError naming the first tensor of `state` whose saved size differs (a table by name);
+    nested dicts (a resume state's model and optimizer) as DCP flattens them, keys joined by dots."""
+    for key, value in _flat(state):
         saved = meta.state_dict_metadata.get(key)
         if not isinstance(value, torch.Tensor) or not isinstance(saved, dcp_metadata.TensorStorageMetadata):
             continue
@@ -213,16 +221,6 @@ def write_error(e: BaseException, path: Path) -> OSError:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
-
-
-def read_json(path: Path, what: str) -> Any:
-    """The JSON in `path`; ValueError naming the file and `what` it should be otherwise."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing (expected {what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from None
 
 
 def load_rng(path: Path) -> torch.Tensor:

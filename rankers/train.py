@@ -68,9 +68,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # Adam weight decay of the dense parameters
     embedding_lr: float = 0.05  # fused rowwise Adagrad learning rate of the tables
     patience: int = 2  # stop after this many epochs without a better validation score; 0 = never
-    lr_decay: float = (
-        0.1  # on an epoch without a better validation score: back to the best weights, lrs x this
-    )
+    # On an epoch without a better validation score: back to the best weights, learning rates x this.
+    lr_decay: float = 0.1
     monitor: str = ""  # task whose validation score selects the epoch; "" = the first task
     # The validation score that selects the epoch (MONITOR_METRICS): "auc-logloss" (AUC minus
     # LogLoss, FuxiCTR's default: an epoch that ranks better but is over-confident does not win),
@@ -366,6 +365,12 @@ def _check_validation(
             log.warning("%s: no validation rows: no early stopping, the last epoch is kept", data)
         return
     rows, positives = label_counts(evals["valid"].path, schema)[monitor]
+    if rows == 0:  # cvr with no click in the validation split
+        raise ValueError(
+            f"{evals['valid'].path}: no rows where task {monitor!r} is measured (its click label has "
+            "no positive there), so nothing can select the epoch; monitor another task (--monitor) "
+            "or convert with a validation split that holds clicks"
+        )
     if metric != "logloss" and positives in (0, rows):
         only = "negatives" if positives == 0 else "positives"
         raise ValueError(

@@ -194,7 +194,7 @@ def held_out(
     positives = int(labels.sum())
     k = min(folds, positives, len(labels) - positives)
     if k < 2:
-        return HeldOut(task, len(labels), positives, 0), None
+        return HeldOut(task, len(labels), positives, 0, method=method), None
     out = np.empty(len(probs))
     for fit_rows, rows in StratifiedKFold(k, shuffle=True, random_state=seed).split(probs, labels):
         out[rows] = fit_task(probs[fit_rows], labels[fit_rows], method, bins).transform(probs[rows])
@@ -212,7 +212,7 @@ def held_out_auto(
     candidates = {m: c.ece_calibrated for m, (c, _) in results.items() if c.ece_calibrated is not None}
     raw = results["identity"][0].ece_raw
     best = min(("isotonic", "platt"), key=lambda m: candidates.get(m, np.inf))
-    chosen = best if raw is not None and candidates.get(best, np.inf) < raw else "identity"
+    chosen = best if raw is not None and candidates.get(best, np.inf) < raw else "identity"  # or unmeasured
     return (*results[chosen], candidates)
 
 

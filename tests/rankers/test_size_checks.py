@@ -4,7 +4,6 @@ planner error as one line), and a model's non-finite output or loss is refused, 
 from __future__ import annotations
 
 import resource
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,13 +33,11 @@ META = torch.device("meta")
 
 
 def _refused_at_once(build: Callable[[], object], match: str) -> str:
-    """The one-line message of the ValueError `build` raises within a second, with the peak
-    resident memory of this process grown by less than 100 MB."""
+    """The one-line message of the ValueError `build` raises, with the peak resident memory of
+    this process grown by less than 100 MB: refused before anything was allocated."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=match) as error:
         build()
-    assert time.perf_counter() - start < 1.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 * 1024
     assert "\n" not in str(error.value)
     return str(error.value)

@@ -210,7 +210,10 @@ def test_one_class_validation_is_refused_unless_logloss_selects(
     config = TrainConfig(epochs=2, patience=1, progress=True, monitor_metric="logloss")
     result = train(data, tmp_path / "ck", RankerConfig(), config)
     assert result["valid"]["ctr"]["auc"] is None and result["valid"]["ctr"]["logloss"] > 0
-    assert 1 <= result["best_epoch"] <= 2
+    # the epoch of the lowest validation LogLoss (its weights were kept)
+    losses = [row["valid"]["ctr"]["logloss"] for row in result["history"]]
+    assert result["best_epoch"] == 1 + losses.index(min(losses))
+    assert result["valid"]["ctr"]["logloss"] == pytest.approx(min(losses))
 
 
 def test_short_last_batch_is_dropped_so_batch_norm_trains(synthetic_small: Path, tmp_path: Path) -> None:
