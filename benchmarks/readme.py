@@ -328,12 +328,15 @@ SELECTION_BEFORE = {
 
 def _selection(rows: list[dict[str, Any]]) -> str:
     """Per dataset, model and variant (its latest run): test AUC and LogLoss against the prior's."""
-    rs = [r for r in rows if r.get("benchmark") == "selection"]
-    last = {(r["dataset"], r["model"], r["variant"]): r["run"] for r in rs}
+    # each seed's latest row (seeds of one variant may come from runs in several processes)
+    latest = {
+        (r["dataset"], r["model"], r["variant"], r["seed"]): r
+        for r in rows
+        if r.get("benchmark") == "selection"
+    }
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rs:
-        if last[(r["dataset"], r["model"], r["variant"])] == r["run"]:
-            groups[(r["dataset"], r["model"], r["variant"])].append(r)
+    for (dataset, model, variant, _), r in sorted(latest.items(), key=lambda kv: kv[0][3]):
+        groups[(dataset, model, variant)].append(r)
     table = []
     for (dataset, model, variant), g in groups.items():
         aucs, lls = [r["auc"] for r in g], [r["logloss"] for r in g]
@@ -358,7 +361,8 @@ def _selection(rows: list[dict[str, Any]]) -> str:
     cols += ["prior LogLoss", "below prior", "best epochs"]
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for g in groups.values():
-        runs[g[0]["run"]] += g
+        for r in g:
+            runs[r["run"]].append(r)
     headers = "".join(f"{_header(r)}" for r in runs.values())
     intro = (
         "## Model selection (benchmarks/selection.py)\n\n"

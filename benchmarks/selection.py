@@ -108,7 +108,7 @@ def datasets(
 
 
 def run(
-    seeds: int, variants: list[str], which: list[str], models: list[str] | None, work: Path, command: str
+    seeds: range, variants: list[str], which: list[str], models: list[str] | None, work: Path, command: str
 ) -> None:
     stamp = f"selection-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     for dataset, (data, model_set, base, split) in datasets(work, which).items():
@@ -117,7 +117,7 @@ def run(
                 continue
             for variant in variants:
                 r, c = apply_variant(variant, ranker, base)
-                for seed in range(seeds):
+                for seed in seeds:
                     before = load_average()
                     with quiet_torchrec():
                         result = train(
@@ -155,6 +155,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model and variant (default 3)")
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="the first seed (default 0), to split seeds over processes"
+    )
+    parser.add_argument(
         "--variants",
         default="monitor=auc,monitor=auc-logloss,monitor=logloss",
         help="comma-separated variants (see the module doc); default: the three monitors",
@@ -173,7 +176,7 @@ def main() -> None:
     command = "python benchmarks/selection.py " + shlex.join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         run(
-            args.seeds,
+            range(args.first_seed, args.first_seed + args.seeds),
             args.variants.split(","),
             args.datasets.split(","),
             args.models.split(",") if args.models else None,
