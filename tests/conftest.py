@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,15 @@ def shared_file(relative: str) -> Path:
     if not path.is_file():
         pytest.fail(f"shared sample missing: {path} (expected ../shared/data beside the repository)")
     return path
+
+
+def one_line_error(call: Callable[[], object]) -> str:
+    """The message of the ValueError `call()` raises, asserted to be one line."""
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import pytest
 from features.dataset import DATASET_FILE, DatasetWriter, dataset_info
 from features.schema import SCHEMA_FILE, CategoricalFeature, DenseFeature, Label, Schema, SequenceFeature
 from features.strict import check_fields, check_keys, check_value
+from tests.conftest import one_line_error
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,6 @@ class _Config:
     dim: int | None = None
     table: dict[str, int] | None = None
     parts: tuple[_Inner, ...] = ()
-
-
-def _message(call: Any) -> str:
-    with pytest.raises(ValueError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message, message
-    return message
 
 
 def test_check_fields_converts_what_a_file_holds() -> None:
@@ -73,7 +66,7 @@ def test_check_fields_converts_what_a_file_holds() -> None:
     ],
 )
 def test_check_fields_names_where_the_key_and_the_value(values: dict, words: tuple[str, ...]) -> None:
-    message = _message(lambda: check_fields(_Config, values, "f.json [t]"))
+    message = one_line_error(lambda: check_fields(_Config, values, "f.json [t]"))
     for word in words:
         assert word in message, (word, message)
 
@@ -81,14 +74,14 @@ def test_check_fields_names_where_the_key_and_the_value(values: dict, words: tup
 def test_check_keys_and_check_value() -> None:
     assert check_keys({"a": 1}, "w", required=("a",), optional=("b",)) == {"a": 1}
     assert check_keys({"a": 1, "z": 2}, "w", required=("a",), optional=None) == {"a": 1, "z": 2}
-    assert _message(lambda: check_keys([1], "w")) == "w: [1] is a list; expected an object"
-    assert "w: missing key 'a'" in _message(lambda: check_keys({}, "w", required=("a",)))
-    message = _message(lambda: check_keys({"b": 1}, "w", required=("a",)))
+    assert one_line_error(lambda: check_keys([1], "w")) == "w: [1] is a list; expected an object"
+    assert "w: missing key 'a'" in one_line_error(lambda: check_keys({}, "w", required=("a",)))
+    message = one_line_error(lambda: check_keys({"b": 1}, "w", required=("a",)))
     assert "w: unknown key 'b' (and missing ['a'])" in message, message
     assert check_value([["a", 1]], tuple[tuple[str, Any], ...] | dict[str, Any], "w") == (("a", 1),)
     assert check_value({"a": [1]}, tuple[tuple[str, Any], ...] | dict[str, Any], "w") == {"a": [1]}
-    assert "w x" in _message(lambda: check_value("x" * 100, int, "w x"))
-    assert len(_message(lambda: check_value("x" * 1000, int, "w"))) < 120
+    assert "w x" in one_line_error(lambda: check_value("x" * 100, int, "w x"))
+    assert len(one_line_error(lambda: check_value("x" * 1000, int, "w"))) < 120
 
 
 # schema.json
@@ -141,7 +134,7 @@ def test_a_schema_written_by_the_library_loads(tmp_path: Path) -> None:
 )
 def test_schema_json_is_read_strictly(tmp_path: Path, edit: Any, words: tuple[str, ...]) -> None:
     path = _schema_file(tmp_path, edit)
-    message = _message(lambda: Schema.load(tmp_path))
+    message = one_line_error(lambda: Schema.load(tmp_path))
     for word in (str(path), *words):
         assert word in message, (word, message)
 
@@ -150,7 +143,7 @@ def test_a_schema_that_is_not_json_or_not_an_object_names_the_file(tmp_path: Pat
     path = tmp_path / SCHEMA_FILE
     for text, word in (("{oops", "not JSON"), ("[]", "[] is a list; expected an object"), (b"\xff", "read")):
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
-        message = _message(lambda: Schema.load(tmp_path))
+        message = one_line_error(lambda: Schema.load(tmp_path))
         assert str(path) in message and word in message, message
 
 
@@ -202,7 +195,7 @@ def test_dataset_json_is_read_strictly(tmp_path: Path, edit: Any, words: tuple[s
     d = json.loads(path.read_text())
     edit(d)
     path.write_text(json.dumps(d))
-    message = _message(lambda: dataset_info(out))
+    message = one_line_error(lambda: dataset_info(out))
     for word in (str(path), *words):
         assert word in message, (word, message)
 
@@ -214,5 +207,5 @@ def test_a_dataset_json_that_is_not_json_or_not_an_object_names_the_file(
     tmp_path: Path, text: str, word: str
 ) -> None:
     (tmp_path / DATASET_FILE).write_text(text)
-    message = _message(lambda: dataset_info(tmp_path))
+    message = one_line_error(lambda: dataset_info(tmp_path))
     assert str(tmp_path / DATASET_FILE) in message and word in message, message

@@ -19,6 +19,7 @@ from rankers.checkpoint import checkpoint_config
 from rankers.cli import _ranker_config, build_parser, main
 from rankers.ranker import RankerConfig
 from rankers.train import TrainConfig
+from tests.conftest import one_line_error
 
 WHERE = "run/config.json"
 
@@ -31,14 +32,6 @@ def _config() -> dict[str, Any]:
     train = TrainConfig(epochs=3, lr=0.01, sharding_tables={"C1": "row_wise"})
     written = {"ranker": ranker.to_dict(), "train": asdict(train), "data": "/data/x", "prior": {"ctr": 0.25}}
     return json.loads(json.dumps(written))
-
-
-def _message(call: Any) -> str:
-    with pytest.raises(ValueError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message, message
-    return message
 
 
 def test_a_written_config_json_reads_back() -> None:
@@ -120,7 +113,7 @@ def _set(path: str, value: Any) -> Any:
 def test_config_json_is_read_strictly(edit: Any, words: tuple[str, ...]) -> None:
     config = _config()
     edit(config)
-    message = _message(lambda: checkpoint_config(config, WHERE))
+    message = one_line_error(lambda: checkpoint_config(config, WHERE))
     for word in words:
         assert word in message, (word, message)
 
@@ -128,7 +121,7 @@ def test_config_json_is_read_strictly(edit: Any, words: tuple[str, ...]) -> None
 def test_an_esmm_tower_config_is_checked_against_the_tower() -> None:
     ranker = RankerConfig(backbone="esmm", backbone_config={"cvr_tower": "autoint"}).to_dict()
     ranker["backbone_config"]["cvr_config"] = [["num_heads", "two"]]
-    message = _message(lambda: RankerConfig.from_dict(ranker, f"{WHERE} [ranker]"))
+    message = one_line_error(lambda: RankerConfig.from_dict(ranker, f"{WHERE} [ranker]"))
     assert 'run/config.json [ranker] backbone_config cvr_config num_heads: "two" is a string' in message, (
         message
     )
@@ -154,7 +147,7 @@ def test_a_checkpoint_with_a_bad_config_json_is_refused_by_name(
     config = json.loads(good)
     config["ranker"]["colour"] = "red"
     path.write_text(json.dumps(config))
-    message = _message(lambda: Predictor.load(ckpt))
+    message = one_line_error(lambda: Predictor.load(ckpt))
     assert "config.json [ranker]: unknown key 'colour'" in message, message
 
     resume = ["train", "--resume", str(ckpt), "--epochs", "2", "--no-progress"]
