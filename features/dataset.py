@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.outputs import StagedOutput
-from features.schema import Schema
+from features.schema import FEATURES_KEY, Schema
 
 logger = logging.getLogger(__name__)
 DATASET_FILE = "dataset.json"
@@ -151,7 +151,10 @@ class DatasetWriter:
     def _writer(self, split: str, arrow_schema: pa.Schema) -> pq.ParquetWriter:
         if split not in self._writers:
             path = self.tmp / split / f"part-{self._parts[split]:05d}.parquet"
-            meta = (arrow_schema.metadata or {}) | {FINGERPRINT_KEY: self.fingerprint.encode()}
+            meta = (arrow_schema.metadata or {}) | {
+                FINGERPRINT_KEY: self.fingerprint.encode(),
+                FEATURES_KEY: self.schema.features_json().encode(),
+            }
             self._writers[split] = pq.ParquetWriter(path, arrow_schema.with_metadata(meta))
         return self._writers[split]
 

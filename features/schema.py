@@ -20,7 +20,7 @@ import json
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from torchrec import EmbeddingBagConfig
 
 SCHEMA_FILE = "schema.json"
+FEATURES_KEY = b"rankers.features"  # parquet schema metadata: the features a file was written with
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -243,9 +244,15 @@ class Schema:
             for name, (n, names) in self.tables().items()
         ]
 
+    def features_json(self) -> str:
+        """The features (labels aside) as written in every parquet file of a dataset
+        (`FEATURES_KEY`): a schema.json edited after conversion no longer matches them."""
+        return self.without_labels().to_json()
+
     def check_arrow(self, arrow_schema: pa.Schema, where: str, labels: bool = True) -> None:
         """Raises ValueError naming `where` and the column if `arrow_schema` lacks a column or
-        holds it with another type."""
+        holds it with another type, or if it was written for other features than these (a file
+        written by `DatasetWriter` carries them), naming what differs."""
         wanted = self.columns() if labels else self.without_labels().columns()
         for name, typ in wanted:
             idx = arrow_schema.get_field_index(name)
@@ -256,6 +263,13 @@ class Schema:
                 raise ValueError(f"{where}: column {name!r} has type {got}, expected {typ}")
             if pa.types.is_list(typ) and got.value_type != typ.value_type:
                 raise ValueError(f"{where}: column {name!r} has type {got}, expected {typ}")
+        written = (arrow_schema.metadata or {}).get(FEATURES_KEY)
+        if written is not None and written.decode() != self.features_json():
+            differences = _differences(Schema.from_json(written.decode(), where), self)
+            raise ValueError(
+                f"{where}: schema.json does not describe the features this file was written with "
+                f"({differences}); was schema.json edited after conversion? Convert the data again"
+            )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -297,3 +311,30 @@ class Schema:
         except (OSError, ValueError) as e:  # ValueError: not UTF-8
             raise ValueError(f"{path}: cannot read it ({e})") from None
         return cls.from_json(text, where=str(path))
+
+
+def _differences(written: Schema, declared: Schema) -> str:
+    """What differs between the features a file was written with and those declared, in words."""
+
+    def by_name(s: Schema) -> dict[str, Any]:
+        features: tuple[DenseFeature | CategoricalFeature | SequenceFeature, ...] = (
+            *s.dense,
+            *s.categorical,
+            *s.sequences,
+        )
+        return {f.name: f for f in features}
+
+    old, new = by_name(written), by_name(declared)
+    out = [f"{n!r} is in the file but not in schema.json" for n in old if n not in new]
+    out += [f"{n!r} is in schema.json but was not written" for n in new if n not in old]
+    for name in (n for n in new if n in old and new[n] != old[n]):
+        a, b = asdict(new[name]), asdict(old[name])
+        changed = [k for k in a if a[k] != b.get(k)]
+        out += [f"{name!r} {k} {_shown(a[k])} in schema.json, {_shown(b.get(k))} written" for k in changed]
+    if written.group != declared.group:
+        out.append(f"group {declared.group!r} in schema.json, {written.group!r} written")
+    return "; ".join(out) or "their order differs"
+
+
+def _shown(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else repr(v)

@@ -352,10 +352,17 @@ def _bad(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Pa
         other = Schema(dense=(DenseFeature("x0"), DenseFeature("x9")), categorical=SCHEMA.categorical)
         other.save(path.parent)
         return path, ("part-00000", "'x9'")
+    if case == "feature deleted from schema":  # before: it trained without the feature, silently
+        Schema(dense=SCHEMA.dense[:1], categorical=SCHEMA.categorical).save(path.parent)
+        return path, (str(path), "'x1' is in the file but not in schema.json", "edited after conversion")
     if case == "ids beyond schema":
         small = Schema(dense=SCHEMA.dense, categorical=(CategoricalFeature("c0", num_embeddings=3),))
-        small.save(path.parent)
-        return path, (str(path), "'c0'", "[0, 3)")
+        small.save(path.parent)  # schema.json edited after conversion: the files know their features
+        return path, (
+            str(path),
+            "'c0' num_embeddings 3 in schema.json, 50 written",
+            "edited after conversion",
+        )
     if case == "empty directory":
         (tmp_path / "empty").mkdir()
         SCHEMA.save(tmp_path / "empty")
@@ -380,6 +387,7 @@ BAD = [
     "truncated",
     "schema mismatch",
     "ids beyond schema",
+    "feature deleted from schema",
     "empty directory",
     "no schema",
     "nonexistent",
