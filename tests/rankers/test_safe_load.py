@@ -121,4 +121,4 @@ def test_malformed_json_is_named(
     ckpt = _copy(checkpoint, tmp_path)
     (ckpt / "config.json").write_text('{"ranker": ')
     assert main(["evaluate", "--checkpoint", str(ckpt)]) == 2
-    assert f"{ckpt / 'config.json'}: not valid JSON" in _one_line_error(capsys)
+    assert f"{ckpt / 'config.json'}: cannot read it as JSON" in _one_line_error(capsys)
