@@ -71,24 +71,8 @@ def test_train_overwrite_killed_before_during_and_after_a_save_keeps_the_old_che
             assert main(["evaluate", "--checkpoint", str(staging)]) == 2
             assert "missing checkpoint.json, which `rankers train` writes last" in capsys.readouterr().err
     # Let one finish: the new checkpoint replaces the old one whole.
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(synthetic_small),
-                "--out",
-                str(ckpt),
-                "--overwrite",
-                "--seed",
-                "1",
-                "--epochs",
-                "1",
-                *TRAIN,
-            ]
-        )
-        == 0
-    )
+    again = ["train", "--data", str(synthetic_small), "--out", str(ckpt), "--overwrite", "--seed", "1"]
+    assert main([*again, "--epochs", "1", *TRAIN]) == 0
     new = _files(ckpt)
     assert new != old and "checkpoint.json" in new and not staging.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no stub, lock or partial left

@@ -130,7 +130,7 @@ def test_conversion_goal_names_its_columns(
 
 
 @pytest.mark.shared_data
-def test_non_finite_model_output_is_refused_naming_the_task(
+def test_a_non_finite_value_reaching_the_bids_is_refused_naming_the_task(
     criteo: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rankers.predictor import Predictor
@@ -146,7 +146,8 @@ def test_non_finite_model_output_is_refused_naming_the_task(
     split, ckpt = criteo
     assert main(["bid", "--data", str(split), "--predictor", str(ckpt), "--episode-length", "100"]) == 2
     err = capsys.readouterr().err
-    assert f"{ckpt} on {split}: task 'ctr': model output[3] = nan" in err, err
+    # (the model's own non-finite output is refused earlier, by rankers.train.predict: test_hostile)
+    assert f"{ckpt} on {split}: task 'ctr': calibrated probability[3] = nan" in err, err
 
 
 BAD = [
