@@ -47,8 +47,11 @@ ifeq ($(shell uname -m),x86_64)
 	$(SIMD_OFF) OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider $(PORTABLE_TESTS)
 endif
 
+# Imports point one way (features <- rankers <- benchmarks) with no cycle: .importlinter and
+# tools/import_cycles.py (which also sees a module importing its own package back).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache && PYTHONPATH=. $(PY) tools/import_cycles.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Bidding: agents replayed on iPinYou's logged second-price auctions, and the value of a better
 model under the same agent.
 
-    .venv/bin/python benchmarks/bidding.py [--skip-ipinyou] [--skip-model-value]
+    .venv/bin/python -m benchmarks.bidding [--skip-ipinyou] [--skip-model-value]
 
 iPinYou: the 6 campaigns of ../shared/data/ipinyou/campaigns, 100 episodes of 1,000 logged auctions
 each (real click, real market price, the log's pCTR as the value). Per campaign and budget (1/16, 1/8
@@ -29,12 +29,22 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-from benchmarks._common import SHARED_DATA, load_average, record
-from benchmarks.readme import write_readme
+from benchmarks._common import (
+    SHARED_DATA,
+    figure_link,
+    header,
+    latest_run,
+    load_average,
+    markdown_table,
+    record,
+    run_readme,
+)
 from rankers.bidding.calibration import calibrate
 from rankers.bidding.evaluate import compare_agents, split_episodes
 from rankers.bidding.ipinyou import campaign_names, load_campaign
@@ -64,10 +74,10 @@ def ipinyou(run: str, command: str) -> None:
 
 
 def model_value(run: str, command: str) -> None:
-    from features.synthetic import SyntheticConfig, write_synthetic
+    from features.datasets.synthetic import SyntheticConfig, write_synthetic
+    from rankers.config import RankerConfig, TrainConfig
     from rankers.predictor import Predictor
-    from rankers.ranker import RankerConfig
-    from rankers.train import TrainConfig, train
+    from rankers.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_synthetic(
@@ -111,12 +121,109 @@ def model_value(run: str, command: str) -> None:
             print(name, result["test"]["ctr"]["auc"], paced)
 
 
+IPINYOU_INTRO = (
+    "iPinYou, second price, 6 campaigns: tuned on episodes 1-50, replayed on 51-100 (50,000 "
+    "auctions per campaign); budget per episode a share of the mean market price x 1,000; 48 "
+    "ticks; bids capped at 300. Clicks are the real clicks won; expected clicks the sum of the "
+    "logged pCTR won; the "
+    "hindsight optimum the fractional knapsack of pCTR under the budget knowing every price (an "
+    "upper bound for any agent with these values). The last row sums clicks and averages the "
+    "ratios.  \n"
+)
+VALUE_INTRO = (
+    "Value of a better model: synthetic test split (25 episodes of 1,000 rows; market prices "
+    "log-normal, correlated 0.6 with the teacher's probability, median 50), paced agent tuned per "
+    "model on 12 episodes, replayed on 13, budget 6,250 per episode.  \n"
+)
+AGENTS = ("constant", "linear", "paced")
+
+
+def _ipinyou_row(campaign: str, fraction: float, by: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One campaign and budget: each agent's clicks and expected clicks, paced against the others."""
+    best, c, lin, pace = (by[k] for k in ("hindsight optimum", *AGENTS))
+    return {
+        "campaign": campaign,
+        "budget": f"1/{round(1 / fraction)}",
+        "clicks const / linear / paced": f"{c['conversions']:.0f} / {lin['conversions']:.0f} / "
+        f"{pace['conversions']:.0f}",
+        "expected clicks const / linear / paced": " / ".join(f"{x['expected']:.2f}" for x in (c, lin, pace)),
+        "hindsight optimum": best["expected"],
+        "paced / optimum": pace["expected"] / best["expected"],
+        "paced / linear": pace["expected"] / lin["expected"],
+        "budget used linear / paced": f"{lin['budget_used']:.2f} / {pace['budget_used']:.2f}",
+    }
+
+
+def _render_ipinyou(ipy: list[dict[str, Any]]) -> str:
+    """A row per campaign and budget, then one that sums the clicks and averages the ratios."""
+    cells: dict[tuple[str, float], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in ipy:
+        cells[(r["campaign"], r["fraction"])][r["agent"]] = r
+    table = [_ipinyou_row(campaign, fraction, by) for (campaign, fraction), by in sorted(cells.items())]
+    clicks = {a: sum(by[a]["conversions"] for by in cells.values()) for a in AGENTS}
+    total = {"campaign": "all", "budget": "all"} | {
+        "clicks const / linear / paced": " / ".join(f"{clicks[a]:.0f}" for a in clicks),
+        "expected clicks const / linear / paced": " / ".join(
+            f"{sum(by[a]['expected'] for by in cells.values()):.2f}" for a in clicks
+        ),
+        "hindsight optimum": sum(by["hindsight optimum"]["expected"] for by in cells.values()),
+        "paced / optimum": float(np.mean([r["paced / optimum"] for r in table])),
+        "paced / linear": float(np.mean([r["paced / linear"] for r in table])),
+        "budget used linear / paced": "",
+    }
+    table.append(total)
+    return (
+        f"{IPINYOU_INTRO}{header(ipy)}\n"
+        + markdown_table(table, list(table[0]))
+        + "\n"
+        + figure_link("bidding_ipinyou.png", "share of the hindsight optimum against the budget")
+        + "\n"
+    )
+
+
+def _render_value(value: list[dict[str, Any]]) -> str:
+    """Per model: its AUC and calibration, and what the paced agent won with it."""
+    table = [
+        {
+            "model": r["model"],
+            "test AUC": r["test_auc"],
+            "ECE raw / calibrated": f"{r['ece_raw']:.4f} / {r['ece_calibrated']:.4f}",
+            "clicks won": r["conversions"],
+            "true expected clicks won": r.get("true_expected"),
+            "spend": r["spend"],
+            "budget used": r["budget_used"],
+            "win rate": r["win_rate"],
+        }
+        for r in value
+    ]
+    return (
+        f"{VALUE_INTRO}{header(value)}\n"
+        + markdown_table(table, list(table[0]))
+        + "\n"
+        + figure_link("calibration_synthetic.png", "reliability before and after calibration")
+    )
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's Bidding section: the latest iPinYou run and the latest model-value run."""
+    if not any(str(r.get("run", "")).startswith("bidding-") for r in rows):
+        return ""
+    out = "## Bidding (benchmarks/bidding.py)\n\n"
+    ipy = latest_run([r for r in rows if r.get("benchmark") == "bidding_ipinyou"], "bidding-")
+    if ipy:
+        out += _render_ipinyou(ipy)
+    value = latest_run([r for r in rows if r.get("benchmark") == "bidding_model_value"], "bidding-")
+    if value:
+        out += _render_value(value)
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bidding", description=__doc__.splitlines()[0])
     parser.add_argument("--skip-ipinyou", action="store_true")
     parser.add_argument("--skip-model-value", action="store_true")
     args = parser.parse_args()
-    command = "python benchmarks/bidding.py " + shlex.join(sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:])}"
     run = f"bidding-{uuid.uuid4().hex[:8]}"
     print(f"load average before: {load_average():.2f}")
     if not args.skip_ipinyou:
@@ -124,7 +231,7 @@ def main() -> None:
     if not args.skip_model_value:
         model_value(run, command.strip())
     print(f"load average after: {load_average():.2f}")
-    print(write_readme())
+    run_readme()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Quality: test AUC/LogLoss of every backbone on the real Criteo sample and on teacher data.
 
-    .venv/bin/python benchmarks/quality.py [--seeds 5] [--synthetic-seeds 3] [--models mlp,finalmlp]
+    .venv/bin/python -m benchmarks.quality [--seeds 5] [--synthetic-seeds 3] [--models mlp,finalmlp]
 
 Criteo head10k (../shared/data, read in place): rows in file order, the first 7,200 train, the next
 800 validate (early stopping), the last 2,000 test; values seen fewer than 10 times in train share
@@ -13,26 +13,35 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import SHARED_DATA, load_average, record
-from benchmarks.readme import write_readme
-from features.criteo import CriteoConfig, convert_criteo
+from benchmarks._common import (
+    SHARED_DATA,
+    header,
+    latest_per_dataset,
+    load_average,
+    markdown_table,
+    mean_sd,
+    record,
+    run_readme,
+)
 from features.dataset import dataset_info
-from features.synthetic import SyntheticConfig, write_synthetic
+from features.datasets.criteo import CriteoConfig, convert_criteo
+from features.datasets.synthetic import SyntheticConfig, write_synthetic
 from rankers._quiet import quiet_torchrec
-from rankers.ranker import RankerConfig
-from rankers.train import TrainConfig, train
+from rankers.config import RankerConfig, TrainConfig
+from rankers.train import train
 
 CRITEO_TRAIN = TrainConfig(epochs=10, batch_size=256, embedding_lr=0.02, progress=False)
 # Up to 10 epochs: early stopping decides (interaction terms take longer to learn than field effects).
@@ -168,9 +177,57 @@ def synthetic(
     record({**common, "model": "logistic regression (sklearn, one-hot)", "seed": 0, **lr}, command)
 
 
+def _quality_rows(dataset: str, model: str, rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One model's row (mean over seeds); after the MLP's, the constant prior's and the teacher's."""
+    split = rs[0]["split"]
+    table = [
+        {
+            "dataset": dataset,
+            "split": split,
+            "model": model,
+            "seeds": len(rs),
+            "test AUC": mean_sd([r["auc"] for r in rs]),
+            "test LogLoss": statistics.mean(r["logloss"] for r in rs),
+            "lift vs teacher": statistics.mean(r["lift"] for r in rs) if "lift" in rs[0] else None,
+        }
+    ]
+    if model != "mlp":
+        return table
+    shared = {"dataset": dataset, "split": split, "seeds": "-"}
+    prior = rs[0]["prior_logloss"]
+    table.append(shared | {"model": "constant prior", "test AUC": "0.5000", "test LogLoss": prior})
+    if "teacher_auc" in rs[0]:
+        auc, logloss = f"{rs[0]['teacher_auc']:.4f}", rs[0]["teacher_logloss"]
+        table.append(
+            shared | {"model": "teacher (best achievable)", "test AUC": auc, "test LogLoss": logloss}
+        )
+    return table
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's Quality section: per dataset its latest run, each model's mean over seeds."""
+    rows = latest_per_dataset(rows, "quality-")
+    if not rows:
+        return ""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["model"])].append(r)
+    table = [row for (dataset, model), rs in groups.items() for row in _quality_rows(dataset, model, rs)]
+    cols = ["dataset", "split", "model", "seeds", "test AUC", "test LogLoss", "lift vs teacher"]
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        runs[r["run"]].append(r)
+    headers = "\n".join(
+        f"{', '.join(sorted({r['dataset'] for r in rs}))}:  \n{header(rs)}" for rs in runs.values()
+    )
+    return "## Quality\n\n" + headers + "\n" + markdown_table(table, cols) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds on Criteo head10k")
     parser.add_argument(
@@ -187,7 +244,7 @@ def main() -> None:
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         parser.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
-    command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:])}"
     run = f"quality-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     print(f"load average before: {load_average():.2f}")
     with tempfile.TemporaryDirectory() as tmp, quiet_torchrec():
@@ -197,7 +254,7 @@ def main() -> None:
             if args.synthetic_seeds:
                 synthetic(args.synthetic_seeds, models, Path(tmp), command, run, not args.no_lr, teacher)
     print(f"load average after: {load_average():.2f}")
-    write_readme()
+    run_readme()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The benchmark report: PNG figures from benchmarks/results.jsonl, then benchmarks/README.md.
 
     .venv/bin/pip install -e '.[plots]'
-    .venv/bin/python benchmarks/report.py
+    .venv/bin/python -m benchmarks.report
 
 Figures (benchmarks/figures/, linked from the README where they exist): training examples/s of
 ours and the peers per dataset and model, and their test AUC after each epoch where a run has
@@ -19,10 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import results
-from benchmarks.readme import FIGURES, _latest_per_dataset, _latest_run, write_readme
+from benchmarks._common import FIGURES, latest_per_dataset, latest_run, results
+from benchmarks.readme import write_readme
 
 COLORS = {"rankers": "C0", "rankers_adam": "C2", "deepctr_torch": "C1", "torch_rechub": "C3"}
 
@@ -36,7 +34,7 @@ def _save(fig: Any, name: str, plt: Any) -> Path:
 
 
 def _throughput(rows: list[dict[str, Any]], plt: Any) -> Path | None:
-    rs = _latest_per_dataset([r for r in rows if r.get("benchmark") == "compare"], "compare-")
+    rs = latest_per_dataset([r for r in rows if r.get("benchmark") == "compare"], "compare-")
     if not rs:
         return None
     speed: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
@@ -60,7 +58,7 @@ def _throughput(rows: list[dict[str, Any]], plt: Any) -> Path | None:
 
 
 def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
-    rs = _latest_run([r for r in rows if r.get("benchmark") == "bidding_ipinyou"], "bidding-")
+    rs = latest_run([r for r in rows if r.get("benchmark") == "bidding_ipinyou"], "bidding-")
     if not rs:
         return None
     share: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -83,7 +81,7 @@ def _bidding(rows: list[dict[str, Any]], plt: Any) -> Path | None:
 def _auc_epochs(rows: list[dict[str, Any]], plt: Any) -> Path | None:
     """Test AUC after each epoch, mean over seeds, one panel per (dataset, model) trained for
     more than one epoch, a line per library."""
-    rs = _latest_per_dataset([r for r in rows if r.get("benchmark") == "compare"], "compare-")
+    rs = latest_per_dataset([r for r in rows if r.get("benchmark") == "compare"], "compare-")
     curves: dict[tuple[str, str], dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     for r in rs:
         if len(r.get("epoch_auc") or ()) > 1:
@@ -112,7 +110,7 @@ def _reliability(rows: list[dict[str, Any]]) -> Path | None:
     calibrated (rankers.bidding.calibration.plot_reliability, a panel per model)."""
     from rankers.bidding.calibration import plot_reliability
 
-    rs = _latest_run([r for r in rows if r.get("benchmark") == "bidding_model_value"], "bidding-")
+    rs = latest_run([r for r in rows if r.get("benchmark") == "bidding_model_value"], "bidding-")
     tasks = {r["model"]: r["calibration"] for r in rs if "calibration" in r}
     return plot_reliability({"tasks": tasks}, FIGURES / "calibration_synthetic.png") if tasks else None
 

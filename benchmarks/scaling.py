@@ -1,6 +1,6 @@
 """One process against two: training examples/s, peak memory per process and table bytes per rank.
 
-    .venv/bin/python benchmarks/scaling.py [--rows 1000000] [--max-vocab 2500000] [--steps 120]
+    .venv/bin/python -m benchmarks.scaling [--rows 1000000] [--max-vocab 2500000] [--steps 120]
 
 Data: synthetic Criteo-shaped rows (features/synthetic.py) with the 26 tables' cardinalities
 capped at `--max-vocab` (2.5M: about 12.8M table rows in all), embedding dim 64, so the tables
@@ -22,13 +22,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import load_average, record
-from benchmarks.readme import write_readme
-from features.synthetic import SyntheticConfig, write_synthetic
+from benchmarks._common import (
+    figure,
+    header,
+    latest_run,
+    load_average,
+    loads,
+    markdown_table,
+    record,
+    run_readme,
+)
+from features.datasets.synthetic import SyntheticConfig, write_synthetic
 
 
 def run(data: Path, out: Path, nproc: int, steps: int) -> dict:
@@ -60,16 +68,45 @@ def run(data: Path, out: Path, nproc: int, steps: int) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's One process against two section, from the latest run."""
+    rs = latest_run([r for r in rows if r.get("benchmark") == "scaling"], "scaling-")
+    if not rs:
+        return ""
+    by: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rs:
+        by[r["processes"]].append(r)
+    table = [
+        {
+            "processes": n,
+            "training loop": figure(group, "examples_per_s", "ex/s"),
+            "peak RSS per process (MB)": ", ".join(f"{m:,.0f}" for m in group[-1]["peak_rss_mb"]),
+            "table bytes per rank (plan)": ", ".join(f"{b:,}" for b in group[-1]["table_bytes_per_rank"]),
+            "load before / after": loads(group),
+        }
+        for n, group in sorted(by.items())
+    ]
+    return (
+        f"## One process against two (benchmarks/scaling.py)\n\n{rs[0]['dataset']}.  \n{header(rs)}\n"
+        + markdown_table(table, list(table[0]))
+        + "\n\nTwo CPU cores bound what scaling can show here: two processes get one core each where one "
+        "process gets two threads, so the gain to look for is memory per process (the tables split "
+        "table-wise), not speed. No GPU machine was lent to this session.\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.scaling",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--max-vocab", type=int, default=2_500_000)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    command = "python benchmarks/scaling.py " + shlex.join(sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:])}"
     run_id = f"scaling-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as tmp:
         config = SyntheticConfig(rows=args.rows, max_vocab=args.max_vocab, split=(1.0, 0.0, 0.0))
@@ -100,7 +137,7 @@ def main() -> None:
                     },
                     command,
                 )
-    write_readme()
+    run_readme()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Model selection: which validation score picks the epoch, and which regularisation defaults, so
 that the selected model's test LogLoss is below the constant prior's without losing AUC.
 
-    .venv/bin/python benchmarks/selection.py [--seeds 3] [--variants monitor=auc,monitor=auc-logloss]
+    .venv/bin/python -m benchmarks.selection [--seeds 3] [--variants monitor=auc,monitor=auc-logloss]
 
 Data (../shared/data, read in place): Criteo head10k in row order (first 7,200 train, 800 valid,
 2,000 test; values seen fewer than 10 times share the rare id), the settings of
@@ -18,27 +18,26 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import SHARED_DATA, load_average, record
+from benchmarks._common import SHARED_DATA, header, load_average, markdown_table, mean_sd, record, run_readme
 from benchmarks.quality import CRITEO_TRAIN
 from benchmarks.quality import MODELS as CRITEO_MODELS
-from benchmarks.readme import write_readme
 from benchmarks.sequences import MODELS as SEQUENCE_MODELS
 from benchmarks.sequences import QUALITY_TRAIN
-from features.criteo import CriteoConfig, convert_criteo
-from features.userbehavior import convert_userbehavior
+from features.datasets.criteo import CriteoConfig, convert_criteo
+from features.datasets.userbehavior import convert_userbehavior
 from rankers._quiet import quiet_torchrec
-from rankers.ranker import RankerConfig
-from rankers.train import MONITOR_METRICS, TrainConfig, train
+from rankers.config import MONITOR_METRICS, RankerConfig, TrainConfig
+from rankers.train import train
 
 # The DNN dropout field of each backbone's config.
 DROPOUT_FIELDS = {
@@ -67,7 +66,7 @@ def apply_variant(
         elif key == "dropout":
             fields = DROPOUT_FIELDS[ranker.backbone]
             ranker = replace(
-                ranker, backbone_config=dict(ranker.backbone_config) | dict.fromkeys(fields, float(value))
+                ranker, backbone_config=vars(ranker.backbone_config) | dict.fromkeys(fields, float(value))
             )
         elif key == "l2":
             ranker = replace(ranker, embedding_l2=float(value))
@@ -151,8 +150,74 @@ def run(
                     )
 
 
+# Test AUC before model selection weighed LogLoss (benchmarks/README.md at git bc1fe3b: quality.py
+# with 5 seeds on Criteo, sequences.py with 3 on UserBehavior), the reference of the selection table.
+BEFORE = {
+    ("criteo_head10k", "mlp"): 0.7353,
+    ("criteo_head10k", "autoint"): 0.7275,
+    ("criteo_head10k", "autoint_plus"): 0.7291,
+    ("criteo_head10k", "finalmlp"): 0.7327,
+    ("userbehavior_650users", "mlp (no history)"): 0.6182,
+    ("userbehavior_650users", "din"): 0.6628,
+    ("userbehavior_650users", "din (softmax)"): 0.7809,
+    ("userbehavior_650users", "dien"): 0.7909,
+}
+INTRO = (
+    "## Model selection (benchmarks/selection.py)\n\n"
+    "Which validation score selects the epoch (`--monitor-metric`), and which regularisation, so\n"
+    "that the selected model's test LogLoss is below the constant prior's. Criteo head10k (first\n"
+    "7.2k rows train, 0.8k valid, last 2k test) and UserBehavior's 650 users (by day), each with\n"
+    "its benchmark's shapes and settings; `AUC - before` is against the test AUC these models had\n"
+    "when the epoch was chosen by AUC alone (quality.py, sequences.py at git bc1fe3b).\n\n"
+)
+
+
+def _selection_row(dataset: str, model: str, variant: str, g: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's mean over seeds: test AUC against before, LogLoss against the prior's."""
+    aucs = [r["auc"] for r in g]
+    before = BEFORE.get((dataset, model))
+    return {
+        "dataset": dataset,
+        "model": model,
+        "variant": variant,
+        "seeds": len(g),
+        "test AUC": mean_sd(aucs),
+        "AUC - before": None if before is None else statistics.mean(aucs) - before,
+        "test LogLoss": statistics.mean(r["logloss"] for r in g),
+        "prior LogLoss": g[0]["prior_logloss"],
+        "below prior": f"{sum(r['logloss'] < r['prior_logloss'] for r in g)} of {len(g)}",
+        "best epochs": ", ".join(str(r["best_epoch"]) for r in g),
+    }
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's Model selection section: per dataset, model and variant (each seed's latest
+    row), test AUC and LogLoss against the prior's."""
+    # each seed's latest row (seeds of one variant may come from runs in several processes)
+    latest = {
+        (r["dataset"], r["model"], r["variant"], r["seed"]): r
+        for r in rows
+        if r.get("benchmark") == "selection"
+    }
+    if not latest:
+        return ""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for (dataset, model, variant, _), r in sorted(latest.items(), key=lambda kv: kv[0][3]):
+        groups[(dataset, model, variant)].append(r)
+    table = [_selection_row(*key, g) for key, g in groups.items()]
+    table.sort(key=lambda r: (r["dataset"], r["model"], r["variant"]))
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for g in groups.values():
+        for r in g:
+            runs[r["run"]].append(r)
+    headers = "".join(header(r) for r in runs.values())
+    return INTRO + headers + "\n" + markdown_table(table, list(table[0])) + "\n"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.selection", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model and variant (default 3)")
     parser.add_argument(
         "--first-seed", type=int, default=0, help="the first seed (default 0), to split seeds over processes"
@@ -173,7 +238,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/selection.py " + shlex.join(sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:])}"
     with tempfile.TemporaryDirectory() as tmp:
         run(
             range(args.first_seed, args.first_seed + args.seeds),
@@ -183,7 +248,7 @@ def main() -> None:
             Path(tmp),
             command,
         )
-    print(write_readme())
+    run_readme()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Behaviour-sequence models: quality on Taobao UserBehavior, and training throughput.
 
-    .venv/bin/python benchmarks/sequences.py [--seeds 3] [--skip-quality] [--skip-throughput]
+    .venv/bin/python -m benchmarks.sequences [--seeds 3] [--skip-quality] [--skip-throughput]
 
 Quality: ../shared/data/taobao/UserBehavior_head_650users.csv (read in place) converted with
 `convert_userbehavior` defaults (histories up to 50, one uniform catalogue negative per positive,
@@ -17,27 +17,39 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import SHARED_DATA, load_average, record
-from benchmarks.readme import write_readme
+from benchmarks._common import (
+    SHARED_DATA,
+    figure,
+    header,
+    latest_per_model,
+    latest_run,
+    load_average,
+    loads,
+    markdown_table,
+    mean_sd,
+    record,
+    run_readme,
+)
 from features.dataset import DatasetWriter
+from features.datasets.userbehavior import convert_userbehavior
 from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
-from features.userbehavior import convert_userbehavior
 from rankers._quiet import quiet_torchrec
-from rankers.ranker import RankerConfig
-from rankers.train import TrainConfig, train
+from rankers.config import RankerConfig, TrainConfig
+from rankers.train import train
 
 DNN = {"hidden_units": (256, 128)}
 SEQ = {"dnn_units": (256, 128), "attention_units": (64, 16)}
@@ -157,9 +169,82 @@ def throughput(work: Path, command: str, run: str, repeats: int, precisions: lis
                 )
 
 
+# Peers at the issue's shapes on this machine class (fp32, batch 4096), and the targets set against them.
+PEERS = {
+    "din": "FuxiCTR 2.3.10 about 8,300 ex/s, DeepCTR-Torch about 5,000; target >= 24,900 (3x FuxiCTR)",
+    "dien": "FuxiCTR about 4,600 ex/s, DeepCTR-Torch about 4,700, torch-rechub about 6,500; "
+    "target >= 9,200 (2x FuxiCTR)",
+}
+
+
+def _render_quality(quality: list[dict[str, Any]]) -> str:
+    """Each model's mean over seeds (its latest run), beside the constant prior."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in quality:
+        groups[r["model"]].append(r)
+    table: list[dict[str, Any]] = [
+        {
+            "model": model,
+            "seeds": len(rs),
+            "test AUC": mean_sd([r["auc"] for r in rs]),
+            "test gAUC": statistics.mean(r["gauc"] for r in rs),
+            "test LogLoss": statistics.mean(r["logloss"] for r in rs),
+            "best epochs": ", ".join(str(r["best_epoch"]) for r in rs),
+        }
+        for model, rs in groups.items()
+    ]
+    prior = {"model": "constant prior", "seeds": "-", "test AUC": "0.5000", "test gAUC": 0.5}
+    table.append(prior | {"test LogLoss": quality[0]["prior_logloss"]})
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in quality:
+        runs[r["run"]].append(r)
+    headers = "".join(
+        f"{', '.join(sorted({r['model'] for r in rs}))}:  \n{header(rs)}" for rs in runs.values()
+    )
+    return (
+        f"Quality: {quality[0]['dataset']}, split {quality[0]['split']}, click task.\n\n"
+        f"{headers}\n{markdown_table(table, list(table[0]))}\n\n"
+    )
+
+
+def _render_speed(speed: list[dict[str, Any]]) -> str:
+    """Training-loop examples/s per model and precision (median over repeats)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in speed:
+        groups[(r["model"], r["precision"])].append(r)
+    table = [
+        {
+            "model": model,
+            "precision": precision,
+            "training loop": figure(rs, "examples_per_s", "ex/s"),
+            "load before / after": loads(rs),
+            "peers and target": PEERS.get(model, "") if precision == "fp32" else "",
+        }
+        for (model, precision), rs in groups.items()
+    ]
+    return f"Throughput: {speed[0]['dataset']}.  \n{header(speed)}\n{markdown_table(table, list(table[0]))}\n"
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's Behaviour sequences section: quality per model from its latest run, and the
+    latest throughput run."""
+    if not any(str(r.get("run", "")).startswith("sequences-") for r in rows):
+        return ""
+    out = "## Behaviour sequences (benchmarks/sequences.py)\n\n"
+    quality = latest_per_model(rows, "sequence_quality")
+    if quality:
+        out += _render_quality(quality)
+    speed = latest_run([r for r in rows if r.get("benchmark") == "sequence_train"], "sequences-")
+    if speed:
+        out += _render_speed(speed)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.sequences",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="throughput repeats, interleaved")
@@ -168,7 +253,7 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
-    command = "python benchmarks/sequences.py " + shlex.join(sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:])}"
     run = f"sequences-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     print(f"load average before: {load_average():.2f}")
     with tempfile.TemporaryDirectory() as tmp, quiet_torchrec():
@@ -177,7 +262,7 @@ def main() -> None:
         if not args.skip_quality:
             quality(args.seeds, Path(tmp), command, run, args.models.split(","))
     print(f"load average after: {load_average():.2f}")
-    write_readme()
+    run_readme()
 
 
 if __name__ == "__main__":

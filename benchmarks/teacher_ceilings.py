@@ -1,6 +1,6 @@
 """Ceilings of the synthetic teachers: what parts of the teacher's logit alone reach on the test rows.
 
-    .venv/bin/python benchmarks/teacher_ceilings.py [--teachers synthetic_250k,synthetic_pairs_250k]
+    .venv/bin/python -m benchmarks.teacher_ceilings [--teachers synthetic_250k,synthetic_pairs_250k]
 
 For each teacher of benchmarks/quality.py, on its test rows: the AUC of the full logit, of the
 logit without the pairwise terms (a perfect first-order model), of the pairwise terms alone, and of
@@ -16,17 +16,14 @@ import shlex
 import sys
 import time
 import uuid
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import record
+from benchmarks._common import header, latest_per_dataset, markdown_table, record, run_readme
 from benchmarks.quality import TEACHERS
-from benchmarks.readme import write_readme
-from features.synthetic import CHUNK_ROWS, N_CAT, SyntheticConfig, Teacher
+from features.datasets.synthetic import CHUNK_ROWS, N_CAT, SyntheticConfig, Teacher
 
 
 def _collapsed(table: np.ndarray, counts: np.ndarray, ids: np.ndarray, min_count: int) -> np.ndarray:
@@ -79,19 +76,39 @@ def ceilings(config: SyntheticConfig) -> dict[str, float]:
     return out
 
 
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's Teacher ceilings section: per teacher its latest run."""
+    rows = latest_per_dataset(rows, "ceilings-")
+    if not rows:
+        return ""
+    table = [
+        {
+            "teacher": r["dataset"],
+            "teacher AUC": r["teacher_auc"],
+            "first-order terms alone": f"{r['first_order_auc']:.4f} (lift {r['first_order_lift']:.3f})",
+            "pairwise terms alone": f"{r['pairs_auc']:.4f} (lift {r['pairs_lift']:.3f})",
+            "rare values collapsed": f"{r['rare_collapsed_auc']:.4f} (lift {r['rare_collapsed_lift']:.3f})",
+        }
+        for r in rows
+    ]
+    return f"## Teacher ceilings (test rows)\n\n{header(rows)}\n{markdown_table(table, list(table[0]))}\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.teacher_ceilings",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--teachers", default="synthetic_250k,synthetic_pairs_250k")
     args = parser.parse_args()
-    command = "python benchmarks/teacher_ceilings.py " + shlex.join(sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:])}"
     run = f"ceilings-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     for name in args.teachers.split(","):
         row = {"run": run, "dataset": name, "model": "-", **ceilings(TEACHERS[name])}
         print(name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}, flush=True)
         record(row, command)
-    write_readme()
+    run_readme()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Throughput: reader rows/s on one core, Criteo TSV conversion rows/s, and training examples/s.
 
-    .venv/bin/python benchmarks/throughput.py [--rows 1000000] [--models mlp,autoint] [--precisions fp32]
+    .venv/bin/python -m benchmarks.throughput [--rows 1000000] [--models mlp,autoint] [--precisions fp32]
 
 Data: Criteo-shaped synthetic rows (13 dense, 26 categorical, cardinalities of Criteo Kaggle capped
 at 1M, 5.6M table rows in all). Training: the shapes of a typical side-by-side (benchmarks/quality.py
@@ -19,28 +19,38 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import load_average, record
+from benchmarks._common import (
+    figure,
+    header,
+    latest_run,
+    load_average,
+    loads,
+    markdown_table,
+    record,
+    run_readme,
+)
 from benchmarks.quality import MODELS as QUALITY_MODELS
-from benchmarks.readme import write_readme
-from features.criteo import CriteoConfig, convert_criteo
+from features.datasets.criteo import CriteoConfig, convert_criteo
+from features.datasets.synthetic import SyntheticConfig, write_synthetic, write_synthetic_tsv
 from features.reader import ParquetBatches
 from features.schema import Schema
-from features.synthetic import SyntheticConfig, write_synthetic, write_synthetic_tsv
 from rankers._quiet import quiet_torchrec
+from rankers.config import RankerConfig, TrainConfig
 from rankers.distributed import shard_ranker, single_process_group
-from rankers.ranker import RankerConfig, build_ranker
-from rankers.train import TrainConfig, train, train_step
+from rankers.ranker import build_ranker
+from rankers.train import train, train_step
 
 MODELS = QUALITY_MODELS
 
@@ -77,8 +87,6 @@ def batch_check_cost(data: Path, ranker_config: RankerConfig, steps: int = 30) -
     """(seconds of the Batch check alone, seconds of a whole training step that includes it) per
     4096-row batch: the medians over `steps` steps on 10 batches held in memory, each batch built
     afresh (a KJT caches its per-key lengths once computed) so the check pays for them."""
-    import statistics
-
     from features.batch import BatchCheck
 
     torch.manual_seed(0)
@@ -208,9 +216,103 @@ def batch_checks(data: Path, repeats: int, common: dict, command: str) -> None:
         record({**common, "run": run, "benchmark": "batch_check", "model": "mlp", **row}, command)
 
 
+REFERENCE = {
+    "reader": "target >= 1,000,000 rows/s on one core",
+    "convert": "FuxiCTR preprocessing about 19,000 rows/s here; target >= 190,000",
+}
+# FuxiCTR 2.3.10 at the same shapes on this machine class (fp32), and the targets set against it.
+FUXICTR = {
+    "mlp": "FuxiCTR DNN about 70,000 ex/s; target >= 91,000 (1.3x)",
+    "autoint": "FuxiCTR AutoInt about 9,600 ex/s; target >= 19,200 (2x)",
+    "finalmlp": "FuxiCTR FinalMLP about 16,900 ex/s; target >= 25,350 (1.5x)",
+}
+
+
+def _training_row(what: str, model: str, precision: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A training figure: median examples/s over repeats, and its share of the matmul ceiling."""
+    flops = rs[0].get("flops_per_example")
+    share = statistics.median(r["ceiling_share"] for r in rs) if "ceiling_share" in rs[0] else None
+    return {
+        "model": model,
+        "precision": precision or "fp32",
+        "benchmark": what,
+        "examples/s": figure(rs, "examples_per_s", ""),
+        "MFLOP/example": flops / 1e6 if flops else None,
+        "share of fp32 matmul ceiling": f"{share:.0%}" if share is not None else None,
+        "reference": FUXICTR.get(model, "") if precision in ("", "fp32") else "",
+        "load before/after": loads(rs),
+    }
+
+
+def _render_throughput(rows: list[dict[str, Any]]) -> str:
+    """The Throughput section: reading and conversion rows/s, then training examples/s."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        buffer = f" (shuffle buffer {r['shuffle_buffer']:,})" if "shuffle_buffer" in r else ""
+        what = r["benchmark"] + buffer
+        groups[(what, r.get("model", "-"), r.get("precision", ""))].append(r)
+    io, training, peak = [], [], None
+    for (what, model, precision), rs in groups.items():
+        if what == "matmul":
+            peak = rs[0]["gflops"]
+        elif "rows_per_s" in rs[0]:
+            io.append(
+                {
+                    "benchmark": what,
+                    "figure": figure(rs, "rows_per_s", "rows/s"),
+                    "reference": REFERENCE.get(what.split(" ")[0], ""),
+                    "load before/after": loads(rs),
+                }
+            )
+        else:
+            training.append(_training_row(what, model, precision, rs))
+    out = f"## Throughput\n\n{header(rows)}Data: {rows[0]['dataset']}\n\n"
+    if io:
+        out += markdown_table(io, list(io[0])) + "\n\n"
+    if training:
+        if peak:
+            out += f"Training, batch 4096, 2 threads; fp32 matmul ceiling measured {peak:.0f} GFLOP/s.\n\n"
+        out += markdown_table(training, list(training[0])) + "\n"
+    return out
+
+
+def _render_batch_checks(rows: list[dict[str, Any]]) -> str:
+    """The Batch checks section: the API's batch checks against the MLP's training step."""
+    share = statistics.median(r["share"] for r in rows)
+    table = [
+        {
+            "repeat": r["repeat"],
+            "check per 4096-row batch": f"{r['check_us']:,.0f} us",
+            "MLP training step": f"{r['step_ms']:.1f} ms",
+            "share": f"{r['share']:.2%}",
+            "load before/after": f"{r['load_before']:.2f} / {r['load_after']:.2f}",
+        }
+        for r in rows
+    ]
+    return (
+        "## Batch checks\n\n"
+        "Every batch the Predictor, training and evaluation take is checked as the parquet reader\n"
+        "checks files (ids within their tables, finite dense values: `features.batch.BatchCheck`).\n"
+        f"Its median cost is {share:.2%} of the MLP's training step (target under 2%): the check\n"
+        "alone on freshly read batches, against whole training steps (which include it) of the\n"
+        "MLP at the throughput shapes, batch 4096.\n\n"
+        f"{header(rows)}Data: {rows[0]['dataset']}\n\n" + markdown_table(table, list(table[0])) + "\n"
+    )
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's Throughput and Batch checks sections, each from its latest run."""
+    throughput, checks = latest_run(rows, "throughput-"), latest_run(rows, "batchcheck-")
+    sections = [_render_throughput(throughput) if throughput else ""]
+    sections.append(_render_batch_checks(checks) if checks else "")
+    return "\n".join(s for s in sections if s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3, help="training measurements (median reported)")
@@ -227,7 +329,7 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     precisions = [p for p in args.precisions.split(",") if p]
     only = set(args.only or ["reader", "convert", "train"])
-    command = "python benchmarks/throughput.py " + shlex.join(sys.argv[1:])
+    command = f"{parser.prog} {shlex.join(sys.argv[1:])}"
     run = f"throughput-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     common = {"run": run, "dataset": f"synthetic criteo-shaped {args.rows:,} rows"}
     with tempfile.TemporaryDirectory() as tmp, quiet_torchrec():
@@ -281,7 +383,7 @@ def main() -> None:
             train_throughput(data, work, models, precisions, args.repeats, common, command)
         if "checks" in only:
             batch_checks(data, args.repeats, common, command)
-    write_readme()
+    run_readme()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@
 A run builds its checkpoint at `.NAME.partial` beside `out` under an exclusive lock and swaps it in
 only when complete (`features.outputs.StagedOutput`), so `out` is always a complete checkpoint or
 absent, and `--overwrite` keeps the old one until the new one is whole. A run that fails or is
-killed after saving resumable state leaves it at `.NAME.partial`, where `--resume out` finds it.
+killed after saving resumable state leaves it at `.NAME.partial`, where `--resume out` finds it
+(`rankers.staging` opens a run's directory; the progress a run saves is `rankers.run.RunState`'s,
+opaque here).
 Loading reads data only: DCP's metadata through a restricted unpickler, tensors and RNG states with
 `weights_only=True`, JSON (`rankers.safe_dcp`).
 
@@ -29,20 +31,17 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from features.outputs import CHECKPOINT_MARKER, StagedOutput, is_legacy_checkpoint, remove, staging_path
+from features.outputs import CHECKPOINT_MARKER, is_legacy_checkpoint, staging_path
 from features.schema import SCHEMA_FILE, Schema
 from features.strict import build, check_keys, check_value, read_json
 from rankers import safe_dcp
-
-if TYPE_CHECKING:
-    from rankers.ranker import RankerConfig
-    from rankers.train import TrainConfig
+from rankers.config import RankerConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_DIR, METRICS_FILE = "config.json", "weights", "metrics.json"
@@ -73,9 +72,6 @@ def checkpoint_config(config: object, where: str) -> CheckpointConfig:
     Raises:
         ValueError: naming `where`, the entry, the key and the value.
     """
-    from rankers.ranker import RankerConfig
-    from rankers.train import TrainConfig
-
     d = check_keys(config, where, required=("ranker", "train", "data", "prior"))
     ranker = RankerConfig.from_dict(d["ranker"], f"{where} [ranker]")
     train = build(TrainConfig, d["train"], f"{where} [train]")
@@ -140,7 +136,8 @@ class CheckpointDir:
 
     def save_state(self, model: nn.Module, optimizer: Any, progress: dict[str, Any]) -> None:
         """What `--resume` needs: model and optimizer state (every rank's shards, DCP), each rank's
-        torch RNG state and the loop's progress, in a temporary directory renamed into place, so a
+        torch RNG state, the learning rates and the loop's `progress` (JSON, with the number of
+        processes added), in a temporary directory renamed into place, so a
         kill at any instant leaves the previous state or the new one."""
         from rankers.distributed import barrier, is_main
 
@@ -298,41 +295,6 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-# What a finished checkpoint hands to a run that trains it further: its calibration was fitted to
-# the old weights (calibrate again), and checkpoint.json is written when the new run is complete.
-_NOT_CARRIED = (CHECKPOINT_MARKER, "calibration.json", "calibration.md", "calibration.png")
-
-
-def _copy_to_train_further(source: Path, staging: Path) -> None:
-    """Copies the finished checkpoint `source` to `staging` (whole or not at all: through a
-    temporary sibling), leaving out `_NOT_CARRIED`."""
-    tmp = staging.with_name(staging.name + ".copy")
-    remove(tmp)
-    try:
-        shutil.copytree(source, tmp, ignore=lambda d, names: [n for n in names if n in _NOT_CARRIED])
-        remove(staging)
-        tmp.rename(staging)
-    except BaseException:
-        remove(tmp)
-        raise
-    if (source / "calibration.json").is_file():
-        log.warning(
-            "%s: its calibration is not carried into the further-trained run: calibrate again", source
-        )
-
-
-def _progress_bytes(directory: Path) -> bytes | None:
-    state = CheckpointDir(directory).state_dir()
-    return (state / PROGRESS_FILE).read_bytes() if state else None
-
-
-def keep_unfinished(output: StagedOutput) -> bool:
-    """Whether a run that failed should leave its staging directory for `--resume`: it holds state,
-    and (for a finished run being trained further) state saved since it was copied."""
-    progress = _progress_bytes(output.staging)
-    return progress is not None and progress != output.copied_progress
-
-
 def has_state(directory: Path) -> bool:
     """Whether `directory` holds state a run can resume from."""
     return any((directory / name / PROGRESS_FILE).is_file() for name in (STATE_DIR, f".{STATE_DIR}.old"))
@@ -345,73 +307,3 @@ def unfinished_run(final: Path) -> Path | None:
     if staging.is_dir() and not (staging / CHECKPOINT_MARKER).is_file() and has_state(staging):
         return staging
     return None
-
-
-def finished(final: str | Path, epochs: int | None = None) -> str | None:
-    """A line saying that the run at `final` is finished, when `--resume` has nothing to do: no
-    unfinished run beside the complete checkpoint, and the run stopped early or `epochs` (None: the
-    run's own setting) asks for no more than it trained. None when there is work to resume."""
-    final = Path(final).absolute()
-    if unfinished_run(final) is not None or not (final / CHECKPOINT_MARKER).is_file():
-        return None
-    ckpt = CheckpointDir(final)
-    marker, own = ckpt.marker() or {}, ckpt.settings().train.epochs
-    trained, best = marker.get("epochs"), marker.get("best_epoch")
-    state = ckpt.state_dir()
-    progress = read_json(state / PROGRESS_FILE, "the progress of a run") if state else {}
-    if progress.get("stopped"):
-        return (
-            f"{final}: the run is finished: it stopped at epoch {trained} (early stopping or max_steps; "
-            f"best epoch {best}); nothing to resume"
-        )
-    if not isinstance(trained, int) or trained >= (epochs or own or 0):
-        return (
-            f"{final}: the run is finished ({trained} of {own} epochs, best epoch {best}); nothing to "
-            f"resume (--resume {final} --epochs N with N > {trained} trains it further)"
-        )
-    if state is None:
-        raise ValueError(
-            f"{final}: a complete checkpoint without saved state (trained without --checkpoint-every), "
-            "so it cannot be trained further"
-        )
-    return None
-
-
-def resume_dir(final: str | Path) -> Path:
-    """Where `--resume final` continues from: the unfinished run beside `final`, else the complete
-    checkpoint `final` when it saved state (to train a finished run further)."""
-    final = Path(final).absolute()
-    unfinished = unfinished_run(final)
-    if unfinished is not None:
-        return unfinished
-    if (final / CHECKPOINT_MARKER).is_file() and has_state(final):
-        return final
-    raise ValueError(f"{final}: no run to resume (no checkpoint there, and no unfinished run beside it)")
-
-
-def open_run(final: Path, overwrite: bool, resume: bool, inputs: list[Path]) -> StagedOutput:
-    """The staged output of a training run at `final` (rank 0 only), its staging directory ready:
-    empty for a new run; for `resume`, the unfinished run's own, or a copy of the complete
-    checkpoint to continue. A new run refuses to discard an unfinished one unless `overwrite`."""
-    output = StagedOutput(final, "checkpoint", overwrite or resume, inputs, flag="--out")
-    try:
-        unfinished = unfinished_run(output.final)
-        if resume:
-            source = resume_dir(output.final)
-            if source != output.staging:  # a finished run trained further: on a copy
-                state = CheckpointDir(source).state_dir()
-                assert state is not None  # resume_dir found it
-                safe_dcp.verify(state)  # a bad file is named where the user has it, not in the copy
-                _copy_to_train_further(source, output.staging)
-                output.copied_progress = _progress_bytes(output.staging)
-        elif unfinished is not None and not overwrite:
-            raise ValueError(
-                f"{unfinished} holds an unfinished run for {output.final}: continue it with "
-                f"`rankers train --resume {output.final}`, or pass --overwrite to discard it"
-            )
-        else:
-            output.fresh_directory()
-    except BaseException:
-        output.release()
-        raise
-    return output

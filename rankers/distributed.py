@@ -14,7 +14,6 @@ launches them. Evaluation gathers every rank's predictions (`gather_arrays`), so
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,28 +33,8 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from rankers._quiet import quiet_torchrec
+from rankers.config import SHARDED, ShardingConfig
 from rankers.ranker import Ranker, format_bytes, machine_memory
-
-SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
-SHARDED = ("table_wise", "row_wise", "column_wise")
-
-
-@dataclass(frozen=True)
-class ShardingConfig:
-    """How the tables are sharded: one type for all, and per-table exceptions."""
-
-    sharding_type: str = "table_wise"  # one of SHARDING_TYPES, for every table not named in `tables`
-    tables: tuple[tuple[str, str], ...] | dict[str, str] = ()  # table -> its sharding type
-
-    def __post_init__(self) -> None:
-        items = self.tables.items() if isinstance(self.tables, dict) else self.tables
-        object.__setattr__(self, "tables", tuple(sorted((str(t), str(v)) for t, v in items)))
-        for where, value in (("sharding_type", self.sharding_type), *self.tables):
-            if value not in SHARDING_TYPES:
-                raise ValueError(f"{where}: sharding type {value!r}, expected one of {SHARDING_TYPES}")
-
-    def type_of(self, table: str) -> str:
-        return dict(self.tables).get(table, self.sharding_type)
 
 
 class RowWiseBagSharder(EmbeddingBagCollectionSharder):

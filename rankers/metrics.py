@@ -1,4 +1,7 @@
-"""AUC, LogLoss and the constant-prior baseline (scikit-learn), gAUC, and markdown tables of results."""
+"""AUC, LogLoss and the constant-prior baseline (scikit-learn), gAUC, and markdown tables of results.
+
+Per task, on the rows the funnel's rules say: `rankers.evaluation.task_metrics`.
+"""
 
 from __future__ import annotations
 
@@ -32,47 +35,6 @@ def binary_metrics(
         out["prior_logloss"] = float(log_loss(y, np.full_like(y, prior), labels=[0, 1]))
     if groups is not None:
         out["gauc"] = group_auc(y, p, groups)
-    return out
-
-
-def task_labels(
-    probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per predicted task, its labels and the rows it is measured on, with the funnel's rules:
-
-    - cvr, when a click (ctr) label is present, over the clicked rows only: conversion rate is
-      defined after a click (the ESMM paper's CVR AUC);
-    - ctcvr, without a label of its own, against the conversion (cvr) label over every row: the
-      conversion label implies a click, so it is "click and conversion".
-    Tasks without a label are left out.
-    """
-    out = {}
-    for task in probs:
-        if task in labels:
-            y = labels[task]
-        elif task == "ctcvr" and "cvr" in labels:
-            y = labels["cvr"]
-        else:
-            continue
-        rows = labels["ctr"] == 1 if task == "cvr" and "ctr" in labels else np.ones(len(y), dtype=bool)
-        out[task] = (y, rows)
-    return out
-
-
-def task_metrics(
-    probs: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    prior: dict[str, float],
-    groups: np.ndarray | None = None,
-) -> dict[str, dict[str, float | int | None]]:
-    """`binary_metrics` per predicted task against its label on its rows (see `task_labels`)."""
-    out: dict[str, dict[str, float | int | None]] = {}
-    for task, (y, rows) in task_labels(probs, labels).items():
-        if not rows.any():  # no clicked rows to measure CVR on
-            out[task] = {"auc": None, "logloss": None, "rows": 0, "positive_rate": None}
-            continue
-        g = None if groups is None else groups[rows]
-        out[task] = binary_metrics(y[rows], probs[task][rows], prior.get(task), g)
     return out
 
 

@@ -23,11 +23,10 @@ from features.dataset import FINGERPRINT_KEY, file_fingerprint
 from features.reader import ParquetBatches, find_schema, parquet_files, table_batches
 from features.schema import Schema
 from rankers._quiet import quiet_torchrec
-from rankers.bidding.calibration import Calibration
+from rankers.calibration import Calibration
 from rankers.checkpoint import CheckpointDir
-from rankers.metrics import task_metrics
+from rankers.evaluation import predict, task_metrics
 from rankers.ranker import Ranker, build_ranker
-from rankers.train import predict
 
 Rows: TypeAlias = str | Path | pa.Table | Batch
 
@@ -58,7 +57,7 @@ class Predictor:
         self.prior = prior or {}
         self.tasks = ranker.tasks
         self.path = path  # the checkpoint directory it was loaded from
-        self.calibration = calibration  # fitted by `rankers calibrate` (rankers.bidding.calibration)
+        self.calibration = calibration  # applied by default; fitted by `rankers calibrate`
         # of the training data (features.dataset.fingerprint): rows to score must carry the same
         self.fingerprint = fingerprint
 
@@ -143,7 +142,7 @@ class Predictor:
 
         A hand-built `Batch` is checked as the reader checks parquet (ids within their tables,
         finite dense values), and a non-finite output (a checkpoint with NaN weights) raises; both
-        as a ValueError naming the feature or the task (see `rankers.train.predict`)."""
+        as a ValueError naming the feature or the task (see `rankers.evaluation.predict`)."""
         probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
         probs = {t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}
         return self._calibrate(probs, raw)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import torch
 from torch import nn
@@ -13,124 +10,10 @@ from torch.nn import functional as F
 
 from features.batch import Batch
 from features.schema import Schema
-from rankers.backbones import PRESETS, Backbone, BackboneOutput, InputSpec, backbone_class
+from rankers.backbones import Backbone, BackboneOutput, InputSpec, build_backbone
 from rankers.backbones.base import Embedded
-from rankers.embedding import SEQUENCE_LOOKUPS, EmbeddingArch, default_sequence_lookup, table_bytes
-
-
-@dataclass(frozen=True)
-class RankerConfig:
-    """What to build: the backbone by name with its config, and the embedding tables.
-
-    `backbone` may name a preset (`PRESETS`, e.g. "finalmlp_criteo_x1"): its backbone, config,
-    embedding dim and embedding L2 are taken, and fields given here override them; `preset` then
-    records the name.
-    """
-
-    backbone: str = "mlp"  # a key of BACKBONES, or of PRESETS
-    embedding_dim: int | None = None  # D of every table; None: the preset's, else 16
-    # Fields of the backbone's config as (name, value) pairs; a dict is accepted and converted.
-    backbone_config: tuple[tuple[str, Any], ...] | dict[str, Any] = ()
-    task_weights: tuple[tuple[str, float], ...] = ()  # loss weight per task; 1 for tasks not named
-    # L2 penalty on the embedding vectors each example looks up, lambda * sum ||e||^2 averaged over
-    # the batch (the tables' fused optimizer applies no weight decay); None: the preset's, else 0.
-    embedding_l2: float | None = None
-    preset: str = ""  # the preset this config came from ("" for none); set when `backbone` names one
-    # How sequences are looked up (rankers.embedding): "bag" (fast on CPU) or "collection";
-    # "" picks the one for the training device (CPU here: "bag"); kept with a checkpoint.
-    sequence_lookup: str = ""
-    tasks: tuple[str, ...] = ()  # the tasks to train, a subset of the dataset's; () for all of them
-
-    def __post_init__(self) -> None:
-        items = dict(
-            self.backbone_config.items() if isinstance(self.backbone_config, dict) else self.backbone_config
-        )
-        dim, l2 = self.embedding_dim, self.embedding_l2
-        if self.backbone in PRESETS:
-            preset = PRESETS[self.backbone]()
-            items = asdict(preset.config) | items
-            dim = preset.embedding_dim if dim is None else dim
-            l2 = preset.embedding_l2 if l2 is None else l2
-            object.__setattr__(self, "preset", self.backbone)
-            object.__setattr__(self, "backbone", preset.backbone)
-        backbone_class(self.backbone)  # raises on an unknown name
-        if self.preset and (self.preset not in PRESETS or PRESETS[self.preset]().backbone != self.backbone):
-            raise ValueError(
-                f"preset {self.preset!r} with backbone {self.backbone!r}: expected '' or a preset of "
-                f"that backbone among {sorted(PRESETS)}"
-            )
-        if isinstance(l2, bool) or not isinstance(l2, (int, float, type(None))):
-            raise ValueError(f"embedding_l2 {l2!r} must be a number >= 0 (or None: the preset's, else 0)")
-        dim, l2 = 16 if dim is None else dim, 0.0 if l2 is None else float(l2)
-        if type(dim) is not int or dim < 1:
-            raise ValueError(f"embedding_dim {dim!r} must be an integer >= 1")
-        if not 0 <= l2 < float("inf"):
-            raise ValueError(f"embedding_l2 {l2!r} must be finite and >= 0")
-        lookup = self.sequence_lookup or default_sequence_lookup()
-        if lookup not in SEQUENCE_LOOKUPS:
-            raise ValueError(f"sequence_lookup {lookup!r}: expected one of {SEQUENCE_LOOKUPS}")
-        object.__setattr__(self, "sequence_lookup", lookup)
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        object.__setattr__(self, "embedding_dim", dim)
-        object.__setattr__(self, "embedding_l2", l2)
-        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
-        object.__setattr__(self, "backbone_config", frozen)
-        for task, weight in self.task_weights:
-            number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
-            if not number or not 0 <= weight < float("inf"):
-                raise ValueError(f"task weight {weight!r} for {task!r} must be a finite number >= 0")
-        self.make_backbone_config()
-
-    def make_backbone_config(self) -> Any:
-        """The backbone's config dataclass from `backbone_config` (lists become tuples)."""
-        cls = backbone_class(self.backbone).config_class
-        known = {f.name for f in fields(cls)}
-        given = dict(self.backbone_config)
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise ValueError(
-                f"backbone {self.backbone!r} has no config fields {unknown}; expected {sorted(known)}"
-            )
-        return cls(**given)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["backbone_config"] = asdict(self.make_backbone_config())
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config.json [ranker]") -> RankerConfig:
-        """The config `to_dict` wrote (a checkpoint's config.json [ranker]), read strictly: `backbone`
-        required, unknown keys refused, every value type-checked, `backbone_config` against the
-        backbone's config dataclass (and an ESMM tower's config against the tower's).
-
-        Raises:
-            ValueError: naming `where`, the key and the value.
-        """
-        from features.strict import check_fields, check_keys
-
-        check_keys(d, where, required=("backbone",), optional=None)
-        values = check_fields(cls, d, where)
-        try:
-            config_class = backbone_class(values["backbone"]).config_class
-        except ValueError as e:
-            raise ValueError(f"{where} backbone: {e}") from None
-        inner = f"{where} backbone_config"
-        given = check_fields(config_class, dict(values.get("backbone_config", ())), inner)
-        for tower in ("ctr", "cvr"):  # ESMM's towers: each one's fields against its own config class
-            if f"{tower}_config" in given:
-                try:
-                    tower_class = backbone_class(given.get(f"{tower}_tower", "mlp")).config_class
-                except ValueError:
-                    continue  # ESMMConfig refuses the name below
-                check_fields(tower_class, dict(given[f"{tower}_config"]), f"{inner} {tower}_config")
-        try:
-            return cls(**values | {"backbone_config": given})
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{where}: {e}") from None
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+from rankers.config import RankerConfig
+from rankers.embedding import EmbeddingArch, table_bytes
 
 
 class Ranker(nn.Module):
@@ -216,11 +99,12 @@ def build_ranker(
         raise ValueError(f"tasks {unknown} are not the dataset's; its tasks: {schema.tasks}")
     training = device is not None and torch.device(device).type == "meta"
     _check_memory(schema, config, training, machine_memory() if memory is None else memory)
-    cls = backbone_class(config.backbone)
     dim = config.embedding_dim
     assert dim is not None  # RankerConfig resolves it
     spec = InputSpec.from_schema(schema, dim)
-    backbone = cls(spec, config.make_backbone_config(), config.tasks or schema.tasks)
+    backbone = build_backbone(
+        config.backbone, spec, config.make_backbone_config(), config.tasks or schema.tasks
+    )
     return Ranker(
         EmbeddingArch(schema, dim, device=device, sequence_lookup=config.sequence_lookup),
         backbone,
@@ -242,8 +126,8 @@ def memory_needed(schema: Schema, config: RankerConfig, training: bool = True) -
     assert config.embedding_dim is not None  # RankerConfig resolves it
     spec = InputSpec.from_schema(schema, config.embedding_dim)
     with torch.device("meta"):
-        backbone = backbone_class(config.backbone)(
-            spec, config.make_backbone_config(), config.tasks or schema.tasks
+        backbone = build_backbone(
+            config.backbone, spec, config.make_backbone_config(), config.tasks or schema.tasks
         )
     parameters = sum(p.numel() for p in backbone.parameters())
     tables = table_bytes(schema, config.embedding_dim, optimizer_state=training)
@@ -263,7 +147,7 @@ def _check_memory(schema: Schema, config: RankerConfig, training: bool, memory: 
         raise ValueError(
             f"the {config.backbone} backbone's dense part needs {format_bytes(dense)} "
             f"({dense // (16 if training else 4):,} parameters, {per}), {have}; expected a smaller "
-            f"backbone_config {dict(config.backbone_config)}"
+            f"backbone_config {vars(config.backbone_config)}"
         )
     big = max(tables, key=tables.__getitem__)  # there are tables: the dense part alone fits
     if tables[big] > memory:

@@ -35,7 +35,7 @@ def one_line_error(call: Callable[[], object]) -> str:
 def criteo_8k_2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Criteo head10k sample in row order: first 7,200 train, next 800 valid, last 2,000 test,
     values seen fewer than 10 times in train mapped to the rare id."""
-    from features.criteo import CriteoConfig, convert_criteo
+    from features.datasets.criteo import CriteoConfig, convert_criteo
 
     out = tmp_path_factory.mktemp("criteo") / "data"
     config = CriteoConfig(min_count=10, split=(0.72, 0.08, 0.2), split_by="order")
@@ -45,7 +45,7 @@ def criteo_8k_2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20,000 teacher rows with small vocabularies: fast to train on."""
-    from features.synthetic import SyntheticConfig, write_synthetic
+    from features.datasets.synthetic import SyntheticConfig, write_synthetic
 
     out = tmp_path_factory.mktemp("synthetic") / "data"
     return write_synthetic(out, SyntheticConfig(rows=20_000, max_vocab=1000, min_count=5), progress=False)

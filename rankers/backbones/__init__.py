@@ -1,52 +1,58 @@
-"""Interaction backbones, one paper per file. `BACKBONES` maps a name to its class and `PRESETS` a
-published configuration's name to the function that returns it."""
+"""Interaction backbones, one paper per file, with their shared blocks in `layers`, their configs
+in `configs` and the published presets in `presets` (those two import no torch). The registry
+(`BACKBONES`, `PRESETS`, `backbone_class`, `build_backbone`) lives in `registry`; no backbone module
+imports the package or the registry.
 
-from collections.abc import Callable
+The names below are imported when first used, so `rankers.backbones.configs` and
+`rankers.backbones.presets` load without torch (`rankers --help` stays fast).
+"""
 
-from rankers.backbones.autoint import (
-    AutoInt,
-    AutoIntConfig,
-    AutoIntPlus,
-    AutoIntPlusConfig,
-    autoint_plus_criteo_x1,
-)
-from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset, Sequence
-from rankers.backbones.dien import DIEN, DIENConfig, dien_taobaoad_x1
-from rankers.backbones.din import DIN, DINConfig, din_taobaoad_x1
-from rankers.backbones.esmm import ESMM, ESMMConfig
-from rankers.backbones.finalmlp import FinalMLP, FinalMLPConfig, finalmlp_criteo_x1
-from rankers.backbones.mlp import MLP, MLPConfig
+from __future__ import annotations
 
-BACKBONES: dict[str, type[Backbone]] = {
-    "mlp": MLP,
-    "autoint": AutoInt,
-    "autoint_plus": AutoIntPlus,
-    "finalmlp": FinalMLP,
-    "din": DIN,
-    "dien": DIEN,
-    "esmm": ESMM,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rankers.backbones.autoint import AutoInt, AutoIntPlus
+    from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Sequence
+    from rankers.backbones.configs import (
+        AutoIntConfig,
+        AutoIntPlusConfig,
+        DIENConfig,
+        DINConfig,
+        ESMMConfig,
+        FinalMLPConfig,
+        MLPConfig,
+    )
+    from rankers.backbones.dien import DIEN
+    from rankers.backbones.din import DIN
+    from rankers.backbones.esmm import ESMM
+    from rankers.backbones.finalmlp import FinalMLP
+    from rankers.backbones.mlp import MLP
+    from rankers.backbones.presets import Preset
+    from rankers.backbones.registry import BACKBONES, PRESETS, backbone_class, build_backbone
+
+_WHERE = {
+    "configs": (
+        "AutoIntConfig",
+        "AutoIntPlusConfig",
+        "DIENConfig",
+        "DINConfig",
+        "ESMMConfig",
+        "FinalMLPConfig",
+        "MLPConfig",
+    ),
+    "presets": ("Preset",),
+    "registry": ("BACKBONES", "PRESETS", "backbone_class", "build_backbone"),
+    "base": ("Backbone", "BackboneOutput", "Embedded", "InputSpec", "Sequence"),
+    "autoint": ("AutoInt", "AutoIntPlus"),
+    "dien": ("DIEN",),
+    "din": ("DIN",),
+    "esmm": ("ESMM",),
+    "finalmlp": ("FinalMLP",),
+    "mlp": ("MLP",),
 }
-
-PRESETS: dict[str, Callable[[], Preset]] = {
-    "autoint_plus_criteo_x1": autoint_plus_criteo_x1,
-    "din_taobaoad_x1": din_taobaoad_x1,
-    "dien_taobaoad_x1": dien_taobaoad_x1,
-    "finalmlp_criteo_x1": finalmlp_criteo_x1,
-}
-
-
-def backbone_class(name: str) -> type[Backbone]:
-    """The class registered as `name` (or used by the preset `name`); ValueError listing the names."""
-    if name in PRESETS:
-        name = PRESETS[name]().backbone
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown backbone {name!r}, expected one of {sorted(BACKBONES)} or a preset {sorted(PRESETS)}"
-        ) from None
-
-
+_MODULE = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = [
     "BACKBONES",
     "DIEN",
@@ -71,4 +77,14 @@ __all__ = [
     "Preset",
     "Sequence",
     "backbone_class",
+    "build_backbone",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`rankers.backbones.NAME`, imported from its module on first use."""
+    if name not in _MODULE:
+        raise AttributeError(f"module 'rankers.backbones' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"rankers.backbones.{_MODULE[name]}"), name)
+    globals()[name] = value
+    return value

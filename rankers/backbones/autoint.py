@@ -11,64 +11,15 @@ dim (all heads together, A = H * A/H, FuxiCTR's convention).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset
-from rankers.backbones.mlp import MLPBlock
-from rankers.backbones.tokens import FieldTokens
-
-
-@dataclass(frozen=True)
-class AutoIntConfig:
-    attention_layers: int = 3  # interacting layers
-    num_heads: int = 2  # heads per layer
-    attention_dim: int = 16  # A: output width of a layer, all heads together
-    residual: bool = True  # add the (projected) input of each layer to its output
-    scale: bool = False  # divide scores by sqrt(A / H); the paper does not
-    layer_norm: bool = False  # LayerNorm after each residual sum
-    dropout: float = 0.0  # on attention probabilities and after each DNN layer
-    dnn_units: tuple[int, ...] = ()  # the parallel DNN of AutoInt+ (AutoIntPlusConfig); () here
-    dnn_batch_norm: bool = False  # batch norm in the DNN
-    # Numeric features as attention tokens (the paper, FuxiCTR, torch-rechub). False: only the
-    # categorical fields attend and the numeric values join the DNN's input as they are
-    # (DeepCTR-Torch's AutoInt); T is then F.
-    numeric_tokens: bool = True
-
-    def __post_init__(self) -> None:
-        if self.attention_layers < 1 or self.num_heads < 1:
-            raise ValueError(
-                f"attention_layers {self.attention_layers} and num_heads {self.num_heads} must be >= 1"
-            )
-        if self.attention_dim < 1 or self.attention_dim % self.num_heads:
-            raise ValueError(
-                f"attention_dim {self.attention_dim} must be a positive multiple of "
-                f"num_heads {self.num_heads}"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
-        if self.dnn_units and min(self.dnn_units) < 1:
-            raise ValueError(f"dnn_units {self.dnn_units}: widths must be >= 1")
-        if self.dnn_batch_norm and not self.dnn_units:
-            raise ValueError("dnn_batch_norm is set but there is no DNN (dnn_units is empty)")
-        if type(self) is AutoIntConfig and self.dnn_units:
-            raise ValueError(
-                f"dnn_units {self.dnn_units}: AutoInt has no DNN; use backbone 'autoint_plus' for one"
-            )
-
-
-@dataclass(frozen=True)
-class AutoIntPlusConfig(AutoIntConfig):
-    dnn_units: tuple[int, ...] = (256, 128)  # the parallel DNN; must not be empty
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.dnn_units:
-            raise ValueError("AutoInt+ needs dnn_units (the parallel DNN); use backbone 'autoint' without")
+from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
+from rankers.backbones.configs import AutoIntConfig, AutoIntPlusConfig
+from rankers.backbones.layers import FieldTokens, MLPBlock
 
 
 class InteractingLayer(nn.Module):
@@ -172,37 +123,3 @@ class AutoIntPlus(AutoInt):
         tasks: tuple[str, ...] = ("ctr",),
     ) -> None:
         super().__init__(spec, config, tasks)
-
-
-def autoint_plus_criteo_x1() -> Preset:
-    """AutoInt+ as run by BARS on Criteo_x1 (FuxiCTR 1.2.2, experiment AutoInt_criteo_x1_005_a4b5787e).
-
-    Source: github.com/reczoo/BARS, ranking/ctr/AutoInt/AutoInt+_criteo_x1 (README and log):
-    embedding dim 10, embedding regularizer 1e-5, 3 attention layers, 2 heads, attention dim 256,
-    residual, layer norm, no scaling, DNN (400, 400, 400) with batch norm, dropout 0.1, batch 4096,
-    Adam 1e-3 reduced tenfold on plateau, patience 2; test AUC 0.813939, LogLoss 0.437892,
-    23,844,454 parameters. That run also had `use_wide` (a first-order logistic-regression term
-    with one weight per id); this library has no first-order tables, so the preset leaves it out.
-    The embedding regularizer keeps FuxiCTR's number, but here it penalises the vectors a batch
-    looks up (RankerConfig.embedding_l2), not whole tables: not the same strength. The embedding
-    dim is 12, not 10: fbgemm's fused table kernel needs a multiple of 4 columns.
-    """
-    return Preset(
-        backbone="autoint_plus",
-        config=AutoIntPlusConfig(
-            attention_layers=3,
-            num_heads=2,
-            attention_dim=256,
-            residual=True,
-            scale=False,
-            layer_norm=True,
-            dropout=0.1,
-            dnn_units=(400, 400, 400),
-            dnn_batch_norm=True,
-        ),
-        embedding_dim=12,
-        embedding_l2=1e-5,
-        train=(("batch_size", 4096), ("lr", 1e-3), ("lr_decay", 0.1), ("patience", 2), ("epochs", 100)),
-        data="Criteo_x1: min category count 1, I1-I13 numeric (normalised in the release)",
-        published={"auc": 0.813939, "logloss": 0.437892, "parameters": 23_844_454},
-    )

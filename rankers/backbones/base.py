@@ -87,8 +87,9 @@ class InputSpec:
 class Backbone(nn.Module):
     """The interface every model implements: `Embedded` in, logits per task out.
 
-    Subclasses set `config_class` (a frozen dataclass) and take `(spec, config, tasks)`. They never
-    see a KeyedJaggedTensor, never call `.to()`, and hold no loss or optimizer.
+    Subclasses set `config_class` (a frozen dataclass) and take `(spec, config, tasks)` (ESMM its
+    two built towers besides); `rankers.backbones.registry.build_backbone` builds any of them by
+    name. They never see a KeyedJaggedTensor, never call `.to()`, and hold no loss or optimizer.
 
     Args:
         spec: the input shapes.
@@ -114,29 +115,3 @@ class Backbone(nn.Module):
 
     def forward(self, x: Embedded) -> BackboneOutput:
         raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A published configuration: the model, how it was trained, and what it scored.
-
-    Presets are plain zero-argument functions beside their backbone (`finalmlp_criteo_x1()`); their
-    names are accepted wherever a backbone name is (`RankerConfig(backbone=...)`, `--backbone`).
-
-    Attributes:
-        backbone: the registered backbone name.
-        config: that backbone's config.
-        embedding_dim: D.
-        embedding_l2: the embedding regularizer (see RankerConfig.embedding_l2).
-        train: TrainConfig fields as (name, value) pairs.
-        data: how the published run prepared its data.
-        published: the published test figures (auc, logloss, parameters).
-    """
-
-    backbone: str
-    config: Any
-    embedding_dim: int
-    embedding_l2: float
-    train: tuple[tuple[str, Any], ...]
-    data: str
-    published: dict[str, float]

@@ -18,7 +18,7 @@ steps only the rows still inside their history (rows sorted by length, the activ
 so the cost follows the real positions; under `torch.compile` both run over all L positions with
 the padding masked (same values). Padding comes after the real positions, so it never reaches them.
 
-Sequences and targets are chosen as in DIN (rankers.backbones.din): the attended sequences are
+Sequences and targets are chosen as in DIN (`layers.InterestMLP`): the attended sequences are
 concatenated per position and their target fields form the query.
 
 Notation: B batch, F categorical fields, D embedding dim, L longest sequence in the batch, W = G*D
@@ -27,48 +27,14 @@ the behaviour vector of G attended sequences (also the GRUs' hidden size), K tas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset
-from rankers.backbones.din import ACTIVATIONS, ActivationUnit, InterestMLP, mlp_block
-
-GRU_TYPES = ("AUGRU", "AGRU", "AIGRU")
-
-
-@dataclass(frozen=True)
-class DIENConfig:
-    dnn_units: tuple[int, ...] = (256, 128)  # MLP widths over [dense, fields, evolved interest]
-    dnn_activation: str = "relu"  # one of din.ACTIVATIONS
-    dnn_dropout: float = 0.0
-    dnn_batch_norm: bool = False
-    gru_type: str = "AUGRU"  # the interest evolving layer: AUGRU, AGRU or AIGRU
-    attention_units: tuple[int, ...] = (64, 16)  # the activation unit scoring h_t against the target
-    attention_activation: str = "dice"
-    attention_dropout: float = 0.0
-    attention_softmax: bool = True  # the paper normalises the scores over the history
-    aux_loss_weight: float = 1.0  # alpha of the auxiliary loss; 0 turns it off
-    aux_units: tuple[int, ...] = (100, 50)  # the auxiliary net's hidden widths (the paper's)
-    sequences: tuple[str, ...] = ()  # attended sequences; () = every one with a target field
-
-    def __post_init__(self) -> None:
-        for name in ("dnn_units", "attention_units", "aux_units"):
-            units = getattr(self, name)
-            if not units or min(units) < 1:
-                raise ValueError(f"{name} {units}: expected one or more widths >= 1")
-        for name in ("dnn_activation", "attention_activation"):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {ACTIVATIONS}")
-        for name in ("dnn_dropout", "attention_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1)")
-        if self.gru_type not in GRU_TYPES:
-            raise ValueError(f"gru_type {self.gru_type!r}: expected one of {GRU_TYPES}")
-        if not 0 <= self.aux_loss_weight < float("inf"):
-            raise ValueError(f"aux_loss_weight {self.aux_loss_weight} must be finite and >= 0")
+from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
+from rankers.backbones.configs import GRU_TYPES as GRU_TYPES  # re-exported
+from rankers.backbones.configs import DIENConfig
+from rankers.backbones.layers import ActivationUnit, InterestMLP, MLPBlock
 
 
 class JaggedGRU(nn.Module):
@@ -177,9 +143,7 @@ class DIEN(Backbone):
         self.extractor = JaggedGRU(width)
         units = config.aux_units
         self.aux_first = nn.Linear(2 * width, units[0])  # the aux net over [h_t, e]
-        self.aux_rest = nn.Sequential(
-            nn.ReLU(), mlp_block(units[0], units[1:], "relu", 0.0, False), nn.Linear(units[-1], 1)
-        )
+        self.aux_rest = nn.Sequential(nn.ReLU(), MLPBlock(units[0], units[1:]), nn.Linear(units[-1], 1))
         self.attention = ActivationUnit(
             width, config.attention_units, config.attention_activation, config.attention_dropout
         )
@@ -235,35 +199,3 @@ class DIEN(Backbone):
         if self.training and self.aux_loss_weight > 0:
             aux = self.aux_loss_weight * self.auxiliary_loss(states, behaviours, mask)
         return BackboneOutput({t: out[:, i] for i, t in enumerate(self.tasks)}, aux)
-
-
-def dien_taobaoad_x1() -> Preset:
-    """BARS DIEN_taobaoad_x1_019_5d9b3874 (FuxiCTR 2.0.2; reczoo/BARS ranking/ctr/DIEN/DIEN_taobaoad_x1):
-    AUGRU, din_attention with hidden units [512, 256] and Dice, attention softmax, attention_dropout 0;
-    aux_loss_alpha 0 (aux net [100, 50] ReLU unused); dnn_hidden_units [512, 256, 128] ReLU,
-    net_dropout 0.1, no batch norm; embedding_dim 32, embedding_regularizer 5e-6; Adam lr 1e-3,
-    batch 8192, early_stop_patience 1 (reduce lr x0.1 on plateau).
-    Published (test = 2017-05-13): AUC 0.652937, gAUC 0.576916, LogLoss 0.192840.
-    """
-    return Preset(
-        backbone="dien",
-        config=DIENConfig(
-            dnn_units=(512, 256, 128),
-            dnn_dropout=0.1,
-            gru_type="AUGRU",
-            attention_units=(512, 256),
-            attention_activation="dice",
-            attention_softmax=True,
-            aux_loss_weight=0.0,
-            aux_units=(100, 50),
-        ),
-        embedding_dim=32,
-        embedding_l2=5e-6,
-        train=(("lr", 1e-3), ("batch_size", 8192), ("patience", 1), ("lr_decay", 0.1)),
-        data="TaobaoAd_x1: train 2017-05-06..12, test 2017-05-13, min count 10 (convert with "
-        "--min-count 10), histories of cate, brand and btag up to 50. BARS attends over (cate_his, "
-        "brand_his, btag_his) from (cate_id, brand, btag); `convert taobao-ad` writes no target btag, "
-        "so here the attention covers (hist_cate_id, hist_brand) and hist_btag is sum-pooled: not "
-        "directly comparable to the published figures",
-        published={"auc": 0.652937, "gauc": 0.576916, "logloss": 0.192840},
-    )

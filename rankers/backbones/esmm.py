@@ -7,7 +7,9 @@ pCTCVR = pCTR * pCVR against "click and conversion", and pCTR against click. Bot
 same embedding tables (the paper's feature-representation transfer).
 
 Towers are any single-task backbone of `BACKBONES` (MLP by default; DIN, DIEN, AutoInt, FinalMLP
-...), chosen per tower with its config. The ctcvr logit is computed in log space:
+...), chosen per tower with its config. ESMM is handed its two towers built
+(`rankers.backbones.registry.build_backbone` builds them from the config, ctr then cvr), so this
+file knows no backbone but its own. The ctcvr logit is computed in log space:
 
     log p = logsigmoid(a) + logsigmoid(b)
     log(1 - p) = logaddexp(logsigmoid(-a), logsigmoid(a) + logsigmoid(-b))
@@ -23,49 +25,25 @@ Notation: B batch, K = 3 tasks (ctr, cvr, ctcvr).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch.nn import functional as F
 
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
+from rankers.backbones.configs import ESMMConfig
 
 TASKS = ("ctr", "cvr", "ctcvr")
 
 
-def _pairs(value: Any) -> tuple[tuple[str, Any], ...]:
-    items = value.items() if isinstance(value, dict) else value
-    return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in items))
-
-
-@dataclass(frozen=True)
-class ESMMConfig:
-    ctr_tower: str = "mlp"  # a single-task backbone of BACKBONES
-    cvr_tower: str = "mlp"
-    # Each tower's config fields as (name, value) pairs (a dict is accepted); () = its defaults.
-    ctr_config: tuple[tuple[str, Any], ...] | dict[str, Any] = ()
-    cvr_config: tuple[tuple[str, Any], ...] | dict[str, Any] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("ctr_config", "cvr_config"):
-            object.__setattr__(self, name, _pairs(getattr(self, name)))
-        from rankers.backbones import PRESETS, backbone_class
-
-        for which, tower, fields in (
-            ("ctr_tower", self.ctr_tower, self.ctr_config),
-            ("cvr_tower", self.cvr_tower, self.cvr_config),
-        ):
-            if tower == "esmm" or tower in PRESETS:
-                raise ValueError(
-                    f"{which} {tower!r}: expected a single-task backbone by name (not ESMM or a preset)"
-                )
-            config_class = backbone_class(tower).config_class
-            unknown = sorted(set(dict(fields)) - {f.name for f in dataclasses.fields(config_class)})
-            if unknown:
-                raise ValueError(f"{which} {tower!r} has no config fields {unknown}")
-            config_class(**dict(fields))  # type: ignore[arg-type]  # raises naming a bad value
+def check_tasks(tasks: tuple[str, ...]) -> None:
+    """ValueError unless `tasks` hold the click and conversion labels ESMM trains on."""
+    missing = sorted({"ctr", "cvr"} - set(tasks))
+    if missing:
+        raise ValueError(
+            f"ESMM trains on click and conversion labels: tasks {tuple(tasks)} lack {missing} "
+            "(the dataset needs Label(..., task='ctr') and Label(..., task='cvr'))"
+        )
 
 
 def ctcvr_logit(ctr: torch.Tensor, cvr: torch.Tensor) -> torch.Tensor:
@@ -79,41 +57,46 @@ class ESMM(Backbone):
     """Entire Space Multi-Task Model with configurable towers.
 
     Example:
-        >>> model = ESMM(spec, ESMMConfig(ctr_tower="din", cvr_tower="mlp",
-        ...                               cvr_config={"hidden_units": (256, 128)}), ("ctr", "cvr"))
+        >>> config = ESMMConfig(ctr_tower="din", cvr_config={"hidden_units": (256, 128)})
+        >>> model = build_backbone("esmm", spec, config, ("ctr", "cvr"))  # rankers.backbones.registry
         >>> out = model(x)   # logits for "ctr", "cvr" and "ctcvr"
 
     Args:
         spec: the input shapes (both towers see all of it).
-        config: the towers.
+        config: the towers' names and configs.
         tasks: must hold "ctr" and "cvr" (the click and conversion labels); the model's tasks are
             always ("ctr", "cvr", "ctcvr").
+        ctr_tower: the built ctr tower, as `config` describes it, with tasks ("ctr",).
+        cvr_tower: the built cvr tower, with tasks ("cvr",).
     """
 
     config_class = ESMMConfig
     loss_labels: ClassVar[dict[str, str] | None] = {"ctr": "ctr", "ctcvr": "cvr"}
 
     def __init__(
-        self, spec: InputSpec, config: ESMMConfig | None = None, tasks: tuple[str, ...] = TASKS
+        self,
+        spec: InputSpec,
+        config: ESMMConfig,
+        tasks: tuple[str, ...] = TASKS,
+        ctr_tower: Backbone | None = None,
+        cvr_tower: Backbone | None = None,
     ) -> None:
-        from rankers.backbones import backbone_class
-
-        config = ESMMConfig() if config is None else config  # not a default: it checks the registry
         super().__init__(spec, config, TASKS)  # checks the config's type
-        missing = sorted({"ctr", "cvr"} - set(tasks))
-        if missing:
-            raise ValueError(
-                f"ESMM trains on click and conversion labels: tasks {tuple(tasks)} lack {missing} "
-                "(the dataset needs Label(..., task='ctr') and Label(..., task='cvr'))"
+        check_tasks(tasks)
+        if ctr_tower is None or cvr_tower is None:
+            raise TypeError(
+                "ESMM takes its ctr and cvr towers built (rankers.backbones.registry.build_backbone "
+                "builds ESMM with both from its config)"
             )
-        towers = {}
-        for task, name, fields in (
-            ("ctr", config.ctr_tower, config.ctr_config),
-            ("cvr", config.cvr_tower, config.cvr_config),
-        ):
-            cls = backbone_class(name)
-            towers[task] = cls(spec, cls.config_class(**dict(fields)), (task,))  # type: ignore[arg-type]
-        self.ctr_tower, self.cvr_tower = towers["ctr"], towers["cvr"]
+        for which, tower in (("ctr", ctr_tower), ("cvr", cvr_tower)):
+            name, tower_config = config.tower(which)  # what the config (and a checkpoint) says
+            if tower.tasks != (which,) or tower.config != tower_config or tower.spec != spec:
+                raise ValueError(
+                    f"{which}_tower: expected a {name!r} backbone over ESMM's input spec with tasks "
+                    f"({which!r},) and {tower_config}, got a {type(tower).__name__} with tasks "
+                    f"{tower.tasks} and {tower.config}"
+                )
+        self.ctr_tower, self.cvr_tower = ctr_tower, cvr_tower
 
     def forward(self, x: Embedded) -> BackboneOutput:
         """Embedded inputs -> logits (B,) for ctr, cvr and ctcvr, and the towers' auxiliary losses."""

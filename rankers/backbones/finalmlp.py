@@ -14,49 +14,12 @@ streams' output widths, K tasks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec, Preset
-from rankers.backbones.mlp import MLPBlock
-from rankers.backbones.tokens import FieldTokens
-
-
-@dataclass(frozen=True)
-class FinalMLPConfig:
-    mlp1_units: tuple[int, ...] = (256, 128)  # stream 1 widths
-    mlp1_dropout: float = 0.0
-    mlp1_batch_norm: bool = False
-    mlp2_units: tuple[int, ...] = (256, 128)  # stream 2 widths
-    mlp2_dropout: float = 0.0
-    mlp2_batch_norm: bool = False
-    feature_selection: bool = True  # gate each stream's input; False feeds both the plain tokens
-    fs_units: tuple[int, ...] = (256,)  # hidden widths of each gate's MLP
-    fs1_context: tuple[str, ...] = ()  # fields whose embeddings condition gate 1; () = learned vector
-    fs2_context: tuple[str, ...] = ()  # the same for gate 2
-    num_heads: int = 2  # H of the bilinear aggregation; divides both streams' output widths
-
-    def __post_init__(self) -> None:
-        for name in ("mlp1_units", "mlp2_units", "fs_units"):
-            units = getattr(self, name)
-            if not units or min(units) < 1:
-                raise ValueError(f"{name} {units}: expected one or more widths >= 1")
-        for name in ("mlp1_dropout", "mlp2_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1)")
-        if not self.feature_selection and (self.fs1_context or self.fs2_context):
-            raise ValueError(
-                f"fs1_context {self.fs1_context} / fs2_context {self.fs2_context} are set but "
-                "feature_selection is off; clear them or turn it on"
-            )
-        for units in (self.mlp1_units, self.mlp2_units):
-            if self.num_heads < 1 or units[-1] % self.num_heads:
-                raise ValueError(
-                    f"num_heads {self.num_heads} must be >= 1 and divide the streams' output widths "
-                    f"({self.mlp1_units[-1]}, {self.mlp2_units[-1]})"
-                )
+from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
+from rankers.backbones.configs import FinalMLPConfig
+from rankers.backbones.layers import FieldTokens, MLPBlock
 
 
 class FeatureGate(nn.Module):
@@ -135,38 +98,3 @@ class FinalMLP(Backbone):
             in1, in2 = flat * self.gate1(tokens), flat * self.gate2(tokens)
         out = self.fusion(self.mlp1(in1), self.mlp2(in2))  # (B, K)
         return BackboneOutput({t: out[:, i] for i, t in enumerate(self.tasks)})
-
-
-def finalmlp_criteo_x1() -> Preset:
-    """FinalMLP as run by BARS on Criteo_x1 with FuxiCTR.
-
-    Source: github.com/reczoo/BARS, ranking/ctr/FinalMLP/FinalMLP_criteo_x1 (the published config,
-    as quoted in this library's backbone issue): embedding dim 10, embedding regularizer 1e-5, mlp1 (400, 400,
-    400) with batch norm and dropout 0.2, mlp2 (1000,) with batch norm and dropout 0.3, gates with
-    hidden (800,), gate 1 context I1..I13, gate 2 context C6, 200 heads, batch 4096, Adam 1e-3
-    reduced tenfold on plateau, patience 2; test AUC 0.814902, LogLoss 0.437025, 22,478,162
-    parameters. The embedding regularizer keeps FuxiCTR's number, but here it penalises the vectors
-    a batch looks up (RankerConfig.embedding_l2), not whole tables: not the same strength. The
-    embedding dim is 12, not 10: fbgemm's fused table kernel needs a multiple of 4 columns.
-    """
-    return Preset(
-        backbone="finalmlp",
-        config=FinalMLPConfig(
-            mlp1_units=(400, 400, 400),
-            mlp1_dropout=0.2,
-            mlp1_batch_norm=True,
-            mlp2_units=(1000,),
-            mlp2_dropout=0.3,
-            mlp2_batch_norm=True,
-            feature_selection=True,
-            fs_units=(800,),
-            fs1_context=tuple(f"I{i}" for i in range(1, 14)),
-            fs2_context=("C6",),
-            num_heads=200,
-        ),
-        embedding_dim=12,
-        embedding_l2=1e-5,
-        train=(("batch_size", 4096), ("lr", 1e-3), ("lr_decay", 0.1), ("patience", 2), ("epochs", 100)),
-        data="Criteo_x1: min category count 1, I1-I13 numeric (normalised in the release)",
-        published={"auc": 0.814902, "logloss": 0.437025, "parameters": 22_478_162},
-    )

@@ -8,42 +8,12 @@ Notation: B batch, F fields, D embedding dim, n_dense dense features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    hidden_units: tuple[int, ...] = (256, 128)  # widths of the hidden layers
-    dropout: float = 0.0  # after each hidden activation
-    batch_norm: bool = False  # before each hidden activation
-
-    def __post_init__(self) -> None:
-        if not self.hidden_units or min(self.hidden_units) < 1:
-            raise ValueError(f"hidden_units {self.hidden_units}: expected one or more widths >= 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
-
-
-class MLPBlock(nn.Sequential):
-    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per width; the building block other backbones reuse."""
-
-    def __init__(self, in_features: int, units: tuple[int, ...], dropout: float, batch_norm: bool) -> None:
-        layers: list[nn.Module] = []
-        for width in units:
-            layers.append(nn.Linear(in_features, width))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(width))
-            layers.append(nn.ReLU())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            in_features = width
-        super().__init__(*layers)
-        self.out_features = in_features
+from rankers.backbones.configs import MLPConfig
+from rankers.backbones.layers import MLPBlock
 
 
 class MLP(Backbone):

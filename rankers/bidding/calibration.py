@@ -28,9 +28,8 @@ the calibration map itself (tests/rankers/test_calibration.py measures its cover
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,63 +38,16 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from rankers.calibration import EPS, Calibration, TaskCalibration, logit
+
 # "auto" keeps, per task, whichever of isotonic and Platt lowers the held-out ECE most, or the
 # model's own probabilities ("identity", bounded away from 0 and 1) where neither lowers it.
 METHODS = ("auto", "isotonic", "platt", "identity")
 MAPS = ("isotonic", "platt", "identity")  # what a saved TaskCalibration holds
-CALIBRATION_FILE = "calibration.json"
 FOLDS = 5  # of the held-out check: each map is fitted on 80% of the valid rows
 MIN_POSITIVES = 50  # fewest positive fitting rows of a saved map (see above)
 MIN_NEGATIVES = 50  # and negative ones: the same argument for a rate near 1
-_EPS = 1e-6
 log = logging.getLogger(__name__)
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    return np.log(p) - np.log1p(-p)
-
-
-def expit(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))  # 1 / (1 + exp(-z)) without overflow
-
-
-@dataclass(frozen=True)
-class TaskCalibration:
-    """One task's calibration map and the bins that give sigma.
-
-    isotonic: `x`, `y` are the fitted step function's knots (interpolated linearly between, flat
-    outside); platt: `x` = (a, b) with v = sigmoid(a logit(p) + b); identity: v = p. Values are clipped to
-    [`low`, `high`] (the bounds of the module docstring). `edges` are the inner bin edges on
-    logit(v), `counts` the validation rows per bin.
-    """
-
-    method: str
-    x: tuple[float, ...]
-    y: tuple[float, ...]
-    edges: tuple[float, ...]
-    counts: tuple[int, ...]
-    low: float = 0.0
-    high: float = 1.0
-
-    def transform(self, p: np.ndarray) -> np.ndarray:
-        p = np.asarray(p, dtype=np.float64)
-        if self.method == "platt":
-            a, b = self.x
-            v = expit(a * logit(np.clip(p, _EPS, 1 - _EPS)) + b)
-        elif self.method == "identity":
-            v = p
-        else:
-            v = np.interp(p, self.x, self.y)
-        return np.clip(v, self.low, self.high)
-
-    def sigma(self, v: np.ndarray) -> np.ndarray:
-        """Binomial standard error of calibrated values `v` from their bin's validation count."""
-        v = np.asarray(v, dtype=np.float64)
-        n = np.maximum(
-            np.asarray(self.counts)[np.searchsorted(self.edges, logit(np.clip(v, _EPS, 1 - _EPS)))], 1
-        )
-        smoothed = (v * n + 1) / (n + 2)  # Laplace: a rate of 0 measured on n rows is not certain
-        return np.sqrt(smoothed * (1 - smoothed) / n)
 
 
 def _smoothed_isotonic(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,13 +80,13 @@ def fit_task(
     x: tuple[float, ...] = ()
     y: tuple[float, ...] = ()
     if method == "platt":
-        model = LogisticRegression(C=1e6).fit(logit(np.clip(probs, _EPS, 1 - _EPS))[:, None], labels)
+        model = LogisticRegression(C=1e6).fit(logit(np.clip(probs, EPS, 1 - EPS))[:, None], labels)
         x = (float(model.coef_[0, 0]), float(model.intercept_[0]))
     elif method == "isotonic":
         knots = _smoothed_isotonic(probs, labels)
         x, y = tuple(map(float, knots[0])), tuple(map(float, knots[1]))
     partial = TaskCalibration(method, x, y, (), (0,), low, high)
-    z = logit(np.clip(partial.transform(probs), _EPS, 1 - _EPS))
+    z = logit(np.clip(partial.transform(probs), EPS, 1 - EPS))
     inner = np.linspace(z.min(), z.max(), bins + 1)[1:-1] if z.max() > z.min() else np.array([])
     counts = np.bincount(np.searchsorted(inner, z), minlength=len(inner) + 1)
     return TaskCalibration(method, x, y, tuple(map(float, inner)), tuple(map(int, counts)), low, high)
@@ -216,53 +168,6 @@ def held_out_auto(
     return (*results[chosen], candidates)
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Per-task calibrations, saved beside a checkpoint's weights as `calibration.json`."""
-
-    tasks: dict[str, TaskCalibration]
-
-    def transform(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Calibrated probabilities of the tasks that have a calibration (others unchanged)."""
-        return {t: self.tasks[t].transform(p) if t in self.tasks else p for t, p in probs.items()}
-
-    def sigma(self, calibrated: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = sorted(set(calibrated) - set(self.tasks))
-        if missing:
-            raise ValueError(f"no calibration for tasks {missing}; calibrated: {sorted(self.tasks)}")
-        return {t: self.tasks[t].sigma(v) for t, v in calibrated.items()}
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / CALIBRATION_FILE
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps({t: asdict(c) for t, c in self.tasks.items()}, indent=1))
-        tmp.rename(path)  # a reader sees the old file or the new one
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path) -> Calibration | None:
-        path = Path(directory) / CALIBRATION_FILE
-        if not path.is_file():
-            return None
-        try:
-            raw = json.loads(path.read_text())
-            tasks = {
-                t: TaskCalibration(
-                    c["method"],
-                    tuple(c["x"]),
-                    tuple(c["y"]),
-                    tuple(c["edges"]),
-                    tuple(c["counts"]),
-                    c.get("low", 0.0),  # files written before the bounds
-                    c.get("high", 1.0),
-                )
-                for t, c in raw.items()
-            }
-            return cls(tasks)
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}: not a calibration written by `rankers calibrate` ({e})") from e
-
-
 def fit_calibration(
     probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], method: str = "isotonic", bins: int = 20
 ) -> Calibration:
@@ -304,7 +209,7 @@ def _table_ece(table: list[dict[str, Any]]) -> float:
 
 def _task_rows(predictor: Any, rows: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Raw probabilities and labels per task, on the rows where its label is defined."""
-    from rankers.metrics import task_labels
+    from rankers.evaluation import task_labels
 
     probs, labels, _ = predictor.predict_labeled(rows, raw=True)
     return {
@@ -334,7 +239,7 @@ def calibrate(
     seed: int = 0,
 ) -> tuple[Calibration, dict[str, Any]]:
     """Fits a calibration of `predictor` (a rankers.predictor.Predictor) on the labeled rows of
-    `valid`, each task on the rows where its label is defined (rankers.metrics.task_labels), once
+    `valid`, each task on the rows where its label is defined (rankers.evaluation.task_labels), once
     every task passes its held-out check (`held_out`, `HeldOut.refusal`). Returns it with a report:
     its status ("saved": every task passed; "forced"), per task its rows, positives, folds, check,
     held-out ECE raw and calibrated, ECE raw and calibrated on `test` where given, and reliability

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from rankers.evaluation import goal_tasks as goal_tasks  # the funnel's rule; imported from here too
+
 GOALS = ("conversion", "click")
 
 
@@ -66,8 +68,8 @@ def values_from_probs(
     """Bid values from per-task probabilities and their sigmas.
 
     goal "click": ctr. goal "conversion": ctcvr when present, else ctr x cvr with the delta
-    method's sigma (independent errors). `sigmas` needs only the tasks the goal uses
-    (`goal_tasks`).
+    method's sigma (independent errors): the funnel's rule (`rankers.evaluation.goal_tasks`).
+    `sigmas` needs only the tasks the goal uses.
     """
     if goal not in GOALS:
         raise ValueError(f"goal {goal!r}: expected one of {GOALS}")
@@ -83,13 +85,6 @@ def values_from_probs(
         sigma = np.sqrt((cvr * sigmas["ctr"]) ** 2 + (ctr * sigmas["cvr"]) ** 2)
         return BidValues(ctr * cvr, sigma)
     raise ValueError(f"goal 'conversion' needs ctcvr, or ctr and cvr tasks; the predictor has {have}")
-
-
-def goal_tasks(tasks: list[str] | tuple[str, ...], goal: str) -> list[str]:
-    """The predicted tasks a goal's values are made of (see `values_from_probs`)."""
-    if goal == "click" or "ctcvr" not in tasks:
-        return ["ctr"] if goal == "click" else [t for t in ("ctr", "cvr") if t in tasks]
-    return ["ctcvr"]
 
 
 def bid_values(

@@ -171,7 +171,7 @@ def trained(synthetic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def foreign(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A test split converted with other vocabularies (another min_count) than `synthetic_small`."""
-    from features.synthetic import SyntheticConfig, write_synthetic
+    from features.datasets.synthetic import SyntheticConfig, write_synthetic
 
     out = tmp_path_factory.mktemp("foreign") / "data"
     return write_synthetic(out, SyntheticConfig(rows=4000, max_vocab=1000, min_count=20), progress=False)
@@ -215,7 +215,7 @@ def criteo_tsv(path: Path, rows: int = 2000, tail: bytes = b"") -> Path:
 
 
 def criteo_dataset(out: Path) -> Path:
-    from features.criteo import CriteoConfig, convert_criteo
+    from features.datasets.criteo import CriteoConfig, convert_criteo
 
     src = criteo_tsv(out.parent / f"{out.name}.tsv")
     return convert_criteo(src, out, CriteoConfig(min_count=2), progress=False)

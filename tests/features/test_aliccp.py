@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from features.aliccp import FIELDS, MULTI, AliCCPConfig, convert_aliccp
 from features.dataset import dataset_info
+from features.datasets.aliccp import FIELDS, MULTI, AliCCPConfig, convert_aliccp
 from features.schema import Schema
 from tests.conftest import shared_file
 

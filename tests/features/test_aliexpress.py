@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.aliexpress import CATS, NUMS, AliExpressConfig, convert_aliexpress
 from features.dataset import dataset_info
+from features.datasets.aliexpress import CATS, NUMS, AliExpressConfig, convert_aliexpress
 from features.schema import Schema
 from tests.conftest import shared_file
 

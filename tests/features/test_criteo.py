@@ -13,11 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import features._csv
-from features._csv import CsvFile, count_rows, line_of_row, lookup_ids
-from features.criteo import CATS, INTS, CriteoConfig, convert_criteo
+import features.delimited
 from features.dataset import dataset_info
+from features.datasets.criteo import CATS, INTS, CriteoConfig, convert_criteo
+from features.delimited import CsvFile, count_rows, line_of_row
 from features.schema import Schema
+from features.vocabulary import lookup_ids
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ORDER_80_20 = CriteoConfig(split=(0.8, 0.0, 0.2), split_by="order")
@@ -362,7 +363,7 @@ def test_lookup_ids_both_ways(vocabulary: list[str]) -> None:
 def test_line_scan_agrees_with_splitlines(
     tmp_path: Path, scan_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(features._csv, "_SCAN_BYTES", scan_bytes)  # blank lines across chunk ends
+    monkeypatch.setattr(features.delimited, "_SCAN_BYTES", scan_bytes)  # blank lines across chunk ends
     rng = np.random.default_rng(scan_bytes)
     for trial in range(20):
         data = b"h\n" + b"".join(rng.choice([b"ab", b"c", b"\n", b"\n", b"\r\n", b"\r"], size=30))

@@ -18,11 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-import features.synthetic
-from features.criteo import CriteoConfig, convert_criteo
+import features.datasets.synthetic
 from features.dataset import dataset_info
-from features.schema import Label, Schema
-from features.synthetic import (
+from features.datasets.criteo import CriteoConfig, convert_criteo
+from features.datasets.synthetic import (
     CAT_MISSING,
     DENSE_MISSING,
     N_CAT,
@@ -34,6 +33,7 @@ from features.synthetic import (
     write_synthetic,
     write_synthetic_tsv,
 )
+from features.schema import Label, Schema
 
 ROWS = 20_000
 SPLITS = ("train", "valid", "test")
@@ -191,7 +191,7 @@ def test_tsv_converts_with_the_criteo_converter(tmp_path: Path) -> None:
 def test_rows_of_n_are_a_prefix_of_rows_of_2n(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
 ) -> None:
-    monkeypatch.setattr(features.synthetic, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(features.datasets.synthetic, "CHUNK_ROWS", chunk_rows)
     n = 3 * chunk_rows
     short = list(Teacher(SyntheticConfig(rows=n)).chunks())
     long = list(Teacher(SyntheticConfig(rows=2 * n)).chunks())
@@ -392,7 +392,7 @@ def test_funnel_same_seed_same_rows_other_seed_other_rows(funnel: Path, tmp_path
 
 
 def test_funnel_rows_of_n_are_a_prefix_of_rows_of_2n(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(features.synthetic, "CHUNK_ROWS", 1_000)
+    monkeypatch.setattr(features.datasets.synthetic, "CHUNK_ROWS", 1_000)
     short = list(Teacher(SyntheticConfig(rows=3_000, funnel=True)).funnel_chunks())
     long = list(Teacher(SyntheticConfig(rows=6_000, funnel=True)).funnel_chunks())
     assert len(short) == 3 and len(long) == 6

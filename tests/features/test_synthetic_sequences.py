@@ -16,8 +16,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from features.dataset import dataset_info
+from features.datasets.synthetic_sequences import SequenceSyntheticConfig, write_synthetic_sequences
 from features.reader import find_schema, parquet_files, table_batches
-from features.synthetic_sequences import SequenceSyntheticConfig, write_synthetic_sequences
 
 ROWS = 20_000
 

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.dataset import dataset_info
+from features.datasets.taobao import PROFILE, TaobaoAdConfig, convert_taobao_ad, detect_layout
 from features.reader import ParquetBatches
 from features.schema import Schema
-from features.taobao import PROFILE, TaobaoAdConfig, convert_taobao_ad, detect_layout
 from tests.conftest import shared_file
 
 JOINED = "taobao/alimama_joined_sample100.csv"

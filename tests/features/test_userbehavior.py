@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.dataset import dataset_info
+from features.datasets.userbehavior import UserBehaviorConfig, convert_userbehavior
 from features.reader import ParquetBatches
 from features.schema import Schema
-from features.userbehavior import UserBehaviorConfig, convert_userbehavior
 from tests.conftest import shared_file
 
 SAMPLE = "taobao/UserBehavior_head_650users.csv"

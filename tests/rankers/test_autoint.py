@@ -7,7 +7,7 @@ import torch
 
 from rankers.backbones import AutoInt, AutoIntConfig, AutoIntPlus, AutoIntPlusConfig, InputSpec
 from rankers.backbones.autoint import InteractingLayer
-from rankers.backbones.tokens import FieldTokens
+from rankers.backbones.layers import FieldTokens
 from tests.rankers._inputs import embedded
 
 SPEC = InputSpec(dense_names=("I1", "I2"), field_names=("C1", "C2", "C3"), embedding_dim=8)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rankers.backbones import BACKBONES, Backbone, Embedded, InputSpec
+from rankers.backbones import BACKBONES, Backbone, Embedded, InputSpec, build_backbone
 from tests.rankers._inputs import embedded
 
 # Optional parts of each backbone, switched on together in a second variant.
@@ -74,7 +74,7 @@ def build(name: str, variant: str, tasks: tuple[str, ...] = ("ctr",), spec: Inpu
     cls = BACKBONES[name]
     tasks = FIXED_TASKS.get(name, tasks)
     config = cls.config_class(**(OPTIONS[name] if variant == "options" else {}))
-    return cls(spec, config, tasks)
+    return build_backbone(name, spec, config, tasks)
 
 
 @pytest.mark.parametrize(("name", "variant"), VARIANTS)
@@ -172,3 +172,24 @@ def test_rejects_a_config_of_another_backbone(name: str) -> None:
     other = next(cls for n, cls in BACKBONES.items() if cls.config_class is not BACKBONES[name].config_class)
     with pytest.raises(TypeError, match=BACKBONES[name].config_class.__name__):
         BACKBONES[name](SPEC, other.config_class(), ("ctr",))
+
+
+def test_no_backbone_imports_the_registry_or_another_model() -> None:
+    """Imports point one way: models -> layers -> base, and to configs (the torch-free config
+    dataclasses, which import nothing of ours); only the registry (and the package that re-exports
+    it) imports the models."""
+    import ast
+    from pathlib import Path
+
+    import rankers.backbones
+
+    root = Path(rankers.backbones.__file__).parent
+    shared = {"rankers.backbones.base", "rankers.backbones.layers", "rankers.backbones.configs"}
+    for path in root.glob("*.py"):
+        if path.stem in ("__init__", "registry"):
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        ours = {m for m in imported if m.startswith("rankers.backbones")}
+        assert ours <= shared, f"{path.name} imports {sorted(ours - shared)}"

@@ -15,11 +15,13 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from features.batch import Batch, BatchCheck
 from features.reader import ParquetBatches, table_batches
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema, SequenceFeature
+from rankers.config import RankerConfig
 from rankers.distributed import shard_ranker, single_process_group
+from rankers.evaluation import predict
 from rankers.pipeline import SparseDistPipeline
 from rankers.predictor import Predictor
-from rankers.ranker import Ranker, RankerConfig, build_ranker
-from rankers.train import predict, train_step
+from rankers.ranker import Ranker, build_ranker
+from rankers.train import train_step
 
 CONFIG = RankerConfig(embedding_dim=8)
 

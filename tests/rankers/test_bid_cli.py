@@ -47,7 +47,7 @@ def criteo(criteo_8k_2k: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 @pytest.fixture(scope="module")
 def funnel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A synthetic click -> conversion funnel's test split (2,000 rows) and a calibrated MLP."""
-    from features.synthetic import SyntheticConfig, write_synthetic
+    from features.datasets.synthetic import SyntheticConfig, write_synthetic
 
     out = tmp_path_factory.mktemp("funnel")
     config = SyntheticConfig(rows=20_000, max_vocab=1000, min_count=5, funnel=True)
@@ -146,7 +146,7 @@ def test_a_non_finite_value_reaching_the_bids_is_refused_naming_the_task(
     split, ckpt = criteo
     assert main(["bid", "--data", str(split), "--predictor", str(ckpt), "--episode-length", "100"]) == 2
     err = capsys.readouterr().err
-    # (the model's own non-finite output is refused earlier, by rankers.train.predict: test_hostile)
+    # (the model's own non-finite output is refused earlier, by rankers.evaluation.predict: test_hostile)
     assert f"{ckpt} on {split}: task 'ctr': calibrated probability[3] = nan" in err, err
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rankers.backbones import BACKBONES, DIN, Embedded, InputSpec, Sequence
-from rankers.backbones.din import ActivationUnit, Dice, DINConfig
+from rankers.backbones.din import DINConfig
+from rankers.backbones.layers import ActivationUnit, Dice
 from tests.rankers._inputs import embedded
 
 SPEC = InputSpec(

@@ -12,10 +12,12 @@ from torch.nn import functional as F
 
 from features.reader import table_batches
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
-from rankers.backbones import BACKBONES, ESMM, ESMMConfig
+from rankers.backbones import BACKBONES, ESMM, ESMMConfig, MLPConfig, build_backbone
 from rankers.backbones.esmm import ctcvr_logit
-from rankers.metrics import binary_metrics, task_metrics
-from rankers.ranker import RankerConfig, build_ranker
+from rankers.config import RankerConfig
+from rankers.evaluation import task_metrics
+from rankers.metrics import binary_metrics
+from rankers.ranker import build_ranker
 from tests.rankers._inputs import embedded
 from tests.rankers.test_backbones import SPEC
 
@@ -92,7 +94,8 @@ def test_a_conversion_without_a_click_is_refused_naming_the_row() -> None:
 @pytest.mark.parametrize("tower", [n for n in BACKBONES if n != "esmm"])
 def test_any_single_task_backbone_is_a_tower(tower: str) -> None:
     torch.manual_seed(0)
-    model = ESMM(SPEC, ESMMConfig(ctr_tower=tower, cvr_tower=tower), ("ctr", "cvr")).train()
+    config = ESMMConfig(ctr_tower=tower, cvr_tower=tower)
+    model = build_backbone("esmm", SPEC, config, ("ctr", "cvr")).train()
     out = model(embedded(SPEC, 6))
     assert set(out.logits) == {"ctr", "cvr", "ctcvr"}
     assert all(v.shape == (6,) and torch.isfinite(v).all() for v in out.logits.values())
@@ -108,9 +111,22 @@ def test_tower_configs_and_labels_are_checked() -> None:
     with pytest.raises(ValueError, match="not ESMM or a preset"):
         ESMMConfig(ctr_tower="esmm")
     with pytest.raises(ValueError, match=r"lack \['cvr'\]"):
-        ESMM(SPEC, ESMMConfig(), ("ctr",))
+        build_backbone("esmm", SPEC, ESMMConfig(), ("ctr",))
     config = RankerConfig(backbone="esmm", backbone_config={"cvr_config": {"hidden_units": [32]}})
     assert dict(config.make_backbone_config().cvr_config) == {"hidden_units": (32,)}
+
+
+def test_esmm_is_handed_the_towers_its_config_names() -> None:
+    ctr, cvr = (BACKBONES["mlp"](SPEC, MLPConfig(), (t,)) for t in ("ctr", "cvr"))
+    model = ESMM(SPEC, ESMMConfig(), ("ctr", "cvr"), ctr, cvr)
+    assert model.ctr_tower is ctr and model.cvr_tower is cvr
+    with pytest.raises(TypeError, match="towers built"):
+        ESMM(SPEC, ESMMConfig(), ("ctr", "cvr"))
+    with pytest.raises(ValueError, match="cvr_tower: expected a 'mlp' backbone"):
+        ESMM(SPEC, ESMMConfig(), ("ctr", "cvr"), ctr, ctr)  # the ctr tower's task
+    wide = BACKBONES["mlp"](SPEC, MLPConfig(hidden_units=(8,)), ("cvr",))
+    with pytest.raises(ValueError, match="cvr_tower: expected a 'mlp' backbone"):
+        ESMM(SPEC, ESMMConfig(), ("ctr", "cvr"), ctr, wide)  # not the config's tower
 
 
 def test_metrics_measure_cvr_on_clicks_and_ctcvr_on_every_impression() -> None:
@@ -133,7 +149,9 @@ def test_trains_end_to_end_with_funnel_priors_and_a_chosen_monitor(tmp_path: pyt
     from pathlib import Path
 
     from features.dataset import DatasetWriter
-    from rankers.train import TrainConfig, label_prior, train
+    from rankers.config import TrainConfig
+    from rankers.evaluation import label_prior
+    from rankers.train import train
 
     out = Path(str(tmp_path)) / "funnel"
     rng = np.random.default_rng(1)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rankers.cli import main
+from rankers.config import RankerConfig, TrainConfig
 from rankers.predictor import Predictor
-from rankers.ranker import RankerConfig
-from rankers.train import TrainConfig, train
+from rankers.train import train
 from tests.conftest import shared_file
 
 SHORT = TrainConfig(epochs=2, batch_size=256, embedding_lr=0.02, max_steps=40, progress=False)
@@ -21,7 +21,7 @@ SHORT = TrainConfig(epochs=2, batch_size=256, embedding_lr=0.02, max_steps=40, p
 
 @pytest.fixture(scope="module")
 def userbehavior(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from features.userbehavior import UserBehaviorConfig, convert_userbehavior
+    from features.datasets.userbehavior import UserBehaviorConfig, convert_userbehavior
 
     out = tmp_path_factory.mktemp("ub") / "data"
     src = shared_file("taobao/UserBehavior_head_650users.csv")

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 from features.reader import ParquetBatches
 from features.schema import Schema
 from rankers.backbones import BACKBONES, MLP, BackboneOutput, Embedded, InputSpec, MLPConfig, backbone_class
-from rankers.ranker import RankerConfig, build_ranker
+from rankers.config import RankerConfig
+from rankers.ranker import build_ranker
 
 
 def test_unknown_backbone_is_named() -> None:

@@ -9,7 +9,8 @@ import torch
 
 from features.reader import table_batches
 from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
-from rankers.ranker import RankerConfig, build_ranker
+from rankers.config import RankerConfig
+from rankers.ranker import build_ranker
 
 SCHEMA = Schema(
     categorical=(CategoricalFeature("user_id", 10), CategoricalFeature("item_id", 30)),
@@ -73,8 +74,8 @@ def test_tasks_subset_and_embedding_l2_cover_sequences() -> None:
 def test_gauc_groups_by_the_schemas_raw_user_column() -> None:
     """A group column that is no feature (raw ids) reaches the batches in row order, and evaluation
     reports gAUC over it: two users sharing one embedding id stay two users."""
+    from rankers.evaluation import evaluate_batches, predict
     from rankers.metrics import group_auc
-    from rankers.train import evaluate_batches, predict
 
     schema = Schema(SCHEMA.dense, SCHEMA.categorical, SCHEMA.sequences, SCHEMA.labels, group="user")
     assert ("user", pa.int64()) in schema.columns() and not schema.group_is_feature

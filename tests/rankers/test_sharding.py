@@ -16,8 +16,9 @@ import torch.multiprocessing as mp
 from features.batch import Batch
 from features.reader import table_batches
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema, SequenceFeature
-from rankers.distributed import ShardingConfig, describe_plan, plan_constraints, shard_ranker
-from rankers.ranker import RankerConfig, build_ranker
+from rankers.config import RankerConfig, ShardingConfig
+from rankers.distributed import describe_plan, plan_constraints, shard_ranker
+from rankers.ranker import build_ranker
 from rankers.train import train_step
 
 SCHEMA = Schema(
@@ -207,7 +208,7 @@ def _load_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: st
     from features.reader import ParquetBatches
     from rankers.checkpoint import CheckpointDir
     from rankers.distributed import gather_arrays
-    from rankers.train import predict
+    from rankers.evaluation import predict
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

@@ -14,10 +14,11 @@ from features.reader import ParquetBatches
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
 from rankers.checkpoint import CheckpointDir
 from rankers.cli import main
+from rankers.config import RankerConfig, TrainConfig
 from rankers.distributed import shard_ranker, single_process_group
 from rankers.predictor import Predictor
-from rankers.ranker import Ranker, RankerConfig, build_ranker, machine_memory, memory_needed
-from rankers.train import TrainConfig, train, train_step
+from rankers.ranker import Ranker, build_ranker, machine_memory, memory_needed
+from rankers.train import train, train_step
 
 HUGE = Schema(
     dense=(DenseFeature("d"),),

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from rankers._args import dataclass_from_args, read_toml
+from rankers.backbones.mlp import MLPConfig
 from rankers.checkpoint import checkpoint_config
-from rankers.cli import _ranker_config, build_parser, main
-from rankers.ranker import RankerConfig
-from rankers.train import TrainConfig
+from rankers.cli import build_parser, main
+from rankers.cli.train import configs
+from rankers.config import RankerConfig, TrainConfig
 from tests.conftest import one_line_error
 
 WHERE = "run/config.json"
@@ -220,9 +221,10 @@ def test_a_toml_config_sets_every_table(tmp_path: Path) -> None:
     )
     args = build_parser().parse_args(["train", "--config", str(path), "--dropout", "0.1"])
     toml = read_toml(path)
-    ranker = _ranker_config(args, toml)
+    ranker, resolved = configs(args, toml)
     assert ranker.embedding_dim == 8 and ranker.embedding_l2 == 0.0 and ranker.tasks == ("ctr",)
     assert ranker.task_weights == (("ctr", 2.0),)
-    assert dict(ranker.backbone_config) == {"hidden_units": (16, 8), "batch_norm": True, "dropout": 0.1}
+    assert ranker.backbone_config == MLPConfig(hidden_units=(16, 8), batch_norm=True, dropout=0.1)
     train = dataclass_from_args(TrainConfig, args, toml["train"], f"{path} [train]")
     assert train == TrainConfig(epochs=2, lr=1.0, sharding_tables=(("C1", "row_wise"),))
+    assert resolved == train

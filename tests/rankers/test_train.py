@@ -14,9 +14,10 @@ import torch
 from features.reader import ParquetBatches
 from features.schema import Schema
 from rankers import train as train_module
+from rankers.config import RankerConfig, TrainConfig
 from rankers.predictor import Predictor
-from rankers.ranker import RankerConfig, build_ranker
-from rankers.train import TrainConfig, train, train_step
+from rankers.ranker import build_ranker
+from rankers.train import train, train_step
 
 # The settings the Criteo benchmark uses (benchmarks/quality.py): small batches suit 7,200 rows.
 CRITEO = TrainConfig(epochs=10, batch_size=256, embedding_lr=0.02, seed=0, progress=False)
@@ -248,8 +249,8 @@ def test_a_save_cut_between_renames_still_loads(synthetic_small: Path, tmp_path:
 def test_predictor_refuses_rows_mapped_with_other_vocabularies(
     criteo_run: tuple[Path, dict], criteo_8k_2k: Path, tmp_path: Path
 ) -> None:
-    from features.criteo import CriteoConfig, convert_criteo
     from features.dataset import dataset_info
+    from features.datasets.criteo import CriteoConfig, convert_criteo
     from tests.conftest import shared_file
 
     out, _ = criteo_run
@@ -306,8 +307,9 @@ def test_resume_state_restores_decayed_learning_rates_and_refuses_another_count_
 
     from features.reader import find_schema
     from rankers.checkpoint import CheckpointDir
+    from rankers.config import RankerConfig
     from rankers.distributed import shard_ranker, single_process_group
-    from rankers.ranker import RankerConfig, build_ranker
+    from rankers.ranker import build_ranker
 
     single_process_group()
     schema = find_schema(synthetic_small / "train")
@@ -340,3 +342,20 @@ def test_resume_state_restores_decayed_learning_rates_and_refuses_another_count_
     # At the end of an epoch the count may change (the re-sharding is tested in test_sharding).
     path.write_text(json.dumps(json.loads(path.read_text()) | {"step": 0}))
     assert ckpt.load_state(*sharded())["processes"] == 2
+
+
+def test_run_state_round_trips_through_progress_json() -> None:
+    """`state/progress.json` keeps the keys it always had, and a RunState read back is the same."""
+    import json
+    import math
+
+    from rankers.run import RunState
+
+    state = RunState(2, 7, 400, 3.5, False, [{"epoch": 1, "loss": 0.5}], 0.7, 1, 1)
+    progress = json.loads(json.dumps(state.to_progress()))
+    assert list(progress) == ["epoch", "step", "steps_done", "loss_sum", "stopped", "history", "best"]
+    assert RunState.from_progress(progress | {"processes": 1, "lrs": [0.1, 0.05]}) == state
+    fresh = RunState.from_progress(json.loads(json.dumps(RunState().to_progress())))
+    assert fresh == RunState() and fresh.best_score == -math.inf
+    state.next_epoch(stopped=True)
+    assert (state.epoch, state.step, state.loss_sum, state.stopped) == (3, 0, 0.0, True)

@@ -22,16 +22,19 @@ row at mean length 17), split by row order.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from features.dataset import DatasetWriter
-from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
-from features.synthetic import _fit_bias, _scores, _sigmoid
+from features.convert import check_integers, check_numbers, check_split
+from features.datasets.synthetic import fit_bias, sigmoid, write_by_order
+from features.datasets.timeline import history_schema
+from features.schema import Label
+
+_COUNTS = ("rows", "users", "items", "categories", "max_len", "interests")  # each >= 1
 
 
 @dataclass(frozen=True)
@@ -56,36 +59,16 @@ class SequenceSyntheticConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def __post_init__(self) -> None:
-        for name in ("rows", "users", "items", "categories", "max_len", "interests"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be >= 1")
+        check_integers(
+            self, dict.fromkeys(("rows", "users", "items", "categories", "max_len", "interests"), 1)
+        )
         if self.items < self.categories:
             raise ValueError(f"items {self.items} must be >= categories {self.categories} (one each)")
         if not 1 <= self.mean_len < self.max_len:
             raise ValueError(f"mean_len {self.mean_len} must be in [1, max_len {self.max_len})")
-        for name in ("interest_share", "target_interest_share"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1]")
-        if not 0 < self.target_ctr < 1:
-            raise ValueError(f"target_ctr {self.target_ctr} must be in (0, 1)")
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-9:
-            raise ValueError(f"split {self.split}: expected three fractions >= 0 summing to 1")
-
-
-def sequence_schema(config: SequenceSyntheticConfig) -> Schema:
-    return Schema(
-        categorical=(
-            CategoricalFeature("user_id", config.users + 1),
-            CategoricalFeature("item_id", config.items + 1),
-            CategoricalFeature("cate_id", config.categories + 1),
-        ),
-        sequences=(
-            SequenceFeature("hist_item_id", config.items + 1, config.max_len, "item_id"),
-            SequenceFeature("hist_cate_id", config.categories + 1, config.max_len, "cate_id"),
-        ),
-        labels=(Label("click", "ctr"),),
-        group="user_id",
-    )
+        intervals = {"interest_share": "[0, 1]", "target_interest_share": "[0, 1]", "target_ctr": "(0, 1)"}
+        check_numbers(self, intervals)
+        check_split(self.split)
 
 
 def _geometric_mean_p(mean: float, cap: int) -> float:
@@ -98,8 +81,8 @@ def _geometric_mean_p(mean: float, cap: int) -> float:
     return (lo + hi) / 2
 
 
-def _teacher_rows(config: SequenceSyntheticConfig) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """(columns, the teacher's probabilities, labels); ids 0-based here."""
+def _teacher_rows(config: SequenceSyntheticConfig) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(the rows, the teacher's probabilities, labels); ids from 1 in the table."""
     rng = np.random.default_rng([config.seed, 11])
     n, c = config.rows, config.categories
     item_cate = rng.permutation(np.arange(config.items) % c)  # every category has items
@@ -128,18 +111,21 @@ def _teacher_rows(config: SequenceSyntheticConfig) -> tuple[dict[str, np.ndarray
         + rng.normal(0, config.item_scale, config.items)[target]
         + rng.normal(0, config.user_scale, config.users)[user]
     )
-    p = _sigmoid(z + _fit_bias(z, config.target_ctr))
+    p = sigmoid(z + fit_bias(z, config.target_ctr))
     y = (rng.random(n) < p).astype(np.int8)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    columns = {
-        "user_id": user,
-        "item_id": target,
-        "cate_id": item_cate[target],
-        "offsets": offsets,
-        "hist_item_id": history,
-        "hist_cate_id": item_cate[history],
-    }
-    return columns, p, y
+    table = pa.table(  # ids from 1: 0 is no value
+        {
+            "click": y,
+            "user_id": user + 1,
+            "item_id": target + 1,
+            "cate_id": item_cate[target] + 1,
+            "hist_item_id": pa.ListArray.from_arrays(offsets, history + 1),
+            "hist_cate_id": pa.ListArray.from_arrays(offsets, item_cate[history] + 1),
+            "teacher_p": p,
+        }
+    )
+    return table, p, y
 
 
 def write_synthetic_sequences(
@@ -147,39 +133,10 @@ def write_synthetic_sequences(
 ) -> Path:
     """Writes train/valid/test (by row order) with the schema's columns, `click` and `teacher_p`;
     dataset.json holds the config, the mean history length and the teacher's figures per split."""
-    t0 = time.perf_counter()
-    cols, p, y = _teacher_rows(config)
-    offsets = cols["offsets"]
-    table = pa.table(
-        {
-            "click": y,
-            "user_id": cols["user_id"] + 1,
-            "item_id": cols["item_id"] + 1,
-            "cate_id": cols["cate_id"] + 1,
-            "hist_item_id": pa.ListArray.from_arrays(offsets, cols["hist_item_id"] + 1),
-            "hist_cate_id": pa.ListArray.from_arrays(offsets, cols["hist_cate_id"] + 1),
-            "teacher_p": p,
-        }
-    )
-    n_train = round(config.rows * config.split[0])
-    n_valid = round(config.rows * config.split[1])
-    bounds = {
-        "train": (0, n_train),
-        "valid": (n_train, n_train + n_valid),
-        "test": (n_train + n_valid, config.rows),
-    }
-    with DatasetWriter(out, sequence_schema(config), overwrite=overwrite, identity=asdict(config)) as writer:
-        for name, (lo, hi) in bounds.items():
-            writer.write(name, table.slice(lo, hi - lo))
-        return writer.commit(
-            {
-                "converter": "synthetic_sequences",
-                "config": asdict(config),
-                "mean_history_length": float(np.diff(offsets).mean()),
-                "teacher": {
-                    name: _scores(p[lo:hi], y[lo:hi]) | {"ctr": float(y[lo:hi].mean()) if hi > lo else None}
-                    for name, (lo, hi) in bounds.items()
-                },
-                "rows_per_s": config.rows / (time.perf_counter() - t0),
-            }
-        )
+    table, p, y = _teacher_rows(config)
+    lengths = pc.list_value_length(table["hist_item_id"]).to_numpy()  # int32, as np.diff(offsets)
+    info = {"mean_history_length": float(lengths.mean())}
+    sizes = (config.users + 1, config.items + 1, config.categories + 1)
+    schema = history_schema(sizes, config.max_len, (Label("click", "ctr"),))
+    chunks = iter([(0, table, {"p": p, "y": y})])
+    return write_by_order(out, schema, config, "synthetic_sequences", chunks, info, overwrite, False)

@@ -36,43 +36,39 @@ Memory: pass 1 holds the catalogue and user ids; pass 2 holds one block of rows 
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
-from features._csv import (
+from features.convert import SPLITS, Block, Plan, bar, check_integers, convert
+from features.datasets.funnel import FUNNEL
+from features.datasets.timeline import beijing_day, check_date, day_text, history_lists, history_schema
+from features.delimited import (
     CsvFile,
+    Inputs,
     Layout,
-    bad_row,
+    check_rows,
     count_rows,
     input_files,
     iter_files,
     line_of_row,
+    require,
     sniff,
-    vocabulary_table,
 )
-from features.dataset import DatasetWriter
-from features.outputs import StagedOutput
-from features.schema import CategoricalFeature, Label, Schema, SequenceFeature
-from features.taobao import SPLITS, beijing_day, check_date, day_text, history_lists
-
-logger = logging.getLogger(__name__)
+from features.outputs import paths_of
+from features.vocabulary import Vocabulary
 
 NAMES = ("user_id", "item_id", "category_id", "behavior", "timestamp")
 BEHAVIORS = ("pv", "cart", "fav", "buy")
 BUY = BEHAVIORS.index("buy")
-_TYPES = {"user_id": pa.int64(), "item_id": pa.int64(), "category_id": pa.int64(), "behavior": pa.string()}
-_TYPES["timestamp"] = pa.int64()
-_EXPECT = dict.fromkeys(("user_id", "item_id", "category_id"), "an integer id") | {
-    "timestamp": "an integer (unix seconds)"
-}
+_TYPES = dict.fromkeys(NAMES, pa.int64()) | {"behavior": pa.string()}
+_EXPECT = dict.fromkeys(NAMES[:3], "an integer id") | {"timestamp": "an integer (unix seconds)"}
 
 
 @dataclass(frozen=True)
@@ -89,14 +85,11 @@ class UserBehaviorConfig:
     block_bytes: int = 8 << 20  # bytes parsed per block
 
     def __post_init__(self) -> None:
-        for name in ("max_len", "negatives", "valid_days", "test_days"):
-            value, low = getattr(self, name), 1 if name in ("max_len", "test_days") else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} {value!r}: expected an integer >= {low}")
+        check_integers(
+            self, {"max_len": 1, "negatives": 0, "valid_days": 0, "test_days": 1, "block_bytes": 4096}
+        )
         if check_date("start", self.start) > check_date("end", self.end):
             raise ValueError(f"start {self.start} is after end {self.end}; expected start <= end")
-        if self.block_bytes < 1 << 12:
-            raise ValueError(f"block_bytes {self.block_bytes}: expected at least 4096")
 
 
 @dataclass
@@ -120,15 +113,14 @@ class _Rows:
 
 @dataclass
 class _Catalogue:
-    """Pass 1's result: sorted raw ids (id = position + 1), behaviour counts, item categories."""
+    """Pass 1's result: sorted raw ids (id = position + 1), item categories, and the vocabularies
+    (raw ids with their behaviours) of user_id, item_id and cate_id."""
 
     user: np.ndarray
-    user_count: np.ndarray
     item: np.ndarray
-    item_count: np.ndarray
     item_cate: np.ndarray  # (items,) the cate id of each item id - 1
     cate: np.ndarray
-    cate_count: np.ndarray
+    vocabulary: Vocabulary
     days: np.ndarray  # the distinct kept days (days since 1970-01-01, Beijing time)
     excluded: int  # rows outside [start, end]
     multi: int  # items recorded with more than one category
@@ -141,71 +133,74 @@ def convert_userbehavior(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Converts UserBehavior rows into a dataset of examples with histories (see the module doc).
-
-    Columns: user_id, item_id, cate_id (categorical), hist_item_id (table item_id), hist_cate_id
-    (table cate_id), click (task ctr), conversion (task cvr); the schema's group is user_id.
+    """Converts UserBehavior rows into a dataset of examples with histories (see the module doc):
+    the columns of `features.datasets.timeline.history_schema`, click (ctr) and conversion (cvr).
 
     Args:
         inputs: one file or several, read in order as one sequence of rows.
-        out: the dataset directory to create (atomically; nothing is left there on failure).
+        out, overwrite, progress: as in `features.convert.convert`.
         config: history length, negatives, seed, days and split.
-        overwrite: replace an existing `out` once the new dataset is complete.
-        progress: show tqdm bars with rows, rate and ETA.
-
-    Returns:
-        `out`.
-
-    Raises:
-        ValueError: for bad input, naming the file, the line, the column and the value.
     """
-    began, out = time.perf_counter(), Path(out)
-    with StagedOutput(out, "dataset", overwrite, inputs=inputs) as output:
-        layouts = _inspect(inputs)
-        total = sum(n for *_, n in layouts)
-        cat = _catalogue(layouts, total, config, progress)
-        if config.negatives and len(cat.item) < 2:
-            raise ValueError(f"{len(cat.item)} item(s) in the kept rows; sampling negatives needs at least 2")
-        last = int(cat.days[-1])
-        bounds = (last - config.test_days - config.valid_days, last - config.test_days)
-        schema = _schema(cat, config.max_len)
-        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="userbehavior 2/2", disable=not progress)
-        vocabulary = _vocabulary(cat)
-        with DatasetWriter(output, schema, splits=SPLITS, identity=vocabulary) as writer, bar:
-            positives = 0
-            for rows in _by_user(layouts, config, bar):
-                table, split = _examples(rows, cat, bounds, config, writer.schema.arrow_schema())
-                positives += table.num_rows // (1 + config.negatives)
-                for s, name in enumerate(SPLITS):
-                    writer.write(name, table.filter(pa.array(split == s)))
-            seconds = time.perf_counter() - began
-            splits = np.digitize(cat.days, bounds, right=True)
-            info = {
-                "converter": "features.userbehavior.convert_userbehavior",
-                "config": asdict(config),
-                "inputs": [str(f.path) for f, _, _ in layouts],
-                "behaviours": total,
-                "excluded_out_of_range": cat.excluded,
-                # a user's first second of behaviour has no earlier behaviour, so no example
-                "behaviours_without_history": total - cat.excluded - positives,
-                "users": len(cat.user),
-                "items": len(cat.item),
-                "categories": len(cat.cate),
-                "items_with_several_categories": cat.multi,
-                "days": {s: [day_text(d) for d in cat.days[splits == i]] for i, s in enumerate(SPLITS)},
-                "timezone": "UTC+8 (Beijing)",
-                "seconds": round(seconds, 3),
-            }
-            files = {"vocabulary.parquet": vocabulary, "catalogue.parquet": _catalogue_table(cat)}
-            path = writer.commit(info, files=files)
-        logger.info(
-            "userbehavior: %d behaviours, %d outside %s..%s excluded -> %s %s in %.1f s",
-            *(total, cat.excluded, config.start, config.end, path, writer.rows, seconds),
-        )
-        return path
+
+    def plan(_: ExitStack) -> Plan:
+        return _plan(inputs, config, progress)
+
+    converter = "features.userbehavior.convert_userbehavior"
+    return convert("userbehavior", converter, config, out, plan, paths_of(inputs), overwrite, progress)
 
 
-def _inspect(inputs: str | Path | Sequence[str | Path]) -> list[Layout]:
+def _plan(inputs: Inputs, config: UserBehaviorConfig, progress: bool) -> Plan:
+    """Pass 1 (the catalogue) made here; pass 2's blocks are the examples of whole users."""
+    layouts = _inspect(inputs)
+    total = sum(n for *_, n in layouts)
+    cat = _catalogue(layouts, total, config, progress)
+    if config.negatives and len(cat.item) < 2:
+        raise ValueError(f"{len(cat.item)} item(s) in the kept rows; sampling negatives needs at least 2")
+    last = int(cat.days[-1])
+    bounds = (last - config.test_days - config.valid_days, last - config.test_days)
+    sizes = (len(cat.user) + 1, len(cat.item) + 1, len(cat.cate) + 1)  # id 0 reserved
+    schema = history_schema(sizes, config.max_len, FUNNEL)
+    positives = 0
+
+    def blocks(_: int) -> Iterator[Block]:
+        nonlocal positives
+        for rows, consumed in _by_user(layouts, config):
+            table, split = _examples(rows, cat, bounds, config, schema.arrow_schema())
+            positives += table.num_rows // (1 + config.negatives)
+            yield Block(table, split, rows=consumed)
+
+    def info() -> dict[str, Any]:
+        splits = np.digitize(cat.days, bounds, right=True)
+        return {
+            "behaviours": total,
+            "excluded_out_of_range": cat.excluded,
+            # a user's first second of behaviour has no earlier behaviour, so no example
+            "behaviours_without_history": total - cat.excluded - positives,
+            "users": len(cat.user),
+            "items": len(cat.item),
+            "categories": len(cat.cate),
+            "items_with_several_categories": cat.multi,
+            "days": {s: [day_text(d) for d in cat.days[splits == i]] for i, s in enumerate(SPLITS)},
+            "timezone": "UTC+8 (Beijing)",
+        }
+
+    ids = np.arange(1, len(cat.item) + 1, dtype=np.int64)
+    return Plan(
+        rows=total,
+        blocks=blocks,
+        schema=lambda _: schema,
+        map=lambda block, _: {c: block.batch[c] for c in block.batch.column_names},
+        inputs=[str(f.path) for f, _, _ in layouts],
+        vocabulary=cat.vocabulary,
+        first_id=1,  # ids by ascending raw value from 1
+        info=info,
+        files=lambda: {"catalogue.parquet": pa.table({"item_id": ids, "cate_id": cat.item_cate})},
+        rate=False,
+        summary=lambda: f"{total} behaviours, {cat.excluded} outside {config.start}..{config.end} excluded",
+    )
+
+
+def _inspect(inputs: Inputs) -> list[Layout]:
     layouts: list[Layout] = []
     for path in input_files(inputs):
         f = sniff(path)
@@ -220,29 +215,19 @@ def _inspect(inputs: str | Path | Sequence[str | Path]) -> list[Layout]:
     return layouts
 
 
-def _blocks(layouts: list[Layout], block_bytes: int) -> Iterator[tuple[CsvFile, int, _Rows]]:
-    """(file, index of the block's first data row in it, its rows checked) over every block."""
+def _blocks(layouts: list[Layout], block_bytes: int) -> Iterator[Block]:
+    """Every block, its rows checked, with them as `_Rows` for `source`."""
     offset = 0
     for f, first, batch in iter_files(layouts, _TYPES, _EXPECT, block_bytes):
-        for name in NAMES:
-            if batch[name].null_count:
-                i = int(np.flatnonzero(batch[name].is_null().to_numpy(zero_copy_only=False))[0])
-                raise bad_row(f, first, i, name, None, _EXPECT.get(name, "one of " + ", ".join(BEHAVIORS)))
+        require(batch, ("user_id", "item_id", "category_id", "timestamp"), f, first)
         code = pc.index_in(batch["behavior"], value_set=pa.array(BEHAVIORS))
-        if code.null_count:
-            i = int(np.flatnonzero(code.is_null().to_numpy(zero_copy_only=False))[0])
-            raise bad_row(
-                f, first, i, "behavior", batch["behavior"][i].as_py(), "one of " + ", ".join(BEHAVIORS)
-            )
+        check_rows(f, first, code.is_valid(), "behavior", batch["behavior"], "one of " + ", ".join(BEHAVIORS))
         n = batch.num_rows
         user, item, cate, t = (
             batch[c].to_numpy() for c in ("user_id", "item_id", "category_id", "timestamp")
         )
-        yield (
-            f,
-            first,
-            _Rows(user, item, cate, code.to_numpy().astype(np.int8), t, np.arange(offset, offset + n)),
-        )
+        rows = _Rows(user, item, cate, code.to_numpy().astype(np.int8), t, np.arange(offset, offset + n))
+        yield Block(batch, np.empty(0), f, first, source=rows)
         offset += n
 
 
@@ -304,48 +289,49 @@ def _catalogue(layouts: list[Layout], total: int, config: UserBehaviorConfig, pr
     lo, hi = check_date("start", config.start), check_date("end", config.end)
     users, items, cates = _Tally(), _Tally(), _Tally()
     days, seen, current, excluded = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), None, 0
-    bar = tqdm(total=total, unit="rows", unit_scale=True, desc="userbehavior 1/2", disable=not progress)
-    with bar:
-        for f, first, rows in _blocks(layouts, config.block_bytes):
-            current, seen = _check_grouped(rows.user, f, first, current, seen)
-            day = beijing_day(rows.t)
-            keep = (day >= lo) & (day <= hi)
-            excluded += int((~keep).sum())
-            kept = rows.take(keep)
-            users.add(kept.user, kept.row)
-            items.add(kept.item, kept.row, kept.cate)
-            cates.add(kept.cate, kept.row)
-            days = np.union1d(days, day[keep])
-            bar.update(len(rows.user))
+    for block in bar("userbehavior 1/2 catalogue", total, progress, _blocks(layouts, config.block_bytes)):
+        rows = block.source
+        assert block.file is not None
+        current, seen = _check_grouped(rows.user, block.file, block.first, current, seen)
+        day = beijing_day(rows.t)
+        keep = (day >= lo) & (day <= hi)
+        excluded += int((~keep).sum())
+        kept = rows.take(keep)
+        users.add(kept.user, kept.row)
+        items.add(kept.item, kept.row, kept.cate)
+        cates.add(kept.cate, kept.row)
+        days = np.union1d(days, day[keep])
     if not len(days):
         raise ValueError(
             f"{layouts[0][0].path}: no rows between {config.start} and {config.end} (Beijing time)"
         )
-    user, user_count, _ = users.result()
-    item, item_count, item_cate_raw = items.result()
-    cate, cate_count, _ = cates.result()
-    item_cate = np.searchsorted(cate, item_cate_raw) + 1
-    multi = len(items.conflicts)
-    return _Catalogue(user, user_count, item, item_count, item_cate, cate, cate_count, days, excluded, multi)
+    found = {"user_id": users.result(), "item_id": items.result(), "cate_id": cates.result()}
+    (user, *_), (item, _, item_cate), (cate, *_) = found.values()
+    vocab = {c: (pa.array(values), pa.array(counts)) for c, (values, counts, _) in found.items()}
+    item_cate = np.searchsorted(cate, item_cate) + 1
+    return _Catalogue(user, item, item_cate, cate, vocab, days, excluded, len(items.conflicts))
 
 
-def _by_user(layouts: list[Layout], config: UserBehaviorConfig, bar: tqdm) -> Iterator[_Rows]:
-    """Pass 2: the kept rows in blocks of whole users (a user's rows are never split)."""
+def _by_user(layouts: list[Layout], config: UserBehaviorConfig) -> Iterator[tuple[_Rows, int]]:
+    """Pass 2: the kept rows in blocks of whole users (a user's rows are never split), each with
+    the input rows read since the last."""
     lo, hi = check_date("start", config.start), check_date("end", config.end)
     pending: list[_Rows] = []
-    for _, _, rows in _blocks(layouts, config.block_bytes):
-        bar.update(len(rows.user))
-        day = beijing_day(rows.t)
-        rows = _Rows.concat([*pending, rows.take((day >= lo) & (day <= hi))])
+    consumed = 0
+    for block in _blocks(layouts, config.block_bytes):
+        consumed += block.batch.num_rows
+        day = beijing_day(block.source.t)
+        rows = _Rows.concat([*pending, block.source.take((day >= lo) & (day <= hi))])
         if not len(rows.user):
             continue
         other = np.flatnonzero(rows.user != rows.user[-1])
         cut = int(other[-1]) + 1 if len(other) else 0  # the first row of the block's last user
         if cut:
-            yield rows.take(slice(0, cut))
+            yield rows.take(slice(0, cut)), consumed
+            consumed = 0
         pending = [rows.take(slice(cut, None))]
     if pending and len(pending[0].user):
-        yield pending[0]
+        yield pending[0], consumed
 
 
 def _examples(
@@ -412,35 +398,3 @@ def _bought(
         return np.zeros(len(pair), dtype=np.int8)
     i = np.minimum(np.searchsorted(bp, pair), len(bp) - 1)
     return ((bp[i] == pair) & (t <= bt[i])).astype(np.int8)
-
-
-def _schema(cat: _Catalogue, max_len: int) -> Schema:
-    users, items, cates = len(cat.user) + 1, len(cat.item) + 1, len(cat.cate) + 1  # id 0 reserved
-    return Schema(
-        categorical=(
-            CategoricalFeature("user_id", users),
-            CategoricalFeature("item_id", items),
-            CategoricalFeature("cate_id", cates),
-        ),
-        sequences=(
-            SequenceFeature("hist_item_id", items, max_len, table="item_id"),
-            SequenceFeature("hist_cate_id", cates, max_len, table="cate_id"),
-        ),
-        labels=(Label("click", task="ctr"), Label("conversion", task="cvr")),
-        group="user_id",
-    )
-
-
-def _vocabulary(cat: _Catalogue) -> pa.Table:
-    """(feature, raw value, id, behaviours) of users, items and categories; ids from 1."""
-    vocab = {
-        "user_id": (pa.array(cat.user), pa.array(cat.user_count)),
-        "item_id": (pa.array(cat.item), pa.array(cat.item_count)),
-        "cate_id": (pa.array(cat.cate), pa.array(cat.cate_count)),
-    }
-    return vocabulary_table(vocab, first_id=1)
-
-
-def _catalogue_table(cat: _Catalogue) -> pa.Table:
-    """item_id -> cate_id (ids), the items negatives are drawn from."""
-    return pa.table({"item_id": np.arange(1, len(cat.item) + 1, dtype=np.int64), "cate_id": cat.item_cate})

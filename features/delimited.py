@@ -1,6 +1,5 @@
-"""Streaming helpers for the converters: delimited-text input (layout sniffing, row counting,
-batches whose parse errors name the file, the line and the column), split assignment, value counts
-and vocabulary id lookup. No Python loop runs over rows or values.
+"""Delimited-text input for the converters: layout sniffing, row counting, and batches whose parse
+and value errors name the file, the line and the column. No Python loop runs over rows or values.
 
 Line numbers are physical and 1-based, as an editor shows them: the header and blank lines count.
 pyarrow reports them exactly only when its reader runs single-threaded (with threads it gives no
@@ -11,47 +10,35 @@ not what limits the speed.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 _SCAN_BYTES = 16 << 20
-_MERGE_ROWS = 1 << 18  # pending (value, count) rows of a column before they are merged
-_SPLIT_CHUNK = 1 << 16  # rows per random split draw; fixed, so a split does not depend on batch sizes
-MISSING, RARE = 0, 1  # ids every vocabulary reserves; its values start at 2
 _CR, _LF = 13, 10
-VOCABULARY_SCHEMA = pa.schema(
-    [("feature", pa.string()), ("value", pa.string()), ("id", pa.int64()), ("count", pa.int64())]
-)
 _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): Row #(\d+): CSV conversion error to \S+: (.*)")
 
 
 @dataclass(frozen=True)
 class CsvFile:
-    """The layout of one delimited text file.
-
-    Args:
-        path: the file.
-        delimiter: "\\t" or ",".
-        header: the field names of line 1, or None when line 1 is already data.
-        num_fields: fields on line 1.
-    """
+    """The layout of one delimited text file."""
 
     path: Path
-    delimiter: str
-    header: tuple[str, ...] | None
-    num_fields: int
+    delimiter: str  # "\t" or ","
+    header: tuple[str, ...] | None  # the field names of line 1; None when line 1 is already data
+    num_fields: int  # fields on line 1
 
 
 Layout = tuple[CsvFile, tuple[str, ...], int]  # a file, a name per field in file order, its data rows
+Inputs: TypeAlias = str | Path | Sequence[str | Path]  # one input path or several
+Values: TypeAlias = "np.ndarray | pa.Array | pa.ChunkedArray"  # a value per row of a block
 
 
 def sniff(path: str | Path) -> CsvFile:
@@ -78,6 +65,15 @@ def sniff(path: str | Path) -> CsvFile:
 def count_rows(f: CsvFile) -> int:
     """Data rows of `f`: its non-blank lines, less the header."""
     return _scan(f.path, None)[0] - (f.header is not None)
+
+
+def data_rows(f: CsvFile, after: str, expected: str) -> int:
+    """`count_rows(f)`; ValueError naming the file when it has none, saying what the rows follow
+    (`after`) and what they should be (`expected`)."""
+    rows = count_rows(f)
+    if rows == 0:
+        raise ValueError(f"{f.path}: no data rows after {after}; expected {expected}")
+    return rows
 
 
 def line_of_row(f: CsvFile, row: int) -> int:
@@ -159,13 +155,7 @@ def iter_batches(
         ),
     }
     try:
-        reader = pacsv.open_csv(f.path, **options)  # parses the first block already
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            yield batch
+        yield from pacsv.open_csv(f.path, **options)  # parses the first block already
     except pa.ArrowInvalid as e:
         raise _parse_error(f, names, types, expect, invalid, e) from None
 
@@ -224,7 +214,7 @@ def iter_files(
             raise ValueError(f"{f.path}: {seen} rows parsed but {rows} non-blank lines counted")
 
 
-def input_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+def input_files(inputs: Inputs) -> list[Path]:
     """The input paths as a list, each checked to be a file."""
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     if not paths:
@@ -235,145 +225,6 @@ def input_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def check_split(split: Sequence[float]) -> tuple[float, float, float]:
-    """(train, valid, test) fractions as floats; ValueError unless 3 finite values >= 0 summing to 1."""
-    fractions = tuple(float(f) for f in split)
-    if (
-        len(fractions) != 3
-        or not all(math.isfinite(f) and f >= 0 for f in fractions)
-        or abs(sum(fractions) - 1) > 1e-6
-    ):
-        raise ValueError(f"split {split!r}: expected 3 fractions >= 0 (train, valid, test) summing to 1")
-    return fractions  # type: ignore[return-value]
-
-
-class SplitAssigner:
-    """The split of each row in input order (0 train, 1 valid, 2 test), exactly `counts` rows each.
-
-    "random": each chunk of `_SPLIT_CHUNK` rows draws its split counts from the multivariate
-    hypergeometric of the rows left, then shuffles them: a uniformly random assignment overall that
-    holds one chunk in memory and does not depend on batch sizes. "order": train rows come first.
-    """
-
-    def __init__(self, counts: tuple[int, int, int], by: str, seed: int) -> None:
-        self.left = np.array(counts, dtype=np.int64)
-        self.by = by
-        self.rng = np.random.default_rng(seed)
-        self.buf = np.empty(0, dtype=np.int8)
-
-    @staticmethod
-    def counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-        """Rows per split of `n` rows, rounded so that they sum to `n`."""
-        train = int(n * fractions[0] + 0.5)
-        train_valid = min(n, int(n * (fractions[0] + fractions[1]) + 0.5))
-        return train, train_valid - train, n - train_valid
-
-    def take(self, k: int) -> np.ndarray:
-        """The splits (int8) of the next `k` rows."""
-        while len(self.buf) < k:
-            m = min(_SPLIT_CHUNK, int(self.left.sum()))
-            assert m > 0, "more rows than counted"
-            if self.by == "random":
-                draw = self.rng.multivariate_hypergeometric(self.left, m)
-            else:
-                draw = np.diff(np.minimum(np.concatenate(([0], np.cumsum(self.left))), m))
-            self.left -= draw
-            chunk = np.repeat(np.arange(3, dtype=np.int8), draw)
-            if self.by == "random":
-                self.rng.shuffle(chunk)
-            self.buf = np.concatenate((self.buf, chunk))
-        out, self.buf = self.buf[:k], self.buf[k:]
-        return out
-
-
-class ValueCounter:
-    """Counts of the values of several columns, batch by batch; memory grows with distinct values.
-
-    Each batch's counts are kept aside and merged (summed by value) once they outnumber the merged
-    ones, so every count is merged O(log) times.
-
-    Args:
-        types: column -> arrow type of its values.
-    """
-
-    def __init__(self, types: Mapping[str, pa.DataType]) -> None:
-        self.types = dict(types)
-        self.parts: dict[str, list[pa.Table]] = {c: [] for c in types}  # [merged, pending...]
-
-    def add(self, column: str, values: pa.Array) -> None:
-        vc = pc.value_counts(values)
-        parts = self.parts[column]
-        parts.append(pa.table({"value": vc.field("values"), "count": vc.field("counts")}))
-        if sum(len(t) for t in parts[1:]) >= max(_MERGE_ROWS, len(parts[0])):
-            self.parts[column] = [self._merged(column)]
-
-    def _merged(self, column: str) -> pa.Table:
-        if not self.parts[column]:
-            return pa.table({"value": pa.array([], self.types[column]), "count": pa.array([], pa.int64())})
-        summed = pa.concat_tables(self.parts[column]).group_by("value").aggregate([("count", "sum")])
-        return summed.rename_columns(["value", "count"])
-
-    def vocabulary(self, column: str, min_count: int) -> tuple[pa.Array, pa.Array]:
-        """(values seen at least `min_count` times, not null, by descending count then value; counts)."""
-        counts = self._merged(column)
-        kept = counts.filter(
-            pc.and_(pc.is_valid(counts["value"]), pc.greater_equal(counts["count"], min_count))
-        )
-        kept = kept.sort_by([("count", "descending"), ("value", "ascending")])
-        return kept["value"].combine_chunks(), kept["count"].combine_chunks()
-
-
-def vocabulary_table(vocab: Mapping[str, tuple[pa.Array, pa.Array]], first_id: int = 2) -> pa.Table:
-    """Vocabularies (column -> (values by id from `first_id`, counts)) as a table (feature, value,
-    id, count); ids 0 and 1 are missing and rare by default."""
-    parts = [VOCABULARY_SCHEMA.empty_table()]
-    for c, (values, counts) in vocab.items():
-        try:
-            text = values.cast(pa.string())
-        except pa.ArrowInvalid as e:
-            raise ValueError(f"column {c}: a value is not UTF-8 text ({e}); expected text") from None
-        ids = pa.array(np.arange(first_id, first_id + len(values), dtype=np.int64))
-        parts.append(
-            pa.table([pa.repeat(pa.scalar(c), len(values)), text, ids, counts], schema=VOCABULARY_SCHEMA)
-        )
-    return pa.concat_tables(parts)
-
-
-def read_vocabulary(path: Path, types: Mapping[str, pa.DataType]) -> dict[str, tuple[pa.Array, pa.Array]]:
-    """The vocabularies of the columns in `types` (cast to those types) from a `vocabulary_table`."""
-    table = pq.read_table(path)
-    vocab = {}
-    for c, typ in types.items():
-        part = table.filter(pc.equal(table["feature"], c)).sort_by("id")
-        if not np.array_equal(part["id"].to_numpy(), np.arange(2, 2 + len(part))):
-            raise ValueError(
-                f"{path}: ids of feature {c} are not 2, 3, ...; expected a converter's vocabulary"
-            )
-        vocab[c] = (part["value"].combine_chunks().cast(typ), part["count"].combine_chunks())
-    return vocab
-
-
-def lookup_ids(col: pa.Array, values: pa.Array, missing: int) -> np.ndarray:
-    """int64 ids of `col` in the vocabulary `values` (values[0] has id 2): RARE where absent,
-    `missing` where null.
-
-    `index_in` rebuilds a hash table of its value set on every call (about 10x the cost of a
-    probe), so a vocabulary longer than `col` is probed against `col`'s distinct values instead.
-    """
-    if len(values) <= len(col):
-        ids = pc.fill_null(pc.index_in(col, value_set=values), -1).to_numpy().astype(np.int64) + 2
-    else:
-        enc = pc.dictionary_encode(col)
-        where = pc.index_in(values, value_set=enc.dictionary)  # vocabulary entry -> distinct value
-        found = np.flatnonzero(where.is_valid().to_numpy(zero_copy_only=False))
-        lut = np.full(len(enc.dictionary) + 1, RARE, dtype=np.int64)  # the last entry for nulls
-        lut[pc.take(where, found).to_numpy()] = found + 2
-        ids = lut[pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy()]
-    if col.null_count:
-        ids[col.is_null().to_numpy(zero_copy_only=False)] = missing
-    return ids
-
-
 def bad_row(f: CsvFile, first: int, i: int, column: str, value: object, expected: str) -> ValueError:
     """The error for data row `first + i` of `f`: file, line, column, value and what was expected."""
     shown = "empty" if value is None else repr(value)
@@ -382,18 +233,34 @@ def bad_row(f: CsvFile, first: int, i: int, column: str, value: object, expected
     )
 
 
+def split_lists(col: pa.Array, sep: str) -> tuple[pa.Array, np.ndarray]:
+    """Text fields of `sep`-joined tokens (empty or missing: none) as (every token in row order,
+    tokens per row as int64)."""
+    text = pc.fill_null(col, "")
+    parts = pc.split_pattern(text, sep)
+    empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+    tokens = pc.list_flatten(parts).filter(pa.array(np.repeat(~empty, lengths)))
+    return tokens, np.where(empty, 0, lengths).astype(np.int64)
+
+
+def check_rows(f: CsvFile, first: int, ok: Values, column: str, values: Values, expected: str) -> None:
+    """Raises `bad_row` for the first row of a block whose `ok` is false (or null), with its value."""
+    if isinstance(ok, pa.Array | pa.ChunkedArray):
+        ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        value = values[i].as_py() if isinstance(values, pa.Array | pa.ChunkedArray) else values[i].item()
+        raise bad_row(f, first, i, column, value, expected)
+
+
 def require(batch: pa.RecordBatch, columns: Sequence[str], f: CsvFile, first: int) -> None:
     """Raises naming the first empty field of `columns`."""
     for c in columns:
-        if batch[c].null_count:
-            i = int(np.flatnonzero(batch[c].is_null().to_numpy(zero_copy_only=False))[0])
-            raise bad_row(f, first, i, c, None, "a value (this column has no missing values)")
+        check_rows(f, first, batch[c].is_valid(), c, batch[c], "a value (this column has no missing values)")
 
 
 def labels(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.Array:
     """`col` as int8, raising naming the first value that is not 0 or 1."""
-    bad = pc.invert(pc.fill_null(pc.is_in(col, value_set=pa.array([0, 1], col.type)), False))
-    if pc.any(bad).as_py():
-        i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-        raise bad_row(f, first, i, name, col[i].as_py(), "0 or 1")
+    check_rows(f, first, pc.is_in(col, value_set=pa.array([0, 1], col.type)), name, col, "0 or 1")
     return col.cast(pa.int8())

@@ -1,5 +1,6 @@
 """The raw Alimama tables -> impressions with ad and user profile fields and behaviour histories,
-as a `features.taobao.Source` (the module doc of `features.taobao` gives the layout's choices).
+as a `features.datasets.taobao_csv.Source` (the module doc of `features.datasets.taobao` gives the
+layout's choices).
 
 Scalable join: raw_sample (26M rows) and behavior_log (700M rows) are streamed into `buckets`
 parquet files each, by `user % buckets`; then each bucket's behaviours are sorted by (user, time)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,18 +21,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from features._csv import CsvFile, Layout, bad_row, count_rows, iter_files, labels, require, sniff
-from features.taobao import (
-    BEHAVIOR_SEQUENCES,
-    CATEGORICAL,
-    LABEL,
-    PROFILE,
-    Source,
-    TaobaoAdConfig,
-    beijing_day,
-    history_lists,
+from features.convert import Block, bar
+from features.datasets.taobao_csv import AD, BEHAVIOR_SEQUENCES, CATEGORICAL, LABEL, PROFILE, Source, prices
+from features.datasets.timeline import beijing_day, history_lists
+from features.delimited import (
+    CsvFile,
+    Layout,
+    bad_row,
+    check_rows,
+    count_rows,
+    iter_files,
+    labels,
+    require,
+    sniff,
 )
-from features.taobao_csv import prices
 
 TABLES = ("raw_sample", "ad_feature", "user_profile", "behavior_log")
 COLUMNS = {
@@ -57,8 +61,9 @@ def raw_tables(paths: Sequence[Path]) -> list[Path]:
     return [found[t] for t in TABLES]
 
 
-def raw_source(paths: list[Path], tmp: Path, config: TaobaoAdConfig, progress: bool) -> Source:
-    """Partitions and joins the raw tables into `tmp`; the Source reads the joined buckets."""
+def raw_source(paths: list[Path], tmp: Path, config: Any, progress: bool) -> Source:
+    """Partitions and joins the raw tables into `tmp`; the Source reads the joined buckets.
+    `config` is a `features.datasets.taobao.TaobaoAdConfig`."""
     layouts = {t: _layout(p, t) for t, p in zip(TABLES, paths, strict=True)}
     ads = _lookup(layouts["ad_feature"], config.block_bytes)
     profiles = _lookup(layouts["user_profile"], config.block_bytes)
@@ -102,10 +107,8 @@ def _layout(path: Path, table: str) -> Layout:
 def _ints(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.Array:
     """Text ids as int64; empty or "NULL" (as ad_feature writes a missing brand) is missing."""
     col = pc.if_else(pc.equal(col, "NULL"), pa.scalar(None, pa.string()), col)
-    ok = pc.fill_null(pc.match_substring_regex(col, r"^-?\d{1,18}$"), True).to_numpy(zero_copy_only=False)
-    if not ok.all():
-        i = int(np.flatnonzero(~ok)[0])
-        raise bad_row(f, first, i, name, col[i].as_py(), "an integer id, NULL or an empty field")
+    ok = pc.fill_null(pc.match_substring_regex(col, r"^-?\d{1,18}$"), True)
+    check_rows(f, first, ok, name, col, "an integer id, NULL or an empty field")
     return col.cast(pa.int64())
 
 
@@ -113,10 +116,7 @@ def _keys(user: pa.Array, t: pa.Array, f: CsvFile, first: int) -> None:
     """Users in [0, 2^31) and times in [0, 2^32): (user << 32 | time) sorts by user, then time."""
     for name, col, high in (("user", user, 2**31), ("time_stamp", t, 2**32)):
         x = col.to_numpy()
-        bad = (x < 0) | (x >= high)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise bad_row(f, first, i, name, int(x[i]), f"an integer in [0, {high})")
+        check_rows(f, first, (x >= 0) & (x < high), name, x, f"an integer in [0, {high})")
 
 
 def _lookup(layout: Layout, block_bytes: int) -> pa.Table:
@@ -162,10 +162,8 @@ def _impressions(b: pa.RecordBatch, f: CsvFile, first: int) -> pa.Table:
 def _behaviours(b: pa.RecordBatch, f: CsvFile, first: int) -> pa.Table:
     require(b, ("user", "time_stamp", "btag"), f, first)
     _keys(b["user"], b["time_stamp"], f, first)
-    known = pc.is_in(b["btag"], value_set=pa.array(BTAGS)).to_numpy(zero_copy_only=False)
-    if not known.all():
-        i = int(np.flatnonzero(~known)[0])
-        raise bad_row(f, first, i, "btag", b["btag"][i].as_py(), f"one of {', '.join(BTAGS)}")
+    known = pc.is_in(b["btag"], value_set=pa.array(BTAGS))
+    check_rows(f, first, known, "btag", b["btag"], f"one of {', '.join(BTAGS)}")
     cols = {"user": b["user"], "time_stamp": b["time_stamp"], "btag": b["btag"], "cate": b["cate"]}
     return pa.table(cols | {"brand": _ints(b["brand"], f, first, "brand")})
 
@@ -184,20 +182,19 @@ def _partition(
     types = {c: pa.string() if c in ("pid", "btag", "brand") else pa.int64() for c in wanted if c in names}
     expect = dict.fromkeys(types, _INT) | {"time_stamp": "an integer (unix seconds)"}
     writers: dict[int, pq.ParquetWriter] = {}
+    blocks = (
+        Block(b, np.empty(0), f, first) for _, first, b in iter_files([layout], types, expect, block_bytes)
+    )
     try:
-        with tqdm(
-            total=rows, unit="rows", unit_scale=True, desc=f"partition {f.path.name}", disable=not progress
-        ) as bar:
-            for _, first, b in iter_files([layout], types, expect, block_bytes):
-                table = prepare(b, f, first)
-                bucket = np.mod(table["user"].to_numpy(), k)
-                order = np.argsort(bucket, kind="stable")
-                edges = np.searchsorted(bucket[order], np.arange(k + 1))
-                for j in map(int, np.flatnonzero(np.diff(edges))):
-                    if j not in writers:
-                        writers[j] = pq.ParquetWriter(f"{out}-{j:05d}.parquet", table.schema)
-                    writers[j].write_table(table.take(pa.array(order[edges[j] : edges[j + 1]])))
-                bar.update(b.num_rows)
+        for block in bar(f"partition {f.path.name}", rows, progress, blocks):
+            table = prepare(block.batch, f, block.first)
+            bucket = np.mod(table["user"].to_numpy(), k)
+            order = np.argsort(bucket, kind="stable")
+            edges = np.searchsorted(bucket[order], np.arange(k + 1))
+            for j in map(int, np.flatnonzero(np.diff(edges))):
+                if j not in writers:
+                    writers[j] = pq.ParquetWriter(f"{out}-{j:05d}.parquet", table.schema)
+                writers[j].write_table(table.take(pa.array(order[edges[j] : edges[j + 1]])))
     finally:
         for w in writers.values():
             w.close()
@@ -243,9 +240,7 @@ def _join(
     info["missing_ad_feature"] += int((~ad_found).sum())
     info["missing_user_profile"] += int((~profile_found).sum())
     cols = {"userid": imp["user"], "adgroup_id": imp["adgroup_id"], "pid": imp["pid"]}
-    cols |= {c: profile[c] for c in PROFILE} | {
-        c: ad[c] for c in ("cate_id", "campaign_id", "customer", "brand")
-    }
+    cols |= {c: profile[c] for c in PROFILE} | {c: ad[c] for c in AD[2:]}  # cate_id .. brand
     cols["price"] = pc.fill_null(ad["price"], 0.0)  # no ad feature: price 0 (log1p 0), counted
     cols["hist_cate_id"] = _gather(beh["cate"].combine_chunks(), lo, hi)
     cols["hist_brand"] = _gather(beh["brand"].combine_chunks(), lo, hi)

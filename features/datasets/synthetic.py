@@ -35,7 +35,6 @@ bytes a row (p as float32, the label as int8; 10 with the funnel): 10M rows need
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -48,10 +47,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from features.convert import check_integers, check_numbers, check_split
 from features.dataset import DatasetWriter
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
-
-log = logging.getLogger(__name__)
 
 N_DENSE, N_CAT = 13, 26
 # Criteo Kaggle cardinalities of C1..C26, capped by `max_vocab`.
@@ -90,22 +88,10 @@ class SyntheticConfig:
     cvr_clickbait: float = 1.0  # funnel: weight of -(CTR field effects) on the N_CLICKBAIT fields
 
     def __post_init__(self) -> None:
-        if self.rows < 1:
-            raise ValueError(f"rows {self.rows} must be >= 1")
-        if self.max_vocab < 2:
-            raise ValueError(f"max_vocab {self.max_vocab} must be >= 2")
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-9:
-            raise ValueError(f"split {self.split}: expected three fractions >= 0 summing to 1")
-        if self.min_count < 1:
-            raise ValueError(f"min_count {self.min_count} must be >= 1")
-        if not 0 < self.target_ctr < 1:
-            raise ValueError(f"target_ctr {self.target_ctr} must be in (0, 1)")
-        if not 0 < self.target_cvr < 1:
-            raise ValueError(f"target_cvr {self.target_cvr} must be in (0, 1)")
-        if not 0 <= self.cvr_shared <= 1:
-            raise ValueError(f"cvr_shared {self.cvr_shared} must be in [0, 1]")
-        if not 0 <= self.cvr_clickbait < float("inf"):
-            raise ValueError(f"cvr_clickbait {self.cvr_clickbait} must be finite and >= 0")
+        check_integers(self, {"rows": 1, "max_vocab": 2, "min_count": 1})
+        check_split(self.split)
+        intervals = {"target_ctr": "(0, 1)", "target_cvr": "(0, 1)", "cvr_shared": "[0, 1]"}
+        check_numbers(self, intervals | {"cvr_clickbait": "[0, inf)"})
 
     @property
     def cardinalities(self) -> tuple[int, ...]:
@@ -143,9 +129,9 @@ class Teacher:
         self.wh = rng.normal(0, 1.0, card[self.h_field] + 1)
         self.bias = 0.0
         x, c, z = self.draw(PROBE_ROWS, chunk=-1)  # fixed size: the bias must not depend on `rows`
-        self.bias = _fit_bias(z, config.target_ctr)
+        self.bias = fit_bias(z, config.target_ctr)
         if config.funnel:
-            self._init_cvr(x, c, _sigmoid(z + self.bias), [scale[f] * tail[f] for f in range(N_CAT)])
+            self._init_cvr(x, c, sigmoid(z + self.bias), [scale[f] * tail[f] for f in range(N_CAT)])
 
     def _init_cvr(self, x: np.ndarray, c: np.ndarray, p: np.ndarray, std: list[np.ndarray]) -> None:
         """Draws the CVR teacher from its own stream, so the CTR teacher and rows stay those of
@@ -165,7 +151,7 @@ class Teacher:
         self.a_cvr = rng.normal(0, 0.3, N_DENSE)
         self.bias_cvr = 0.0
         # The mean pCVR among clicks is E[pCTR pCVR] / E[pCTR]: a pCTR-weighted mean.
-        self.bias_cvr = _fit_bias(self.cvr_logit(x, c), config.target_cvr, weight=p)
+        self.bias_cvr = fit_bias(self.cvr_logit(x, c), config.target_cvr, weight=p)
 
     def draw(self, n: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """n rows of chunk `chunk`: counts (n, 13) float64 with NaN for missing, categorical ranks
@@ -200,7 +186,7 @@ class Teacher:
         for i, start in enumerate(range(0, self.config.rows, CHUNK_ROWS)):
             n = min(CHUNK_ROWS, self.config.rows - start)
             x, c, z = self.draw(n, chunk=i)
-            p = _sigmoid(z)
+            p = sigmoid(z)
             y = (np.random.default_rng([self.config.seed, 2, i]).random(n) < p).astype(np.int8)
             yield start, x, c, p, y
 
@@ -211,20 +197,19 @@ class Teacher:
         pCTR and clicks are those of `chunks`. Every impression draws a uniform (so the draws do not
         depend on the clicks), kept as a conversion only where it clicked."""
         for i, (start, x, c, p, y) in enumerate(self.chunks()):
-            q = _sigmoid(self.cvr_logit(x, c))
-            v = ((np.random.default_rng([self.config.seed, 5, i]).random(len(y)) < q) & (y == 1)).astype(
-                np.int8
-            )
+            q = sigmoid(self.cvr_logit(x, c))
+            u = np.random.default_rng([self.config.seed, 5, i]).random(len(y))
+            v = ((u < q) & (y == 1)).astype(np.int8)
             yield start, x, c, p, y, q, v
 
 
-def _fit_bias(z: np.ndarray, target: float, weight: np.ndarray | None = None) -> float:
+def fit_bias(z: np.ndarray, target: float, weight: np.ndarray | None = None) -> float:
     """The bias b (bisection on [-10, 10]) with mean sigmoid(z + b) = target, weighted by `weight`
     where given (the plain mean otherwise, so the CTR bias is bit for bit what it always was)."""
     lo, hi = -10.0, 10.0
     for _ in range(50):
         b = (lo + hi) / 2
-        p = _sigmoid(z + b)
+        p = sigmoid(z + b)
         mean = p.mean() if weight is None else np.average(p, weights=weight)
         lo, hi = (b, hi) if mean < target else (lo, b)
     return b
@@ -235,7 +220,7 @@ def _transform(x: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.sign(x) * np.log1p(np.abs(x)))
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
@@ -252,13 +237,14 @@ def synthetic_schema(config: SyntheticConfig) -> Schema:
     )
 
 
-def _split_of_rows(config: SyntheticConfig) -> list[tuple[str, int, int]]:
-    n_train = round(config.rows * config.split[0])
-    n_valid = round(config.rows * config.split[1])
+def row_splits(rows: int, split: tuple[float, float, float]) -> list[tuple[str, int, int]]:
+    """(split, first row, end row) of `rows` rows split by row order into the `split` fractions."""
+    n_train = round(rows * split[0])
+    n_valid = round(rows * split[1])
     return [
         ("train", 0, n_train),
         ("valid", n_train, n_train + n_valid),
-        ("test", n_train + n_valid, config.rows),
+        ("test", n_train + n_valid, rows),
     ]
 
 
@@ -270,77 +256,87 @@ def write_synthetic(
 ) -> Path:
     """Writes a parquet dataset of `config.rows` teacher rows, split by row order.
 
-    Ids follow the Criteo converter's convention: 0 missing, 1 rare (values seen fewer than
-    `min_count` times in the train split; values never seen there too), 2.. values by frequency
-    rank. Dense columns hold sign(x) log1p(|x|), 0 for missing. Besides the schema's columns
-    each row holds `teacher_p`, its true (click) probability, and for a funnel `teacher_p_cvr`, its
-    true conversion probability given a click (float64, as the teacher computes them; they are no
-    features). dataset.json records the teacher's AUC, LogLoss and click rate per split; for a funnel
-    also, under `tasks`, its AUC and LogLoss for ctr (all rows), cvr (clicked rows, pCVR against
+    Ids as the Criteo converter's (`features.vocabulary`): values seen fewer than `min_count` times
+    in the train split (or never) are rare; the others numbered by frequency rank. Dense columns
+    hold sign(x) log1p(|x|), 0 for missing. Besides the schema's columns each row holds
+    `teacher_p`, its true (click) probability, and for a funnel `teacher_p_cvr`, its true conversion
+    probability given a click (float64, as the teacher computes them; they are no features).
+    dataset.json records the teacher's AUC, LogLoss and click rate per split; for a funnel also,
+    under `tasks`, its AUC and LogLoss for ctr (all rows), cvr (clicked rows, pCVR against
     conversion) and ctcvr (all rows, pCTR * pCVR against conversion), and under `rates` the click and
     conversion rates and the mean pCVR over clicked and over all rows (their gap is the selection bias).
     """
     teacher = Teacher(config)
-    splits = _split_of_rows(config)
-    kept = _frequent_values(teacher, splits[0][2])  # as the converter: unseen in train -> rare id
+    kept = _frequent_values(teacher, row_splits(config.rows, config.split)[0][2])  # unseen in train: rare
+    schema, chunks = synthetic_schema(config), _chunk_tables(teacher, kept)
+    return write_by_order(out, schema, config, "synthetic", chunks, {}, overwrite, progress)
+
+
+def write_by_order(
+    out: str | Path,
+    schema: Schema,
+    config: Any,
+    converter: str,
+    chunks: Iterator[tuple[int, pa.Table, dict[str, np.ndarray]]],
+    info: dict[str, Any],
+    overwrite: bool,
+    progress: bool,
+) -> Path:
+    """Writes teacher rows, split by row order into `config.split` of `config.rows`, to `out`.
+
+    Args:
+        chunks: (first row, the rows' columns, their teacher arrays: `p` and `y`, for a funnel also
+            `q` and `v`) in row order.
+        info: dataset.json keys between `config` and `teacher` (the teacher's figures per split).
+        out, schema, config, converter, overwrite, progress: as in `features.convert.convert`.
+    """
+    splits = row_splits(config.rows, config.split)
     per_split: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s, *_ in splits}
     t0 = time.perf_counter()
     with (
-        DatasetWriter(out, synthetic_schema(config), overwrite=overwrite, identity=asdict(config)) as writer,
-        tqdm(total=config.rows, unit="rows", unit_scale=True, desc="synthetic", disable=not progress) as bar,
+        DatasetWriter(out, schema, overwrite=overwrite, identity=asdict(config)) as writer,
+        tqdm(total=config.rows, unit="rows", unit_scale=True, desc=converter, disable=not progress) as bar,
     ):
-        for start, table, scored in _chunk_tables(teacher, kept):
+        for start, table, scored in chunks:
             for name, lo, hi in splits:
                 a, b = max(lo, start) - start, min(hi, start + table.num_rows) - start
                 if a < b:
                     writer.write(name, table.slice(a, b - a))
                     per_split[name].append({k: v[a:b] for k, v in scored.items()})
             bar.update(table.num_rows)
-        info = {
-            "converter": "synthetic",
-            "config": asdict(config),
-            "teacher": {name: _metrics(parts) for name, parts in per_split.items() if parts},
-            "rows_per_s": config.rows / (time.perf_counter() - t0),
-        }
-        return writer.commit(info)
+        teacher = {name: _metrics(parts) for name, parts in per_split.items() if parts}
+        seconds = time.perf_counter() - t0
+        return writer.commit(
+            {"converter": converter, "config": asdict(config), **info, "teacher": teacher}
+            | {"rows_per_s": config.rows / seconds}
+        )
 
 
 def _chunk_tables(
     teacher: Teacher, kept: list[np.ndarray]
 ) -> Iterator[tuple[int, pa.Table, dict[str, np.ndarray]]]:
-    """Yields (first row, the chunk's columns, what the teacher's metrics keep of it). The metrics
-    keep p and y, and for a funnel q (pCVR) and v (conversions), probabilities as float32: 5 bytes a
-    row, 10 for a funnel."""
-    if not teacher.config.funnel:
-        for start, x, c, p, y in teacher.chunks():
-            table = _chunk_table(x, c, kept, {"label": y}, {"teacher_p": p})
-            yield start, table, {"p": p.astype(np.float32), "y": y}
-        return
-    for start, x, c, p, y, q, v in teacher.funnel_chunks():
-        table = _chunk_table(x, c, kept, {"click": y, "conversion": v}, {"teacher_p": p, "teacher_p_cvr": q})
-        yield start, table, {"p": p.astype(np.float32), "y": y, "q": q.astype(np.float32), "v": v}
+    """Yields (first row, the chunk's columns: labels, features, true probabilities, what the
+    teacher's metrics keep of it: p and y, for a funnel q (pCVR) and v (conversions), probabilities
+    as float32: 5 bytes a row, 10 for a funnel)."""
+    funnel = teacher.config.funnel
+    chunks = teacher.funnel_chunks() if funnel else ((*c, None, None) for c in teacher.chunks())
+    for start, x, c, p, y, q, v in chunks:
+        cols = {"click": pa.array(y), "conversion": pa.array(v)} if funnel else {"label": pa.array(y)}
+        t = _transform(x).astype(np.float32)
+        cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
+        for f in range(N_CAT):
+            # rank r -> id r + 1 (id 1 is the rare id); missing (rank 0) -> id 0
+            cols[f"C{f + 1}"] = pa.array(np.where(c[f] == 0, 0, np.where(kept[f][c[f]], c[f] + 1, 1)))
+        cols["teacher_p"] = pa.array(p)
+        scored = {"p": p.astype(np.float32), "y": y}
+        if funnel:
+            assert q is not None and v is not None
+            cols["teacher_p_cvr"] = pa.array(q)
+            scored |= {"q": q.astype(np.float32), "v": v}
+        yield start, pa.table(cols), scored
 
 
-def _chunk_table(
-    x: np.ndarray,
-    c: np.ndarray,
-    kept: list[np.ndarray],
-    labels: dict[str, np.ndarray],
-    probs: dict[str, np.ndarray],
-) -> pa.Table:
-    """One chunk of teacher rows as the dataset's columns: labels, features, then the true
-    probabilities."""
-    cols = {name: pa.array(y) for name, y in labels.items()}
-    t = _transform(x).astype(np.float32)
-    cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
-    for f in range(N_CAT):
-        # rank r -> id r + 1 (id 1 is the rare id); missing (rank 0) -> id 0
-        cols[f"C{f + 1}"] = pa.array(np.where(c[f] == 0, 0, np.where(kept[f][c[f]], c[f] + 1, 1)))
-    cols |= {name: pa.array(p) for name, p in probs.items()}
-    return pa.table(cols)
-
-
-def _scores(p: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
+def teacher_scores(p: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
     """AUC (None with one class) and LogLoss (None without rows) of probabilities p for labels y."""
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -355,13 +351,17 @@ def _metrics(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """The teacher's figures on one split from the kept arrays of its chunks (see `_chunk_tables`)."""
     cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     p, y = cols["p"].astype(np.float64), cols["y"]
-    ctr = _scores(p, y)
+    ctr = teacher_scores(p, y)
     out: dict[str, Any] = ctr | {"ctr": float(y.mean())}
     if "q" not in cols:
         return out
     q, v = cols["q"].astype(np.float64), cols["v"]
     clicked = y == 1
-    out["tasks"] = {"ctr": ctr, "cvr": _scores(q[clicked], v[clicked]), "ctcvr": _scores(p * q, v)}
+    out["tasks"] = {
+        "ctr": ctr,
+        "cvr": teacher_scores(q[clicked], v[clicked]),
+        "ctcvr": teacher_scores(p * q, v),
+    }
     out["rates"] = {
         "click": float(y.mean()),
         "conversion_per_click": float(v[clicked].mean()) if clicked.any() else None,
@@ -390,9 +390,9 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def _hex8(v: np.ndarray) -> pa.Array:
-    """uint32 -> 8-digit lowercase hex strings (as Criteo's hashed values), vectorised."""
+    """Integers < 2^32 -> 8-digit lowercase hex strings (as Criteo's hashed values), vectorised."""
     shifts = np.arange(28, -1, -4, dtype=np.uint32)
-    digits = _HEX[(v[:, None] >> shifts) & 0xF]  # (n, 8) uint8
+    digits = _HEX[(v.astype(np.uint32)[:, None] >> shifts) & 0xF]  # (n, 8) uint8
     return pa.array(digits.view("S8").ravel()).cast(pa.string())
 
 
@@ -407,32 +407,25 @@ def write_synthetic_tsv(
         raise ValueError("write_synthetic_tsv: funnel=True has two labels; the Criteo TSV format holds one")
     teacher = Teacher(config)
     path = Path(path)
-    probs = np.lib.format.open_memmap(
-        str(path) + ".teacher_p.npy", mode="w+", dtype=np.float64, shape=(config.rows,)
-    )
+    probs = np.lib.format.open_memmap(f"{path}.teacher_p.npy", "w+", np.float64, (config.rows,))
     opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     salt = np.random.default_rng([config.seed, 3]).integers(1, 2**31, N_CAT, dtype=np.uint64)
     with (
         pa.OSFile(str(path), "wb") as sink,
         tqdm(
-            total=config.rows, unit="rows", unit_scale=True, desc="synthetic tsv", disable=not progress
-        ) as bar,
+            desc="synthetic tsv", total=config.rows, unit="rows", unit_scale=True, disable=not progress
+        ) as b,
     ):
         for start, x, c, p, y in teacher.chunks():
             cols = {"label": pa.array(y)}
-            cols |= {
-                f"I{j + 1}": pa.array(x[:, j], mask=np.isnan(x[:, j])).cast(pa.int64())
-                for j in range(N_DENSE)
-            }
+            for j in range(N_DENSE):
+                cols[f"I{j + 1}"] = pa.array(x[:, j], mask=np.isnan(x[:, j])).cast(pa.int64())
+            hashed = (c.astype(np.uint64) * np.uint64(2654435761) + salt[:, None]) & np.uint64(0xFFFFFFFF)
             for f in range(N_CAT):
-                hashed = (
-                    (c[f].astype(np.uint64) * np.uint64(2654435761) + salt[f]) & np.uint64(0xFFFFFFFF)
-                ).astype(np.uint32)
-                cols[f"C{f + 1}"] = pc.if_else(
-                    pa.array(c[f] == 0), pa.scalar(None, pa.string()), _hex8(hashed)
-                )
+                missing = pa.array(c[f] == 0)
+                cols[f"C{f + 1}"] = pc.if_else(missing, pa.scalar(None, pa.string()), _hex8(hashed[f]))
             pacsv.write_csv(pa.table(cols), sink, write_options=opts)
             probs[start : start + len(p)] = p
-            bar.update(len(y))
+            b.update(len(y))
     probs.flush()
     return path

@@ -1,4 +1,4 @@
-"""The raw Ali-CCP release -> a parquet dataset (the layouts and labels in `features.aliccp`).
+"""The raw Ali-CCP release -> a parquet dataset (the layouts and labels in `features.datasets.aliccp`).
 
 Files, comma-separated without header: `sample_skeleton_{train,test}.csv`, a line per impression
 `sample_id, click, conversion, md5, feature_num, feature_list`, and `common_features_{train,test}.csv`,
@@ -11,16 +11,15 @@ Choices:
   split's common file is held in memory while its skeleton is streamed: about 10 bytes per entry
   (a field code, an int64 feature id, an offset) plus the md5s, so the full release's train common
   file (730k user contexts) takes a few GB; the skeleton rows are never all held.
-- Fields: the 23 of `features.aliccp.FIELDS`; an entry of another field raises. Fields of
+- Fields: the 23 of `FIELDS`; an entry of another field raises. Fields of
   `multi_fields` become multi-value features (`CategoricalFeature(multi=True)`, a list<int64> of
   every entry's id, the skeleton's entries first, then the common ones, in file order; an empty list
   when the row has none), mean-pooled by the embedding tables. Other fields hold one id (0 when the
   row has no entry); several entries of such a field raise (add it to `multi_fields`).
 - Values (after "\\x03", the weights of multi-value entries) are not used: a field's ids are
   embedded and mean-pooled unweighted.
-- Ids per field as `features.criteo`: 0 = missing, 1 = rare or unseen (fewer than `min_count`
-  times in the train split), 2.. = the vocabulary by descending train count, ties by id. A common
-  row's entries count once per train row that joins it. `vocabulary.parquet` is saved beside.
+- Ids per field of the train split's vocabulary (`features.vocabulary`), ties by id; a common row's
+  entries count once per train row that joins it.
 - Splits: the train skeleton gives train and a seeded `valid_fraction` (exact count) valid; the
   test skeleton, when the directory holds one, gives test.
 - Group: `user`, the raw feature id of field 101 (int64, no feature), so test users unseen in train
@@ -30,38 +29,41 @@ Choices:
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
-from features._csv import (
-    MISSING,
+from features.convert import Block, Plan, bar
+from features.datasets.funnel import FUNNEL, funnel_labels, split_rows
+from features.delimited import (
     CsvFile,
     Layout,
     bad_row,
+    check_rows,
     count_rows,
     iter_files,
     line_of_row,
-    lookup_ids,
     require,
     sniff,
-    vocabulary_table,
+    split_lists,
 )
-from features.aliccp import FIELDS, USER, AliCCPConfig
-from features.aliexpress import FUNNEL, SPLITS, funnel_labels, split_rows, write_splits
-from features.dataset import DatasetWriter
-from features.outputs import StagedOutput
 from features.schema import CategoricalFeature, Schema
+from features.vocabulary import MISSING, Vocabulary, lookup_ids
 
-logger = logging.getLogger(__name__)
-
+USER = "101"  # the user id field
+FIELDS = (
+    "101", "121", "122", "124", "125", "126", "127", "128", "129",  # user profile
+    "109_14", "110_14", "127_14", "150_14",  # user histories: categories, shops, brands, intents
+    "205", "206", "207", "210", "216",  # ad: item, category, shop, intent, brand
+    "508", "509", "702", "853",  # user x ad crosses
+    "301",  # position
+)  # fmt: skip
+MULTI = ("109_14", "110_14", "127_14", "150_14", "210", "508", "509", "702", "853")
 SKELETON = ("sample_id", "click", "conversion", "md5", "feature_num", "feature_list")
 COMMON = ("md5", "feature_num", "feature_list")
 GROUP = "user"
@@ -88,38 +90,36 @@ class _Common:
     entries: _Entries
 
 
-def convert_raw(
-    directory: Path, output: StagedOutput, config: AliCCPConfig, progress: bool, began: float
-) -> Path:
-    """`features.aliccp.convert_aliccp` for the raw layout (see the module doc)."""
+def raw_plan(directory: Path, config: Any, progress: bool) -> Plan:
+    """The raw layout's skeleton rows joined with their common features as blocks, with pass 1 (the
+    vocabularies) made here; `config` is an `AliCCPConfig`."""
     files = _files(directory)
     skeleton = {s: _layout(p, SKELETON) for s, (p, _) in files.items()}
-    common = _load_common(files["train"][1], config.block_bytes, progress)
-    vocab = _vocabulary(skeleton["train"], common, config, progress)
+    common = {"train": _load_common(files["train"][1], config.block_bytes, progress)}
+    vocab = _vocabulary(skeleton["train"], common["train"], config, progress)
     multi = set(config.multi_fields)
     schema = Schema(
         categorical=tuple(CategoricalFeature(n, 2 + len(vocab[n][0]), multi=n in multi) for n in FIELDS),
         labels=FUNNEL,
         group=GROUP,
     )
-    vocabulary = vocabulary_table(vocab)
-    with DatasetWriter(output, schema, splits=SPLITS, identity=vocabulary) as writer:
+
+    def blocks(_: int) -> Iterator[Block]:
         for s in files:
             if s == "test":
-                common = _load_common(files["test"][1], config.block_bytes, progress)
-            _write(writer, skeleton[s], s, common, vocab, config, progress)
-        seconds, total = time.perf_counter() - began, sum(layout[2] for layout in skeleton.values())
-        info = {
-            "converter": "features.aliccp.convert_aliccp",
-            "layout": "raw",
-            "config": asdict(config),
-            "inputs": {s: [str(p) for p in paths] for s, paths in files.items()},
-            "seconds": round(seconds, 3),
-            "rows_per_s": round(total / seconds),
-        }
-        written = writer.commit(info, files={"vocabulary.parquet": vocabulary})
-    logger.info("aliccp (raw): %d rows -> %s %s in %.1f s", total, written, writer.rows, seconds)
-    return written
+                common["test"] = _load_common(files["test"][1], config.block_bytes, progress)
+            for block in split_rows([(skeleton[s], None if s == "train" else 2)], _TYPES, _EXPECT, config):
+                yield dataclasses.replace(block, source=common[s])
+
+    return Plan(
+        rows=sum(layout[2] for layout in skeleton.values()),
+        blocks=blocks,
+        schema=lambda _: schema,
+        map=lambda block, vocab: _map(block, vocab, multi),
+        inputs={s: [str(p) for p in paths] for s, paths in files.items()},
+        vocabulary=vocab,
+        head={"layout": "raw"},
+    )
 
 
 def _files(directory: Path) -> dict[str, tuple[Path, Path]]:
@@ -152,12 +152,7 @@ def _layout(path: Path, names: tuple[str, ...]) -> Layout:
 def _parse(b: pa.RecordBatch, f: CsvFile, first: int) -> _Entries:
     """The entries of the batch's feature_list column, checked against feature_num."""
     require(b, ("md5", "feature_num"), f, first)
-    text = pc.fill_null(b["feature_list"], "")
-    parts = pc.split_pattern(text, "\x01")
-    empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
-    lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
-    entries = pc.list_flatten(parts).filter(pa.array(np.repeat(~empty, lengths)))
-    lengths = np.where(empty, 0, lengths).astype(np.int64)
+    entries, lengths = split_lists(b["feature_list"], "\x01")
     count = b["feature_num"].to_numpy()
     if (lengths != count).any():
         i = int(np.flatnonzero(lengths != count)[0])
@@ -181,14 +176,14 @@ def _parse(b: pa.RecordBatch, f: CsvFile, first: int) -> _Entries:
 def _load_common(path: Path, block_bytes: int, progress: bool) -> _Common:
     """A split's common features, all in memory; ValueError naming a repeated md5's line."""
     layout = _layout(path, COMMON)
-    f, rows = layout[0], layout[2]
+    f, rows, types = layout[0], layout[2], {c: _TYPES[c] for c in COMMON}
     md5s, parsed = [], []
-    bar = tqdm(total=rows, unit="rows", unit_scale=True, desc=f"aliccp {path.name}", disable=not progress)
-    with bar:
-        for f, first, b in iter_files([layout], {c: _TYPES[c] for c in COMMON}, _EXPECT, block_bytes):
-            parsed.append(_parse(b, f, first))
-            md5s.append(b["md5"])
-            bar.update(b.num_rows)
+    batches = (
+        Block(b, np.empty(0), f, first) for f, first, b in iter_files([layout], types, _EXPECT, block_bytes)
+    )
+    for block in bar(f"aliccp {path.name}", rows, progress, batches):
+        parsed.append(_parse(block.batch, f, block.first))
+        md5s.append(block.batch["md5"])
     md5 = pa.concat_arrays(md5s)
     _, where = np.unique(pc.dictionary_encode(md5).indices.to_numpy(), return_index=True)
     if len(where) < len(md5):
@@ -205,9 +200,7 @@ def _load_common(path: Path, block_bytes: int, progress: bool) -> _Common:
 def _common_rows(b: pa.RecordBatch, f: CsvFile, first: int, common: _Common) -> np.ndarray:
     """The common row of each skeleton row, by md5; ValueError naming a row whose md5 is absent."""
     idx = pc.index_in(b["md5"], value_set=common.md5)
-    if idx.null_count:
-        i = int(np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))[0])
-        raise bad_row(f, first, i, "md5", b["md5"][i].as_py(), f"a md5 of {common.path}")
+    check_rows(f, first, idx.is_valid(), "md5", b["md5"], f"a md5 of {common.path}")
     return idx.to_numpy().astype(np.int64)
 
 
@@ -230,23 +223,18 @@ def _join(
     return row[order], feature[order], bounds
 
 
-def _vocabulary(
-    skeleton: Layout, common: _Common, config: AliCCPConfig, progress: bool
-) -> dict[str, tuple[pa.Array, pa.Array]]:
+def _vocabulary(skeleton: Layout, common: _Common, config: Any, progress: bool) -> Vocabulary:
     """Pass 1: field -> (train ids by count, their counts); common entries weighted by their uses."""
     tables, uses = [], np.zeros(len(common.md5), dtype=np.int64)
-    bar = tqdm(
-        total=skeleton[2], unit="rows", unit_scale=True, desc="aliccp 1/2 vocabulary", disable=not progress
-    )
-    with bar:
-        for f, first, b, split in _split_rows(skeleton, None, config):
-            train = split == 0
-            own, rows = _parse(b, f, first), _common_rows(b, f, first, common)
-            keep = np.repeat(train, np.diff(own.offsets))
-            ones = np.ones(int(keep.sum()), dtype=np.int64)
-            tables.append(pa.table({"field": own.field[keep], "value": own.feature[keep], "count": ones}))
-            uses += np.bincount(rows[train], minlength=len(uses))
-            bar.update(b.num_rows)
+    blocks = split_rows([(skeleton, None)], _TYPES, _EXPECT, config)
+    for block in bar("aliccp 1/2 vocabulary", skeleton[2], progress, blocks):
+        b, f, first, train = block.batch, block.file, block.first, block.split == 0
+        assert f is not None
+        own, rows = _parse(b, f, first), _common_rows(b, f, first, common)
+        keep = np.repeat(train, np.diff(own.offsets))
+        ones = np.ones(int(keep.sum()), dtype=np.int64)
+        tables.append(pa.table({"field": own.field[keep], "value": own.feature[keep], "count": ones}))
+        uses += np.bincount(rows[train], minlength=len(uses))
     weight = np.repeat(uses, np.diff(common.entries.offsets))
     tables.append(pa.table({"field": common.entries.field, "value": common.entries.feature, "count": weight}))
     counts = pa.concat_tables(tables).group_by(["field", "value"]).aggregate([("count", "sum")])
@@ -261,43 +249,28 @@ def _vocabulary(
     return vocab
 
 
-def _write(
-    writer: DatasetWriter,
-    skeleton: Layout,
-    split_name: str,
-    common: _Common,
-    vocab: dict[str, tuple[pa.Array, pa.Array]],
-    config: AliCCPConfig,
-    progress: bool,
-) -> None:
-    """Pass 2: joins, maps and writes the rows of one skeleton file."""
-    arrow = writer.schema.arrow_schema()
-    multi = set(config.multi_fields)
-    bar = tqdm(
-        total=skeleton[2], unit="rows", unit_scale=True, desc=f"aliccp 2/2 {split_name}", disable=not progress
-    )
-    with bar:
-        for f, first, b, split in _split_rows(skeleton, None if split_name == "train" else 2, config):
-            cols: dict[str, pa.Array | np.ndarray] = {}
-            cols["click"], cols["conversion"] = funnel_labels(b, f, first, "click", "conversion")
-            row, feature, bounds = _join(b, f, first, common)
-            for k, name in enumerate(FIELDS):
-                r, raw = row[bounds[k] : bounds[k + 1]], feature[bounds[k] : bounds[k + 1]]
-                ids = lookup_ids(pa.array(raw, pa.int64()), vocab[name][0], MISSING)
-                per_row = np.bincount(r, minlength=b.num_rows)
-                if name in multi:
-                    offsets = pa.array(np.r_[0, np.cumsum(per_row)].astype(np.int32))
-                    cols[name] = pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64()))
-                    continue
-                _check_single(name, per_row, f, first)
-                cols[name] = np.full(b.num_rows, MISSING, dtype=np.int64)
-                cols[name][r] = ids
-                if name == USER:
-                    cols[GROUP] = np.empty(b.num_rows, dtype=np.int64)
-                    cols[GROUP][r] = raw
-            table = pa.Table.from_arrays([cols[c] for c in arrow.names], schema=arrow)
-            write_splits(writer, table, split)
-            bar.update(b.num_rows)
+def _map(block: Block, vocab: Vocabulary, multi: set[str]) -> dict[str, Any]:
+    """Pass 2: joins a block of skeleton rows with its split's common features and maps them."""
+    b, f, first, n = block.batch, block.file, block.first, block.batch.num_rows
+    assert f is not None
+    cols: dict[str, Any] = {}
+    cols["click"], cols["conversion"] = funnel_labels(b, f, first, "click", "conversion")
+    row, feature, bounds = _join(b, f, first, block.source)
+    for k, name in enumerate(FIELDS):
+        r, raw = row[bounds[k] : bounds[k + 1]], feature[bounds[k] : bounds[k + 1]]
+        ids = lookup_ids(pa.array(raw, pa.int64()), vocab[name][0], MISSING)
+        per_row = np.bincount(r, minlength=n)
+        if name in multi:
+            offsets = pa.array(np.r_[0, np.cumsum(per_row)].astype(np.int32))
+            cols[name] = pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64()))
+            continue
+        _check_single(name, per_row, f, first)
+        cols[name] = np.full(n, MISSING, dtype=np.int64)
+        cols[name][r] = ids
+        if name == USER:
+            cols[GROUP] = np.empty(n, dtype=np.int64)
+            cols[GROUP][r] = raw
+    return cols
 
 
 def _check_single(name: str, per_row: np.ndarray, f: CsvFile, first: int) -> None:
@@ -310,11 +283,3 @@ def _check_single(name: str, per_row: np.ndarray, f: CsvFile, first: int) -> Non
         )  # fmt: skip
         value = f"{per_row[bad[0]]} entries of field {name}"
         raise bad_row(f, first, int(bad[0]), "feature_list", value, expected)
-
-
-def _split_rows(
-    skeleton: Layout, split: int | None, config: AliCCPConfig
-) -> Iterator[tuple[CsvFile, int, pa.RecordBatch, np.ndarray]]:
-    return split_rows(
-        [(skeleton, split)], _TYPES, _EXPECT, config.valid_fraction, config.seed, config.block_bytes
-    )

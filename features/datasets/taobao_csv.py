@@ -1,48 +1,78 @@
-"""The row checks shared by the Alimama readers, and the joined and DMR CSV layouts (see
-`features.taobao` for the layouts and the choices made)."""
+"""The Alimama columns, a layout's rows as a `Source`, the row checks shared by the Alimama readers,
+and the joined and DMR CSV layouts (see `features.datasets.taobao` for the layouts and the choices
+made)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features._csv import CsvFile, Layout, bad_row, count_rows, iter_files, labels, require, sniff
-from features.taobao import (
-    _DAY,
-    BEHAVIOR_SEQUENCES,
-    CATEGORICAL,
-    DMR_GROUPS,
-    DMR_TAIL,
-    JOINED,
-    LABEL,
-    STEPS,
-    Source,
-    TaobaoAdConfig,
+from features.datasets.timeline import DAY
+from features.delimited import (
+    CsvFile,
+    Layout,
+    bad_row,
+    check_rows,
+    count_rows,
+    iter_files,
+    labels,
+    require,
+    sniff,
+    split_lists,
 )
+
+PROFILE = (
+    "cms_segid",
+    "cms_group_id",
+    "final_gender_code",
+    "age_level",
+    "pvalue_level",
+    "shopping_level",
+    "occupation",
+    "new_user_class_level",
+)
+AD = ("adgroup_id", "pid", "cate_id", "campaign_id", "customer", "brand")
+CATEGORICAL = ("userid", *PROFILE, *AD)
+GROUP = "user"  # the raw user id (int64, no feature): gAUC groups by it
+LABEL = "click"
+BEHAVIOR_SEQUENCES = {"hist_cate_id": "cate_id", "hist_brand": "brand", "hist_btag": "btag"}
+JOINED = ("clk", "time_stamp", "userid", *AD[:1], "pid", *AD[2:], "price", *PROFILE, "click_sequence")
+STEPS = 50  # history positions of the dmr layout
+DMR_GROUPS = ("cont_btag", "his_cate", "his_brand", "mask", "match_mask")
+DMR_TAIL = ("uid", *PROFILE, "mid", "cate_id", "campaign_id", "customer", "brand", "price", "pid", "target")
+
+
+@dataclass
+class Source:
+    """A layout's rows as record batches of raw values with the standard columns: CATEGORICAL,
+    price (float64), the sequences (lists), click (int8) and, where the layout has times, day
+    (`beijing_day`). `batches` may be called once per pass."""
+
+    layout: str
+    inputs: list[str]
+    rows: int
+    sequences: dict[str, str]  # sequence column -> its table
+    batches: Callable[[], Iterator[pa.RecordBatch]]
+    log_price: bool
+    info: dict[str, Any] = field(default_factory=dict)  # counts reported in dataset.json
 
 
 def prices(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.Array:
     """`col` (float64), raising naming the first value that is not a finite number >= 0."""
     x = col.to_numpy(zero_copy_only=False)
-    bad = ~(np.isfinite(x) & (x >= 0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise bad_row(f, first, i, name, col[i].as_py(), "a finite price >= 0")
+    check_rows(f, first, np.isfinite(x) & (x >= 0), name, col, "a finite price >= 0")
     return col
 
 
 def id_lists(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.ListArray:
     """`^`-separated integer ids (empty: no ids) as `list<int64>`, raising naming a bad field."""
-    text = pc.fill_null(col, "")
-    parts = pc.split_pattern(text, "^")
-    empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
-    lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
-    tokens = pc.list_flatten(parts).filter(pa.array(np.repeat(~empty, lengths)))
-    lengths = np.where(empty, 0, lengths)
+    tokens, lengths = split_lists(col, "^")
     ok = pc.match_substring_regex(tokens, r"^-?\d{1,18}$").to_numpy(zero_copy_only=False)
     if not ok.all():
         row = int(np.searchsorted(np.cumsum(lengths), np.flatnonzero(~ok)[0], side="right"))
@@ -51,7 +81,8 @@ def id_lists(col: pa.Array, f: CsvFile, first: int, name: str) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), tokens.cast(pa.int64()))
 
 
-def csv_source(layout: str, paths: list[Path], config: TaobaoAdConfig) -> Source:
+def csv_source(layout: str, paths: list[Path], block_bytes: int) -> Source:
+    """The rows of joined or dmr files."""
     layouts = [_csv_layout(layout, sniff(p)) for p in paths]
     read = _joined_batches if layout == "joined" else _dmr_batches
     return Source(
@@ -59,7 +90,7 @@ def csv_source(layout: str, paths: list[Path], config: TaobaoAdConfig) -> Source
         inputs=[str(p) for p in paths],
         rows=sum(n for *_, n in layouts),
         sequences={"hist_adgroup_id": "adgroup_id"} if layout == "joined" else dict(BEHAVIOR_SEQUENCES),
-        batches=lambda: read(layouts, config.block_bytes),
+        batches=lambda: read(layouts, block_bytes),
         log_price=layout == "joined",
     )
 
@@ -102,7 +133,7 @@ def _joined_batches(layouts: list[Layout], block_bytes: int) -> Iterator[pa.Reco
         cols["price"] = prices(b["price"], f, first, "price")
         cols["hist_adgroup_id"] = id_lists(b["click_sequence"], f, first, "click_sequence")
         cols[LABEL] = labels(b["clk"], f, first, "clk")
-        cols["day"] = pa.array(b["time_stamp"].cast(pa.int64()).to_numpy() // _DAY)  # local (Beijing) times
+        cols["day"] = pa.array(b["time_stamp"].cast(pa.int64()).to_numpy() // DAY)  # local (Beijing) times
         yield pa.RecordBatch.from_pydict(cols)
 
 
@@ -127,14 +158,8 @@ def _dmr_batches(layouts: list[Layout], block_bytes: int) -> Iterator[pa.RecordB
             pad = (mask == 0) & (values != 0)
             if pad.any():
                 i, j = np.argwhere(pad)[0]
-                raise bad_row(
-                    f,
-                    first,
-                    int(i),
-                    f"{group} (step {j + 1})",
-                    int(values[i, j]),
-                    "0 at a padding step (mask 0)",
-                )
+                where = f"{group} (step {j + 1})"
+                raise bad_row(f, first, int(i), where, int(values[i, j]), "0 at a padding step (mask 0)")
             cols[seq] = pa.ListArray.from_arrays(offsets, pa.array(values[mask == 1]))
         cols[LABEL] = labels(b["target"], f, first, "target")
         yield pa.RecordBatch.from_pydict(

@@ -1,0 +1,177 @@
+"""Evaluation: predicting over batches, the funnel's per-task rules, metrics per task and the
+label prior. Training (every epoch and at the end), the Predictor and bidding all go through here.
+
+The funnel's rules (a dataset with click `ctr` and conversion `cvr` labels, ESMM's `ctcvr`):
+
+- ctr is scored on every row against its own label;
+- cvr, beside a click label, on the clicked rows only: conversion rate is defined after a click
+  (the ESMM paper's CVR AUC);
+- ctcvr, which has no label of its own, on every row against the conversion label (a conversion
+  implies a click, so it is "click and conversion");
+- a conversion goal's value is ctcvr where predicted, else ctr x cvr (`goal_tasks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sized
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from features.batch import Batch
+from features.reader import ParquetBatches, parquet_files
+from features.schema import Schema
+from rankers.distributed import gather_arrays
+from rankers.embedding import EmbeddingArch
+from rankers.metrics import binary_metrics
+
+Scores = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]
+
+
+def task_labels(
+    probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per predicted task, its labels and the rows it is measured on (the module's funnel rules).
+    Tasks without a label are left out."""
+    out = {}
+    for task in probs:
+        if task in labels:
+            y = labels[task]
+        elif task == "ctcvr" and "cvr" in labels:
+            y = labels["cvr"]
+        else:
+            continue
+        rows = labels["ctr"] == 1 if task == "cvr" and "ctr" in labels else np.ones(len(y), dtype=bool)
+        out[task] = (y, rows)
+    return out
+
+
+def goal_tasks(tasks: list[str] | tuple[str, ...], goal: str) -> list[str]:
+    """The predicted tasks a bidding goal's values are made of: ctr for "click"; for "conversion"
+    ctcvr where predicted, else ctr and cvr (`rankers.bidding.values.values_from_probs`)."""
+    if goal == "click" or "ctcvr" not in tasks:
+        return ["ctr"] if goal == "click" else [t for t in ("ctr", "cvr") if t in tasks]
+    return ["ctcvr"]
+
+
+def label_counts(path: Path, schema: Schema) -> dict[str, tuple[int, int]]:
+    """(rows, positives) per task over a split, on the rows where the task is measured: with click
+    (ctr) and conversion (cvr) labels, cvr over the clicked rows and ctcvr over every row."""
+    sums, rows = dict.fromkeys(schema.tasks, 0), 0
+    for f in parquet_files(path):
+        table = pq.read_table(f, columns=[lab.name for lab in schema.labels])
+        rows += table.num_rows
+        for lab in schema.labels:
+            sums[lab.task] += int(np.asarray(table.column(lab.name)).sum())
+    counts = {t: (rows, s) for t, s in sums.items()}
+    if "ctr" in sums and "cvr" in sums:
+        counts["ctcvr"] = (rows, sums["cvr"])
+        counts["cvr"] = (sums["ctr"], sums["cvr"])
+    return counts
+
+
+def label_prior(path: Path, schema: Schema) -> dict[str, float]:
+    """Mean of each label over a split (`label_counts`): the constant-prior baseline's prediction."""
+    return {t: pos / rows if rows else 0.0 for t, (rows, pos) in label_counts(path, schema).items()}
+
+
+def task_metrics(
+    probs: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    prior: dict[str, float],
+    groups: np.ndarray | None = None,
+) -> dict[str, dict[str, float | int | None]]:
+    """`binary_metrics` per predicted task against its label on its rows (see `task_labels`)."""
+    out: dict[str, dict[str, float | int | None]] = {}
+    for task, (y, rows) in task_labels(probs, labels).items():
+        if not rows.any():  # no clicked rows to measure CVR on
+            out[task] = {"auc": None, "logloss": None, "rows": 0, "positive_rate": None}
+            continue
+        g = None if groups is None else groups[rows]
+        out[task] = binary_metrics(y[rows], probs[task][rows], prior.get(task), g)
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval") -> Scores:
+    """Probabilities and labels per task over `batches` (model put in eval mode and back), and the
+    batches' user ids (for gAUC) when they carry them, else None.
+
+    Each batch is validated first (`EmbeddingArch.check`: ids within their tables, finite dense
+    values), and a non-finite output raises ValueError naming the task and the row (its index in
+    the returned arrays) instead of passing off a NaN probability.
+    """
+    was_training = model.training
+    model.eval()
+    check = _batch_check(model)
+    probs: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[np.ndarray]] = {}
+    groups: list[np.ndarray] = []
+    rows = 0
+    total = len(batches) if isinstance(batches, Sized) else None
+    with tqdm(total=total, unit="batch", desc=desc, disable=not progress, leave=False) as bar:
+        for i, batch in enumerate(batches):
+            if check is not None:
+                check(batch, f"batch {i + 1}")
+            for t, logit in model(batch).logits.items():
+                _check_output(t, logit, rows)
+                probs.setdefault(t, []).append(torch.sigmoid(logit.float()).numpy())
+            rows += len(batch)
+            for t, y in batch.labels.items():
+                labels.setdefault(t, []).append(y.numpy())
+            if batch.groups is not None:
+                groups.append(batch.groups.numpy())
+            bar.update()
+    model.train(was_training)
+    return (
+        {t: np.concatenate(v) for t, v in probs.items()},
+        {t: np.concatenate(v) for t, v in labels.items()},
+        np.concatenate(groups) if groups else None,
+    )
+
+
+def _batch_check(model: nn.Module) -> Callable[[Batch, str], None] | None:
+    """The batch check of the ranker inside `model` (plain, or wrapped by DistributedModelParallel)."""
+    return next((m.check for m in model.modules() if isinstance(m, EmbeddingArch)), None)
+
+
+def _check_output(task: str, logit: torch.Tensor, first_row: int) -> None:
+    """Raises ValueError naming `task` and the first row (counted from `first_row`) of a NaN or
+    infinite logit: a model with NaN weights must not pass off NaN probabilities."""
+    if not logit.numel():
+        return
+    low, high = torch.aminmax(logit.detach().float())
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return
+    row = int((~torch.isfinite(logit)).nonzero()[0])
+    raise ValueError(
+        f"task {task!r}: the model's output (logit) is {float(logit[row])} at row {first_row + row}, "
+        "expected finite values (are the checkpoint's weights NaN or infinite?)"
+    )
+
+
+def evaluate_batches(
+    model: nn.Module,
+    batches: ParquetBatches,
+    prior: dict[str, float],
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, dict[str, Any]]:
+    """AUC, LogLoss and the prior's LogLoss per task, and gAUC when the schema names a user column.
+    Each rank predicts its own rows; the metrics are over all of them, the same on every rank."""
+    probs, labels, groups = predict(model, batches, progress=progress, desc=desc)
+    gathered = gather_arrays(
+        {
+            **{f"p_{t}": v for t, v in probs.items()},
+            **{f"y_{t}": v for t, v in labels.items()},
+            "groups": groups,
+        }
+    )
+    probs = {t: gathered[f"p_{t}"] for t in probs}
+    labels = {t: gathered[f"y_{t}"] for t in labels}
+    return task_metrics(probs, labels, prior, gathered["groups"])
