@@ -10,7 +10,7 @@ and 1/4 of the mean market price x 1,000), every agent is tuned on episodes 1-50
 ticks per episode. Clicks are the real clicks won; expected clicks the sum of the pCTR won; the
 hindsight optimum is the fractional knapsack of pCTR under the budget knowing every price.
 
-Model value: 250,000 synthetic rows (features/synthetic.py, the teacher's click probability known
+Model value: 250,000 synthetic rows (features/datasets/synthetic.py, the teacher's click probability known
 per row), a well-trained MLP and an undertrained one (30 steps), both calibrated (isotonic) on the
 valid split (their reliability before and after is kept for benchmarks/report.py's figure); the
 test split (25,000 rows) becomes 25 episodes of 1,000 with log-normal market prices

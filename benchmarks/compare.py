@@ -20,7 +20,7 @@ of the epoch, the peers' rate is over the whole epoch). The models:
   (`numeric_tokens=False`) and DeepCTR-Torch's AutoInt.
 - din, din_dice, dien, dien_dice (_dice: a Dice DNN, torch-rechub's fixed choice) on UserBehavior
   (the 650-user sample, histories up to 50) and on 200k rows of DIN-shaped synthetic data
-  (features/synthetic_sequences.py: histories up to 50, mean 17, a teacher whose signal is the
+  (features/datasets/synthetic_sequences.py: histories up to 50, mean 17, a teacher whose signal is the
   history matched against the target); esmm (MLP towers) on a
   300k-row synthetic funnel's 26 categorical fields (torch-rechub's ESMM takes no dense features,
   so no library gets the 13), scored by its ctcvr AUC.
@@ -30,7 +30,7 @@ Tables: ours are fused rowwise Adagrad (lr 0.02) through DistributedModelParalle
 design (fbgemm has no fused Adam on CPU); the peers train their tables with Adam. The row "ours, Adam
 tables" makes the optimizer identical (tables data-parallel, trained by the same Adam), for quality.
 Data: Criteo head10k (first 7,200 rows train, next 800 valid, last 2,000 test, rare values below 10
-counts share an id) and 1M Criteo-shaped synthetic rows (features/synthetic.py). The peers read
+counts share an id) and 1M Criteo-shaped synthetic rows (features/datasets/synthetic.py). The peers read
 the same parquet files into numpy arrays (their preprocessing is not timed).
 Appends JSON lines to benchmarks/results.jsonl and rewrites benchmarks/README.md.
 """
@@ -152,7 +152,7 @@ INTRO = (
     "autoint_plus_fields only the categorical fields attending (ours with numeric_tokens off, "
     "DeepCTR-Torch). UserBehavior (the 650-user sample, one catalogue negative per positive, "
     "histories up to 50; batch 1024, 2 epochs, 3 seeds, DIEN 1 seed) and DIN-shaped synthetic data "
-    "(features/synthetic_sequences.py, 200k rows, histories up to 50 with mean 17; batch 4096, 1 "
+    "(features/datasets/synthetic_sequences.py, 200k rows, histories up to 50 with mean 17; batch 4096, 1 "
     "epoch): din is ours and DeepCTR-Torch's DIN (DNN "
     "relu, attention unit (64, 16) with Dice, no softmax; DeepCTR-Torch attends over item and "
     "category jointly, ours per sequence), din_dice the same with a Dice DNN (torch-rechub's fixed "

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.esmm [--seeds 3] [--skip-bias] [--skip-real] [--skip-throughput]
 
-Bias: a 250,000-impression synthetic funnel (features/synthetic.py, `funnel=True`, values seen fewer
+Bias: a 250,000-impression synthetic funnel (features/datasets/synthetic.py, `funnel=True`, values seen fewer
 than 10 times in train share the rare id) whose true pCVR is known for every impression. ESMM (MLP
 towers) trained on every impression against a CVR MLP trained on the clicked impressions only (the
 usual practice the paper argues against); both predict pCVR for every test impression, and the

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.scaling [--rows 1000000] [--max-vocab 2500000] [--steps 120]
 
-Data: synthetic Criteo-shaped rows (features/synthetic.py) with the 26 tables' cardinalities
+Data: synthetic Criteo-shaped rows (features/datasets/synthetic.py) with the 26 tables' cardinalities
 capped at `--max-vocab` (2.5M: about 12.8M table rows in all), embedding dim 64, so the tables
 (about 3.3 GB) are what sharding is for. Each configuration runs `rankers train` in fresh
 processes (`--nproc`, torchrun) for `--steps` steps of a 4096-row global batch, MLP (256, 128),

@@ -92,7 +92,9 @@ def convert(
 
     Args:
         name: the dataset family, for progress bars and log lines.
-        converter: dataset.json's `converter`.
+        converter: dataset.json's `converter`: the converter's name as datasets have always recorded
+            it (`features.criteo.convert_criteo`, from before `features/datasets/`), so a dataset
+            converted now is identical to one converted then.
         config: the converter's config dataclass, recorded in dataset.json.
         out: the dataset directory to create (atomically; nothing is left there on failure).
         plan: inspects the inputs (once `out` is locked) and returns the dataset's `Plan`; it may
@@ -125,8 +127,16 @@ def convert(
         what = p.summary() if p.summary else f"{p.rows} rows"
         layout = f" ({p.head['layout']})" if "layout" in p.head else ""
         rate = p.rows / seconds
+        splits = ", ".join(f"{split} {rows:,}" for split, rows in writer.rows.items())
         logger.info(
-            "%s%s: %s -> %s %s in %.1f s (%.0f rows/s)", name, layout, what, path, writer.rows, seconds, rate
+            "%s%s: %s -> %s (%s) in %.1f s (%.0f rows/s)",
+            name,
+            layout,
+            what,
+            path,
+            splits,
+            seconds,
+            rate,
         )
         return path
 
@@ -141,7 +151,8 @@ def _count(name: str, p: Plan, progress: bool) -> Vocabulary:
         for c, v in values.items():
             counter.add(c, v)
     if counter is None:
-        raise ValueError(f"{p.inputs[0]}: no data rows")
+        first = p.inputs[0] if isinstance(p.inputs, list) and p.inputs else p.inputs
+        raise ValueError(f"{first}: no data rows")
     return {c: counter.vocabulary(c, p.min_count) for c in counter.types}
 
 

@@ -176,6 +176,10 @@ def add_dataclass_flags(
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif as_json or tp in (int, float, str) or _is_tuple(tp):
             group.add_argument(flag, type=_parser_for(tp, f.name), **options)
+        else:  # a field must be a flag, or be skipped by name
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: type {tp} has no flag; expected bool, int, float, str, tuple, dict"
+            )
 
 
 def dataclass_from_args(

@@ -4,7 +4,8 @@ and `resolve`, the one place a backbone or preset name becomes both.
 Both are frozen dataclasses checked in `__post_init__`; every field is a CLI flag and a TOML key
 whose help is the field's comment (`rankers._args`), and a checkpoint's config.json holds both
 (`RankerConfig.to_dict`, `asdict`; read back by `rankers.checkpoint.checkpoint_config`). Importing
-this module imports no torch: the backbone registry is imported where a config is checked.
+this module imports no torch (`rankers --help` stays fast); building a RankerConfig whose
+`sequence_lookup` is left "" asks torch for the training device (`rankers.embedding`).
 
 Example:
     >>> ranker, train = resolve("finalmlp_criteo_x1", {"embedding_dim": 8}, {"epochs": 3})
@@ -70,6 +71,11 @@ def resolve(
     Raises:
         ValueError: an unknown name, or a field out of its range.
     """
+    for cls, given, what in ((RankerConfig, ranker or {}, "ranker"), (TrainConfig, train or {}, "train")):
+        known = [f.name for f in fields(cls) if f.name != "backbone"]  # the backbone: the first argument
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"{what} fields {unknown}: unknown; expected some of {known}")
     base = dict(preset(backbone).train) if backbone in presets() else {}
     return RankerConfig(backbone=backbone, **(ranker or {})), TrainConfig(**base | (train or {}))
 
@@ -293,5 +299,6 @@ class TrainConfig:
             raise ValueError(f"monitor_metric {self.monitor_metric!r}: expected one of {MONITOR_METRICS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
-        if min(self.patience, self.threads, self.max_steps, self.shuffle_buffer, self.checkpoint_every) < 0:
-            raise ValueError("patience, threads, max_steps, shuffle_buffer and checkpoint_every must be >= 0")
+        for name in ("patience", "threads", "max_steps", "shuffle_buffer", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)} must be >= 0")

@@ -1,14 +1,7 @@
 """Evaluation: predicting over batches, the funnel's per-task rules, metrics per task and the
 label prior. Training (every epoch and at the end), the Predictor and bidding all go through here.
 
-The funnel's rules (a dataset with click `ctr` and conversion `cvr` labels, ESMM's `ctcvr`):
-
-- ctr is scored on every row against its own label;
-- cvr, beside a click label, on the clicked rows only: conversion rate is defined after a click
-  (the ESMM paper's CVR AUC);
-- ctcvr, which has no label of its own, on every row against the conversion label (a conversion
-  implies a click, so it is "click and conversion");
-- a conversion goal's value is ctcvr where predicted, else ctr x cvr (`goal_tasks`).
+The funnel's per-task rules (which rows and labels each task is scored on) are `rankers.funnel`'s.
 """
 
 from __future__ import annotations
@@ -28,35 +21,10 @@ from features.reader import ParquetBatches, parquet_files
 from features.schema import Schema
 from rankers.distributed import gather_arrays
 from rankers.embedding import EmbeddingArch
+from rankers.funnel import task_labels
 from rankers.metrics import binary_metrics
 
 Scores = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]
-
-
-def task_labels(
-    probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per predicted task, its labels and the rows it is measured on (the module's funnel rules).
-    Tasks without a label are left out."""
-    out = {}
-    for task in probs:
-        if task in labels:
-            y = labels[task]
-        elif task == "ctcvr" and "cvr" in labels:
-            y = labels["cvr"]
-        else:
-            continue
-        rows = labels["ctr"] == 1 if task == "cvr" and "ctr" in labels else np.ones(len(y), dtype=bool)
-        out[task] = (y, rows)
-    return out
-
-
-def goal_tasks(tasks: list[str] | tuple[str, ...], goal: str) -> list[str]:
-    """The predicted tasks a bidding goal's values are made of: ctr for "click"; for "conversion"
-    ctcvr where predicted, else ctr and cvr (`rankers.bidding.values.values_from_probs`)."""
-    if goal == "click" or "ctcvr" not in tasks:
-        return ["ctr"] if goal == "click" else [t for t in ("ctr", "cvr") if t in tasks]
-    return ["ctcvr"]
 
 
 def label_counts(path: Path, schema: Schema) -> dict[str, tuple[int, int]]:

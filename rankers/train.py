@@ -1,5 +1,6 @@
 """Training: tables sharded by DistributedModelParallel with fused rowwise Adagrad, dense Adam,
-evaluation every epoch, early stopping on validation AUC, and the best checkpoint kept.
+evaluation every epoch, early stopping on the validation score (`TrainConfig.monitor_metric`), and the
+best checkpoint kept.
 
 Even in one process the tables go through DMP with TorchRec's fused kernel: an unsharded
 EmbeddingBagCollection produces dense gradients for whole tables and was measured an order of

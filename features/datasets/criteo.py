@@ -122,8 +122,12 @@ def _plan(inputs: Inputs, config: CriteoConfig, vocabulary_from: str | Path | No
             yield Block(batch, assign.take(batch.num_rows), f, first)
 
     def count(block: Block) -> dict[str, pa.Array]:
-        b, train = block.batch, pa.array(block.split == 0)
-        return {c: (_bucketize(b[c]) if c in INTS else b[c]).filter(train) for c in counted}
+        b, train = block.batch, block.split == 0
+        if not train.any():  # a valid or test block: nothing to count, nothing to bucketize
+            return {}
+        mask = None if train.all() else pa.array(train)  # a whole train block is counted as it is
+        cols = {c: _bucketize(b[c]) if c in INTS else b[c] for c in counted}
+        return {c: v if mask is None else v.filter(mask) for c, v in cols.items()}
 
     def schema(vocab: Vocabulary) -> Schema:
         nonlocal min_rows  # rows mapped per lookup in pass 2 (after this call): amortizes its set-up

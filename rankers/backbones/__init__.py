@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from rankers.backbones.esmm import ESMM
     from rankers.backbones.finalmlp import FinalMLP
     from rankers.backbones.mlp import MLP
-    from rankers.backbones.presets import Preset
-    from rankers.backbones.registry import BACKBONES, PRESETS, backbone_class, build_backbone
+    from rankers.backbones.presets import PRESETS, Preset
+    from rankers.backbones.registry import BACKBONES, backbone_class, build_backbone
 
 _WHERE = {
     "configs": (
@@ -42,8 +42,8 @@ _WHERE = {
         "FinalMLPConfig",
         "MLPConfig",
     ),
-    "presets": ("Preset",),
-    "registry": ("BACKBONES", "PRESETS", "backbone_class", "build_backbone"),
+    "presets": ("PRESETS", "Preset"),
+    "registry": ("BACKBONES", "backbone_class", "build_backbone"),
     "base": ("Backbone", "BackboneOutput", "Embedded", "InputSpec", "Sequence"),
     "autoint": ("AutoInt", "AutoIntPlus"),
     "dien": ("DIEN",),
@@ -88,3 +88,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f"rankers.backbones.{_MODULE[name]}"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

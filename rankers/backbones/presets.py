@@ -17,7 +17,7 @@ from rankers.backbones.configs import AutoIntPlusConfig, DIENConfig, DINConfig, 
 class Preset:
     """A published configuration: the model, how it was trained, and what it scored.
 
-    Presets are plain zero-argument functions beside their backbone (`finalmlp_criteo_x1()`); their
+    Presets are plain zero-argument functions, all in this module (`finalmlp_criteo_x1()`); their
     names are accepted wherever a backbone name is (`RankerConfig(backbone=...)`, `--backbone`).
 
     Attributes:

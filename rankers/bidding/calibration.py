@@ -39,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from rankers.calibration import EPS, Calibration, TaskCalibration, logit
+from rankers.funnel import task_labels
 
 # "auto" keeps, per task, whichever of isotonic and Platt lowers the held-out ECE most, or the
 # model's own probabilities ("identity", bounded away from 0 and 1) where neither lowers it.
@@ -209,8 +210,6 @@ def _table_ece(table: list[dict[str, Any]]) -> float:
 
 def _task_rows(predictor: Any, rows: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Raw probabilities and labels per task, on the rows where its label is defined."""
-    from rankers.evaluation import task_labels
-
     probs, labels, _ = predictor.predict_labeled(rows, raw=True)
     return {
         t: (probs[t][m].astype(np.float64), y[m].astype(np.float64))

@@ -222,7 +222,8 @@ def split_episodes(
     import pyarrow.parquet as pq
 
     from features.reader import parquet_files
-    from rankers.bidding.values import goal_tasks, values_from_probs
+    from rankers.bidding.values import values_from_probs
+    from rankers.funnel import goal_tasks
 
     if predictor.calibration is None:
         raise ValueError(f"{predictor.path}: no calibration (run `rankers calibrate --checkpoint DIR`)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rankers.evaluation import goal_tasks as goal_tasks  # the funnel's rule; imported from here too
+from rankers.funnel import goal_tasks
 
 GOALS = ("conversion", "click")
 
@@ -68,7 +68,7 @@ def values_from_probs(
     """Bid values from per-task probabilities and their sigmas.
 
     goal "click": ctr. goal "conversion": ctcvr when present, else ctr x cvr with the delta
-    method's sigma (independent errors): the funnel's rule (`rankers.evaluation.goal_tasks`).
+    method's sigma (independent errors): the funnel's rule (`rankers.funnel.goal_tasks`).
     `sigmas` needs only the tasks the goal uses.
     """
     if goal not in GOALS:

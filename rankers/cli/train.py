@@ -108,6 +108,8 @@ def _backbone_flags(p: argparse.ArgumentParser, chosen: str | None, backbone: st
 def run(args: argparse.Namespace) -> None:
     from rankers.cli.launch import as_rank, relaunch
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: expected an integer >= 1 (processes on this machine)")
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         relaunch(args.argv, args.nproc)
     elif "LOCAL_RANK" not in os.environ:
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
         as_rank(lambda: _here(args))
 
 
-def configs(args: argparse.Namespace, toml: dict[str, Any]) -> tuple[RankerConfig, TrainConfig]:
+def run_configs(args: argparse.Namespace, toml: dict[str, Any]) -> tuple[RankerConfig, TrainConfig]:
     """The run's configs: flags over the TOML file's tables over the preset's settings (when the
     backbone names one). Every mistake in the file names it, its table and key."""
     from features.strict import check_keys
@@ -157,7 +159,7 @@ def _here(args: argparse.Namespace) -> None:
         return
     if not args.data or not args.out:
         raise ValueError("train: --data and --out are required (or --resume DIR)")
-    ranker_config, config = configs(args, read_toml(args.config))
+    ranker_config, config = run_configs(args, read_toml(args.config))
     if ranker_config.preset:
         p = preset(ranker_config.preset)
         log.info(

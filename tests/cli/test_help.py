@@ -74,6 +74,15 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     return out
 
 
+def test_a_field_that_cannot_be_a_flag_is_refused_by_name() -> None:
+    @dataclass(frozen=True)
+    class Odd:
+        path: set[str] = frozenset()  # a type no flag parses  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match=r"Odd.path: type set\[str\] has no flag"):
+        add_dataclass_flags(argparse.ArgumentParser(), Odd)
+
+
 def test_every_flag_says_what_it_does_not_only_its_default() -> None:
     only_default = re.compile(r"^\(?default:?[^)]*\)?\W*$", re.IGNORECASE)
     bad = []
@@ -163,3 +172,11 @@ def test_a_converter_takes_its_fields_from_a_toml_table(
     toml.write_text("[synthetic]\nrow = 400\n")
     assert main([*args[:3], str(tmp_path / "e"), *args[4:]]) == 2
     assert f"{toml} [synthetic]: unknown key 'row'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("nproc", ["0", "-2"])
+def test_nproc_below_one_is_refused_by_name(nproc: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from rankers.cli import main
+
+    assert main(["train", "--data", "d", "--out", "o", "--nproc", nproc]) == 2
+    assert f"--nproc {nproc}: expected an integer >= 1" in capsys.readouterr().err

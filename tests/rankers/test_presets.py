@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from rankers.backbones.configs import BACKBONE_CONFIGS, FinalMLPConfig, MLPConfig
 from rankers.backbones.presets import PRESETS
 from rankers.config import RankerConfig, TrainConfig, resolve
@@ -20,6 +22,8 @@ def test_a_preset_resolves_to_its_model_and_training_settings_with_overrides() -
     assert train == TrainConfig(**dict(preset.train) | {"epochs": 1})
     ranker, _ = resolve("finalmlp_criteo_x1", {"backbone_config": {"num_heads": 100}})
     assert ranker.backbone_config == FinalMLPConfig(**vars(preset.config) | {"num_heads": 100})
+    with pytest.raises(ValueError, match=r"train fields \['epoch'\]: unknown; expected some of \['epochs'"):
+        resolve("finalmlp_criteo_x1", train={"epoch": 1})
 
 
 def test_a_backbone_resolves_to_the_defaults_and_holds_a_typed_config() -> None:

@@ -31,7 +31,7 @@ DIM, B, STEPS = 64, 32, 3  # dim 64: the planner splits column-wise in 32-wide s
 
 def _leave() -> None:
     """A worker's clean exit without interpreter shutdown, where a native thread's static
-    destructor sometimes aborted a finished process on a loaded machine (see rankers/cli.py)."""
+    destructor sometimes aborted a finished process on a loaded machine (see rankers/cli/launch.py)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

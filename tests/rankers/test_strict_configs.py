@@ -18,7 +18,7 @@ from rankers._args import dataclass_from_args, read_toml
 from rankers.backbones.mlp import MLPConfig
 from rankers.checkpoint import checkpoint_config
 from rankers.cli import build_parser, main
-from rankers.cli.train import configs
+from rankers.cli.train import run_configs
 from rankers.config import RankerConfig, TrainConfig
 from tests.conftest import one_line_error
 
@@ -221,7 +221,7 @@ def test_a_toml_config_sets_every_table(tmp_path: Path) -> None:
     )
     args = build_parser().parse_args(["train", "--config", str(path), "--dropout", "0.1"])
     toml = read_toml(path)
-    ranker, resolved = configs(args, toml)
+    ranker, resolved = run_configs(args, toml)
     assert ranker.embedding_dim == 8 and ranker.embedding_l2 == 0.0 and ranker.tasks == ("ctr",)
     assert ranker.task_weights == (("ctr", 2.0),)
     assert ranker.backbone_config == MLPConfig(hidden_units=(16, 8), batch_norm=True, dropout=0.1)
