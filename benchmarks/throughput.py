@@ -244,13 +244,27 @@ def _training_row(what: str, model: str, precision: str, rs: list[dict[str, Any]
     }
 
 
+def _figure_key(r: dict[str, Any]) -> tuple[str, str, str]:
+    """What a throughput row measures: the benchmark (with its shuffle buffer), model, precision."""
+    buffer = f" (shuffle buffer {r['shuffle_buffer']:,})" if "shuffle_buffer" in r else ""
+    return r["benchmark"] + buffer, r.get("model", "-"), r.get("precision") or "fp32"
+
+
+def _latest_per_figure(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each figure's rows from the latest run that measured it: a run of some figures only
+    (`--only convert`) replaces those and leaves the others' latest runs in the table."""
+    runs = [r for r in rows if str(r.get("run", "")).startswith("throughput-")]
+    last = {_figure_key(r): r["run"] for r in runs}
+    return [r for r in runs if last[_figure_key(r)] == r["run"]]
+
+
 def _render_throughput(rows: list[dict[str, Any]]) -> str:
-    """The Throughput section: reading and conversion rows/s, then training examples/s."""
+    """The Throughput section: reading and conversion rows/s, then training examples/s; one
+    header per run the figures come from (a row's run: its `measured` time)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        buffer = f" (shuffle buffer {r['shuffle_buffer']:,})" if "shuffle_buffer" in r else ""
-        what = r["benchmark"] + buffer
-        groups[(what, r.get("model", "-"), r.get("precision", ""))].append(r)
+        groups[_figure_key(r)].append(r)
+    several = len({r["run"] for r in rows}) > 1
     io, training, peak = [], [], None
     for (what, model, precision), rs in groups.items():
         if what == "matmul":
@@ -263,10 +277,15 @@ def _render_throughput(rows: list[dict[str, Any]]) -> str:
                     "reference": REFERENCE.get(what.split(" ")[0], ""),
                     "load before/after": loads(rs),
                 }
+                | ({"measured": rs[0]["time"]} if several else {})
             )
         else:
-            training.append(_training_row(what, model, precision, rs))
-    out = f"## Throughput\n\n{header(rows)}Data: {rows[0]['dataset']}\n\n"
+            training.append(
+                _training_row(what, model, precision, rs) | ({"measured": rs[0]["time"]} if several else {})
+            )
+    runs = dict.fromkeys(r["run"] for r in rows)
+    headers = "\n".join(header([r for r in rows if r["run"] == run]) for run in runs)
+    out = f"## Throughput\n\n{headers}Data: {rows[0]['dataset']}\n\n"
     if io:
         out += markdown_table(io, list(io[0])) + "\n\n"
     if training:
@@ -302,7 +321,7 @@ def _render_batch_checks(rows: list[dict[str, Any]]) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     """The README's Throughput and Batch checks sections, each from its latest run."""
-    throughput, checks = latest_run(rows, "throughput-"), latest_run(rows, "batchcheck-")
+    throughput, checks = _latest_per_figure(rows), latest_run(rows, "batchcheck-")
     sections = [_render_throughput(throughput) if throughput else ""]
     sections.append(_render_batch_checks(checks) if checks else "")
     return "\n".join(s for s in sections if s)
