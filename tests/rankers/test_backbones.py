@@ -193,3 +193,15 @@ def test_no_backbone_imports_the_registry_or_another_model() -> None:
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         ours = {m for m in imported if m.startswith("rankers.backbones")}
         assert ours <= shared, f"{path.name} imports {sorted(ours - shared)}"
+
+
+def test_the_registry_the_configs_and_the_package_names_agree() -> None:
+    import rankers.backbones as package
+    from rankers.backbones.configs import BACKBONE_CONFIGS
+
+    assert set(BACKBONES) == set(BACKBONE_CONFIGS)
+    for name, cls in BACKBONES.items():
+        assert cls.config_class is BACKBONE_CONFIGS[name], name
+    assert sorted(package.__all__) == sorted(package._MODULE)  # the lazy names: listed once each
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
