@@ -16,6 +16,28 @@ GRU_TYPES = ("AUGRU", "AGRU", "AIGRU")  # DIEN's interest evolving layers
 ESMM_TASKS = ("ctr", "cvr", "ctcvr")
 
 
+def check_layers(
+    config: Any,
+    units: tuple[str, ...] = (),
+    activations: tuple[str, ...] = (),
+    dropouts: tuple[str, ...] = (),
+) -> None:
+    """ValueError naming the first field of `config` that is not: for `units`, one or more widths
+    >= 1; for `activations`, a name in ACTIVATIONS; for `dropouts`, a rate in [0, 1)."""
+    for name in units:
+        if not getattr(config, name) or min(getattr(config, name)) < 1:
+            raise ValueError(f"{name} {getattr(config, name)}: expected one or more widths >= 1")
+    for name in activations:
+        if getattr(config, name) not in ACTIVATIONS:
+            raise ValueError(f"{name} {getattr(config, name)!r}: expected one of {ACTIVATIONS}")
+    for name in dropouts:
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"{name} {getattr(config, name)} must be in [0, 1)")
+
+
+_ACTS = ("dnn_activation", "attention_activation")  # DIN's and DIEN's activation fields
+
+
 @dataclass(frozen=True)
 class MLPConfig:
     """The DNN baseline (`mlp.MLP`)."""
@@ -25,10 +47,7 @@ class MLPConfig:
     batch_norm: bool = False  # batch norm before each hidden activation
 
     def __post_init__(self) -> None:
-        if not self.hidden_units or min(self.hidden_units) < 1:
-            raise ValueError(f"hidden_units {self.hidden_units}: expected one or more widths >= 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
+        check_layers(self, units=("hidden_units",), dropouts=("dropout",))
 
 
 @dataclass(frozen=True)
@@ -104,13 +123,9 @@ class FinalMLPConfig:
     num_heads: int = 2  # H of the bilinear aggregation, >= 1; divides both streams' output widths
 
     def __post_init__(self) -> None:
-        for name in ("mlp1_units", "mlp2_units", "fs_units"):
-            units = getattr(self, name)
-            if not units or min(units) < 1:
-                raise ValueError(f"{name} {units}: expected one or more widths >= 1")
-        for name in ("mlp1_dropout", "mlp2_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1)")
+        check_layers(
+            self, ("mlp1_units", "mlp2_units", "fs_units"), dropouts=("mlp1_dropout", "mlp2_dropout")
+        )
         if not self.feature_selection and (self.fs1_context or self.fs2_context):
             raise ValueError(
                 f"fs1_context {self.fs1_context} / fs2_context {self.fs2_context} are set but "
@@ -139,16 +154,7 @@ class DINConfig:
     sequences: tuple[str, ...] = ()  # comma-separated attended sequences; none: every one with a target field
 
     def __post_init__(self) -> None:
-        for name in ("dnn_units", "attention_units"):
-            units = getattr(self, name)
-            if not units or min(units) < 1:
-                raise ValueError(f"{name} {units}: expected one or more widths >= 1")
-        for name in ("dnn_activation", "attention_activation"):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {ACTIVATIONS}")
-        for name in ("dnn_dropout", "attention_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1)")
+        check_layers(self, ("dnn_units", "attention_units"), _ACTS, ("dnn_dropout", "attention_dropout"))
 
 
 @dataclass(frozen=True)
@@ -169,16 +175,8 @@ class DIENConfig:
     sequences: tuple[str, ...] = ()  # comma-separated attended sequences; none: every one with a target field
 
     def __post_init__(self) -> None:
-        for name in ("dnn_units", "attention_units", "aux_units"):
-            units = getattr(self, name)
-            if not units or min(units) < 1:
-                raise ValueError(f"{name} {units}: expected one or more widths >= 1")
-        for name in ("dnn_activation", "attention_activation"):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {ACTIVATIONS}")
-        for name in ("dnn_dropout", "attention_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1)")
+        units = ("dnn_units", "attention_units", "aux_units")
+        check_layers(self, units, _ACTS, ("dnn_dropout", "attention_dropout"))
         if self.gru_type not in GRU_TYPES:
             raise ValueError(f"gru_type {self.gru_type!r}: expected one of {GRU_TYPES}")
         if not 0 <= self.aux_loss_weight < float("inf"):
