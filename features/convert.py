@@ -10,6 +10,7 @@ every block of rows and writes each row to its split; it writes the splits, `sch
 
 A dataset family supplies only what differs, as a `Plan` (`features.datasets.*`): how to read its
 rows as blocks with the split of each row, which values to count, its schema, how to map a block.
+Generated rows (`features.datasets.teacher`) skip pass 1: their ids are final.
 Splits are assigned here too (`SplitAssigner`): the same for both passes, whatever the block sizes.
 Every `convert_*` function returns its `out` and raises ValueError for bad input, naming the file,
 the line, the column and the value.
@@ -62,12 +63,16 @@ class Plan:
     rows: int  # input rows: the progress bars' totals and rows_per_s
     blocks: Callable[[int], Iterator[Block]]  # pass 1 or 2 -> every block in input order
     schema: Callable[[Vocabulary], Schema]
-    map: Callable[[Block, Vocabulary], dict[str, Any]]  # a block's rows: column -> the schema's values
-    inputs: Any  # dataset.json's `inputs`
+    # a block's rows: column -> the schema's values, or a table written as it is (with more columns)
+    map: Callable[[Block, Vocabulary], dict[str, Any] | pa.Table]
+    inputs: Any  # dataset.json's `inputs`; None: generated rows, no `inputs` key
     count: Callable[[Block], dict[str, pa.Array]] | None = None  # pass 1: column -> values to count
     counted: dict[str, pa.DataType] | None = None  # the counted columns' types; None: the first block's
     min_count: int = 1  # values counted fewer times share the rare id 1
     vocabulary: Vocabulary | None = None  # given or built already (no pass 1); None without `count`: none
+    identity: dict[str, Any] | None = (
+        None  # without a vocabulary: the settings that made the ids (fingerprint)
+    )
     first_id: int = 2  # the id of each vocabulary's first value
     splits: tuple[str, ...] = SPLITS
     head: dict[str, Any] = field(default_factory=dict)  # dataset.json keys before `config`
@@ -111,14 +116,17 @@ def convert(
         p = plan(stack)
         vocab = p.vocabulary if p.vocabulary is not None or p.count is None else _count(name, p, progress)
         ids = None if vocab is None else vocabulary_table(vocab, p.first_id)
-        with DatasetWriter(output, p.schema(vocab or {}), splits=p.splits, identity=ids) as writer:
+        identity = p.identity if ids is None else ids
+        with DatasetWriter(output, p.schema(vocab or {}), splits=p.splits, identity=identity) as writer:
             arrow = writer.schema.arrow_schema()
-            for block in bar(f"{name} 2/2 write", p.rows, progress, p.blocks(2)):
+            one_pass = p.count is None and p.vocabulary is None  # no ids to look up: one bar, the name
+            for block in bar(name if one_pass else f"{name} 2/2 write", p.rows, progress, p.blocks(2)):
                 cols = p.map(block, vocab or {})
-                table = pa.Table.from_arrays([cols[c] for c in arrow.names], schema=arrow)
+                table = cols if isinstance(cols, pa.Table) else _table(cols, arrow)
                 write_rows(writer, table, block.split)
             seconds = time.perf_counter() - began
-            info = {"converter": converter, **p.head, "config": asdict(config), "inputs": p.inputs}
+            info = {"converter": converter, **p.head, "config": asdict(config)}
+            info |= {} if p.inputs is None else {"inputs": p.inputs}
             info |= p.info() | {"seconds": round(seconds, 3)}
             if p.rate:
                 info["rows_per_s"] = round(p.rows / seconds)
@@ -139,6 +147,11 @@ def convert(
             rate,
         )
         return path
+
+
+def _table(cols: dict[str, Any], arrow: pa.Schema) -> pa.Table:
+    """The schema's columns of `cols` as a table of `arrow`."""
+    return pa.Table.from_arrays([cols[c] for c in arrow.names], schema=arrow)
 
 
 def _count(name: str, p: Plan, progress: bool) -> Vocabulary:

@@ -35,11 +35,10 @@ bytes a row (p as float32, the label as int8; 10 with the funnel): 10M rows need
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +46,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-from features.convert import check_integers, check_numbers, check_split
-from features.dataset import DatasetWriter
+from features.convert import Plan, check_integers, check_numbers, check_split, convert
+from features.datasets.teacher import fit_bias, row_splits, sigmoid, teacher_plan
+from features.datasets.teacher import teacher_scores as teacher_scores  # public here before teacher.py
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
 
 N_DENSE, N_CAT = 13, 26
@@ -203,25 +203,9 @@ class Teacher:
             yield start, x, c, p, y, q, v
 
 
-def fit_bias(z: np.ndarray, target: float, weight: np.ndarray | None = None) -> float:
-    """The bias b (bisection on [-10, 10]) with mean sigmoid(z + b) = target, weighted by `weight`
-    where given (the plain mean otherwise, so the CTR bias is bit for bit what it always was)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(50):
-        b = (lo + hi) / 2
-        p = sigmoid(z + b)
-        mean = p.mean() if weight is None else np.average(p, weights=weight)
-        lo, hi = (b, hi) if mean < target else (lo, b)
-    return b
-
-
 def _transform(x: np.ndarray) -> np.ndarray:
     """Counts -> sign(x) log1p(|x|), 0 where missing."""
     return np.nan_to_num(np.sign(x) * np.log1p(np.abs(x)))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 def synthetic_schema(config: SyntheticConfig) -> Schema:
@@ -235,17 +219,6 @@ def synthetic_schema(config: SyntheticConfig) -> Schema:
         ),
         labels=labels or (Label("label", task="ctr"),),
     )
-
-
-def row_splits(rows: int, split: tuple[float, float, float]) -> list[tuple[str, int, int]]:
-    """(split, first row, end row) of `rows` rows split by row order into the `split` fractions."""
-    n_train = round(rows * split[0])
-    n_valid = round(rows * split[1])
-    return [
-        ("train", 0, n_train),
-        ("valid", n_train, n_train + n_valid),
-        ("test", n_train + n_valid, rows),
-    ]
 
 
 def write_synthetic(
@@ -266,61 +239,24 @@ def write_synthetic(
     conversion) and ctcvr (all rows, pCTR * pCVR against conversion), and under `rates` the click and
     conversion rates and the mean pCVR over clicked and over all rows (their gap is the selection bias).
     """
-    teacher = Teacher(config)
-    kept = _frequent_values(teacher, row_splits(config.rows, config.split)[0][2])  # unseen in train: rare
-    schema, chunks = synthetic_schema(config), _chunk_tables(teacher, kept)
-    return write_by_order(out, schema, config, "synthetic", chunks, {}, overwrite, progress)
 
+    def plan(_: ExitStack) -> Plan:
+        teacher = Teacher(config)
+        kept = _frequent_values(teacher, row_splits(config.rows, config.split)[0][2])  # unseen in train: rare
+        return teacher_plan(config, synthetic_schema(config), _chunk_tables(teacher, kept))
 
-def write_by_order(
-    out: str | Path,
-    schema: Schema,
-    config: Any,
-    converter: str,
-    chunks: Iterator[tuple[int, pa.Table, dict[str, np.ndarray]]],
-    info: dict[str, Any],
-    overwrite: bool,
-    progress: bool,
-) -> Path:
-    """Writes teacher rows, split by row order into `config.split` of `config.rows`, to `out`.
-
-    Args:
-        chunks: (first row, the rows' columns, their teacher arrays: `p` and `y`, for a funnel also
-            `q` and `v`) in row order.
-        info: dataset.json keys between `config` and `teacher` (the teacher's figures per split).
-        out, schema, config, converter, overwrite, progress: as in `features.convert.convert`.
-    """
-    splits = row_splits(config.rows, config.split)
-    per_split: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s, *_ in splits}
-    t0 = time.perf_counter()
-    with (
-        DatasetWriter(out, schema, overwrite=overwrite, identity=asdict(config)) as writer,
-        tqdm(total=config.rows, unit="rows", unit_scale=True, desc=converter, disable=not progress) as bar,
-    ):
-        for start, table, scored in chunks:
-            for name, lo, hi in splits:
-                a, b = max(lo, start) - start, min(hi, start + table.num_rows) - start
-                if a < b:
-                    writer.write(name, table.slice(a, b - a))
-                    per_split[name].append({k: v[a:b] for k, v in scored.items()})
-            bar.update(table.num_rows)
-        teacher = {name: _metrics(parts) for name, parts in per_split.items() if parts}
-        seconds = time.perf_counter() - t0
-        return writer.commit(
-            {"converter": converter, "config": asdict(config), **info, "teacher": teacher}
-            | {"rows_per_s": config.rows / seconds}
-        )
+    return convert("synthetic", "synthetic", config, out, plan, (), overwrite, progress)
 
 
 def _chunk_tables(
     teacher: Teacher, kept: list[np.ndarray]
-) -> Iterator[tuple[int, pa.Table, dict[str, np.ndarray]]]:
-    """Yields (first row, the chunk's columns: labels, features, true probabilities, what the
-    teacher's metrics keep of it: p and y, for a funnel q (pCVR) and v (conversions), probabilities
-    as float32: 5 bytes a row, 10 for a funnel)."""
+) -> Iterator[tuple[pa.Table, dict[str, np.ndarray]]]:
+    """Yields (the chunk's columns: labels, features, true probabilities; what the teacher's
+    figures keep of it: p and y, for a funnel q (pCVR) and v (conversions), probabilities as
+    float32: 5 bytes a row, 10 for a funnel)."""
     funnel = teacher.config.funnel
     chunks = teacher.funnel_chunks() if funnel else ((*c, None, None) for c in teacher.chunks())
-    for start, x, c, p, y, q, v in chunks:
+    for _, x, c, p, y, q, v in chunks:
         cols = {"click": pa.array(y), "conversion": pa.array(v)} if funnel else {"label": pa.array(y)}
         t = _transform(x).astype(np.float32)
         cols |= {f"I{j + 1}": pa.array(t[:, j]) for j in range(N_DENSE)}
@@ -333,43 +269,7 @@ def _chunk_tables(
             assert q is not None and v is not None
             cols["teacher_p_cvr"] = pa.array(q)
             scored |= {"q": q.astype(np.float32), "v": v}
-        yield start, pa.table(cols), scored
-
-
-def teacher_scores(p: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
-    """AUC (None with one class) and LogLoss (None without rows) of probabilities p for labels y."""
-    from sklearn.metrics import log_loss, roc_auc_score
-
-    return {
-        "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
-        "logloss": float(log_loss(y, p, labels=[0, 1])) if len(y) else None,
-        "rows": len(y),
-    }
-
-
-def _metrics(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """The teacher's figures on one split from the kept arrays of its chunks (see `_chunk_tables`)."""
-    cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-    p, y = cols["p"].astype(np.float64), cols["y"]
-    ctr = teacher_scores(p, y)
-    out: dict[str, Any] = ctr | {"ctr": float(y.mean())}
-    if "q" not in cols:
-        return out
-    q, v = cols["q"].astype(np.float64), cols["v"]
-    clicked = y == 1
-    out["tasks"] = {
-        "ctr": ctr,
-        "cvr": teacher_scores(q[clicked], v[clicked]),
-        "ctcvr": teacher_scores(p * q, v),
-    }
-    out["rates"] = {
-        "click": float(y.mean()),
-        "conversion_per_click": float(v[clicked].mean()) if clicked.any() else None,
-        "conversion": float(v.mean()),
-        "mean_pcvr_clicked": float(q[clicked].mean()) if clicked.any() else None,
-        "mean_pcvr_all": float(q.mean()),
-    }
-    return out
+        yield pa.table(cols), scored
 
 
 def _frequent_values(teacher: Teacher, n_train: int) -> list[np.ndarray]:

@@ -22,6 +22,7 @@ row at mean length 17), split by row order.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.convert import check_integers, check_numbers, check_split
-from features.datasets.synthetic import fit_bias, sigmoid, write_by_order
+from features.convert import Plan, check_integers, check_numbers, check_split, convert
+from features.datasets.teacher import fit_bias, sigmoid, teacher_plan
 from features.datasets.timeline import history_schema
 from features.schema import Label
 
@@ -133,10 +134,14 @@ def write_synthetic_sequences(
 ) -> Path:
     """Writes train/valid/test (by row order) with the schema's columns, `click` and `teacher_p`;
     dataset.json holds the config, the mean history length and the teacher's figures per split."""
-    table, p, y = _teacher_rows(config)
-    lengths = pc.list_value_length(table["hist_item_id"]).to_numpy()  # int32, as np.diff(offsets)
-    info = {"mean_history_length": float(lengths.mean())}
-    sizes = (config.users + 1, config.items + 1, config.categories + 1)
-    schema = history_schema(sizes, config.max_len, (Label("click", "ctr"),))
-    chunks = iter([(0, table, {"p": p, "y": y})])
-    return write_by_order(out, schema, config, "synthetic_sequences", chunks, info, overwrite, False)
+
+    def plan(_: ExitStack) -> Plan:
+        table, p, y = _teacher_rows(config)
+        lengths = pc.list_value_length(table["hist_item_id"]).to_numpy()  # int32, as np.diff(offsets)
+        info = {"mean_history_length": float(lengths.mean())}
+        sizes = (config.users + 1, config.items + 1, config.categories + 1)
+        schema = history_schema(sizes, config.max_len, (Label("click", "ctr"),))
+        return teacher_plan(config, schema, [(table, {"p": p, "y": y})], info)
+
+    name = "synthetic_sequences"
+    return convert(name, name, config, out, plan, (), overwrite, progress=False)
