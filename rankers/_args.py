@@ -87,8 +87,8 @@ def shown_default(value: Any) -> str:
     """A default as it would be typed on the command line."""
     if isinstance(value, tuple) and all(not isinstance(v, tuple) for v in value):
         return ",".join(map(str, value)) if value else "none"
-    if isinstance(value, str):
-        return value or repr(value)
+    if value is None or value == "":
+        return "unset"  # the field's comment says what unset means
     return str(value)
 
 
