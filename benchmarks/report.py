@@ -107,8 +107,8 @@ def _auc_epochs(rows: list[dict[str, Any]], plt: Any) -> Path | None:
 
 def _reliability(rows: list[dict[str, Any]]) -> Path | None:
     """Reliability of the model-value runs' click predictions on the synthetic test split, raw and
-    calibrated (rankers.bidding.calibration.plot_reliability, a panel per model)."""
-    from rankers.bidding.calibration import plot_reliability
+    calibrated (rankers.bidding.reliability.plot_reliability, a panel per model)."""
+    from rankers.bidding.reliability import plot_reliability
 
     rs = latest_run([r for r in rows if r.get("benchmark") == "bidding_model_value"], "bidding-")
     tasks = {r["model"]: r["calibration"] for r in rs if "calibration" in r}

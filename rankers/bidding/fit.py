@@ -43,7 +43,8 @@ def calibrate_checkpoint(
         ValueError: a task's map was refused (nothing is written), or an input is unusable.
     """
     from features.outputs import OutputLock, check_apart
-    from rankers.bidding.calibration import calibrate, plot_reliability, report_markdown
+    from rankers.bidding.calibration import calibrate
+    from rankers.bidding.reliability import plot_reliability, report_markdown
     from rankers.checkpoint import CheckpointDir
     from rankers.predictor import Predictor
 

@@ -13,13 +13,12 @@ from rankers.bidding.calibration import (
     Calibration,
     HeldOut,
     calibrate,
-    expected_calibration_error,
     fit_calibration,
     fit_task,
     held_out,
     logit,
-    report_markdown,
 )
+from rankers.bidding.reliability import expected_calibration_error, report_markdown
 from rankers.bidding.values import bid_values, values_from_probs
 from rankers.cli import main
 from rankers.predictor import Predictor
@@ -414,7 +413,7 @@ def test_a_calibration_that_lowers_held_out_ece_is_saved_without_force_and_bids(
 
 
 def test_the_reliability_plot_is_written_as_png(tmp_path: Path) -> None:
-    from rankers.bidding.calibration import plot_reliability, reliability
+    from rankers.bidding.reliability import plot_reliability, reliability
 
     pytest.importorskip("matplotlib", reason="plots are the optional `plots` extra")
     _, y, s = _miscalibrated(5000, 4)
