@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,28 @@ def loads(rs: list[dict[str, Any]]) -> str:
 def figure_link(name: str, alt: str) -> str:
     """A markdown image of figures/<name> when report.py has drawn it, else nothing."""
     return f"\n![{alt}](figures/{name})\n" if (FIGURES / name).is_file() else ""
+
+
+Part = tuple[Callable[[list[dict[str, Any]]], list[dict[str, Any]]], Callable[[list[dict[str, Any]]], str]]
+
+
+def section(rows: list[dict[str, Any]], prefix: str, title: str, parts: list[Part]) -> str:
+    """A README section of a script whose run ids start with `prefix` ("" without such runs): the
+    title, then each part's rendering of the rows it selects (a part selecting none is left out)."""
+    if not any(str(r.get("run", "")).startswith(prefix) for r in rows):
+        return ""
+    out = f"## {title}\n\n"
+    for select, render in parts:
+        chosen = select(rows)
+        out += render(chosen) if chosen else ""
+    return out
+
+
+def latest_of(benchmark: str, prefix: str) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Selects the `benchmark` rows of the latest run (id starting with `prefix`) that has them."""
+    return lambda rows: latest_run([r for r in rows if r.get("benchmark") == benchmark], prefix)
+
+
+def per_model(benchmark: str) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Selects, for each model, its `benchmark` rows from the latest run that measured it."""
+    return lambda rows: latest_per_model(rows, benchmark)

@@ -37,13 +37,15 @@ import numpy as np
 
 from benchmarks._common import (
     SHARED_DATA,
+    Part,
     figure_link,
     header,
-    latest_run,
+    latest_of,
     load_average,
     markdown_table,
     record,
     run_readme,
+    section,
 )
 from rankers.bidding.calibration import calibrate
 from rankers.bidding.evaluate import compare_agents, split_episodes
@@ -206,16 +208,9 @@ def _render_value(value: list[dict[str, Any]]) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     """The README's Bidding section: the latest iPinYou run and the latest model-value run."""
-    if not any(str(r.get("run", "")).startswith("bidding-") for r in rows):
-        return ""
-    out = "## Bidding (benchmarks/bidding.py)\n\n"
-    ipy = latest_run([r for r in rows if r.get("benchmark") == "bidding_ipinyou"], "bidding-")
-    if ipy:
-        out += _render_ipinyou(ipy)
-    value = latest_run([r for r in rows if r.get("benchmark") == "bidding_model_value"], "bidding-")
-    if value:
-        out += _render_value(value)
-    return out
+    parts: list[Part] = [(latest_of("bidding_ipinyou", "bidding-"), _render_ipinyou)]
+    parts.append((latest_of("bidding_model_value", "bidding-"), _render_value))
+    return section(rows, "bidding-", "Bidding (benchmarks/bidding.py)", parts)
 
 
 def main() -> None:

@@ -42,16 +42,18 @@ import torch
 
 from benchmarks._common import (
     SHARED_DATA,
+    Part,
     figure,
     header,
-    latest_per_model,
-    latest_run,
+    latest_of,
     load_average,
     loads,
     markdown_table,
     mean_sd,
+    per_model,
     record,
     run_readme,
+    section,
 )
 from features.dataset import DatasetWriter, dataset_info
 from features.datasets.synthetic import SyntheticConfig, write_synthetic
@@ -285,19 +287,12 @@ def _render_speed(speed: list[dict[str, Any]]) -> str:
 def render(rows: list[dict[str, Any]]) -> str:
     """The README's ESMM section: the bias per model from its latest run, the latest real-funnel
     and throughput runs."""
-    if not any(str(r.get("run", "")).startswith("esmm-") for r in rows):
-        return ""
-    out = "## ESMM (benchmarks/esmm.py)\n\n"
-    bias = latest_per_model(rows, "esmm_bias")
-    if bias:
-        out += _render_bias(bias)
-    real = latest_run([r for r in rows if r.get("benchmark") == "esmm_real"], "esmm-")
-    if real:
-        out += _render_real(real)
-    speed = latest_run([r for r in rows if r.get("benchmark") == "esmm_train"], "esmm-")
-    if speed:
-        out += _render_speed(speed)
-    return out
+    parts: list[Part] = [
+        (per_model("esmm_bias"), _render_bias),
+        (latest_of("esmm_real", "esmm-"), _render_real),
+    ]
+    parts.append((latest_of("esmm_train", "esmm-"), _render_speed))
+    return section(rows, "esmm-", "ESMM (benchmarks/esmm.py)", parts)
 
 
 def main() -> None:

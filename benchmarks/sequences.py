@@ -33,16 +33,18 @@ import torch
 
 from benchmarks._common import (
     SHARED_DATA,
+    Part,
     figure,
     header,
-    latest_per_model,
-    latest_run,
+    latest_of,
     load_average,
     loads,
     markdown_table,
     mean_sd,
+    per_model,
     record,
     run_readme,
+    section,
 )
 from features.dataset import DatasetWriter
 from features.datasets.userbehavior import convert_userbehavior
@@ -228,16 +230,9 @@ def _render_speed(speed: list[dict[str, Any]]) -> str:
 def render(rows: list[dict[str, Any]]) -> str:
     """The README's Behaviour sequences section: quality per model from its latest run, and the
     latest throughput run."""
-    if not any(str(r.get("run", "")).startswith("sequences-") for r in rows):
-        return ""
-    out = "## Behaviour sequences (benchmarks/sequences.py)\n\n"
-    quality = latest_per_model(rows, "sequence_quality")
-    if quality:
-        out += _render_quality(quality)
-    speed = latest_run([r for r in rows if r.get("benchmark") == "sequence_train"], "sequences-")
-    if speed:
-        out += _render_speed(speed)
-    return out
+    parts: list[Part] = [(per_model("sequence_quality"), _render_quality)]
+    parts.append((latest_of("sequence_train", "sequences-"), _render_speed))
+    return section(rows, "sequences-", "Behaviour sequences (benchmarks/sequences.py)", parts)
 
 
 def main() -> None:

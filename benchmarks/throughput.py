@@ -116,10 +116,10 @@ def dense_flops_per_example(data: Path, ranker_config: RankerConfig) -> float:
     """Matmul FLOPs of the backbone's forward and backward per example (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rankers.backbones import Embedded, InputSpec, backbone_class
+    from rankers.backbones import Embedded, InputSpec, build_backbone
 
     spec = InputSpec.from_schema(Schema.load(data), ranker_config.embedding_dim or 16)
-    backbone = backbone_class(ranker_config.backbone)(spec, ranker_config.make_backbone_config(), ("ctr",))
+    backbone = build_backbone(ranker_config.backbone, spec, ranker_config.backbone_config, ("ctr",))
     n = 256
     fields = torch.randn(n, len(spec.field_names), spec.embedding_dim, requires_grad=True)
     with FlopCounterMode(display=False) as counter:

@@ -163,10 +163,6 @@ class RankerConfig:
             if not number or not 0 <= weight < float("inf"):
                 raise ValueError(f"task weight {weight!r} for {task!r} must be a finite number >= 0")
 
-    def make_backbone_config(self) -> Any:
-        """The backbone's config dataclass (`backbone_config`)."""
-        return self.backbone_config
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -102,9 +102,7 @@ def build_ranker(
     dim = config.embedding_dim
     assert dim is not None  # RankerConfig resolves it
     spec = InputSpec.from_schema(schema, dim)
-    backbone = build_backbone(
-        config.backbone, spec, config.make_backbone_config(), config.tasks or schema.tasks
-    )
+    backbone = build_backbone(config.backbone, spec, config.backbone_config, config.tasks or schema.tasks)
     return Ranker(
         EmbeddingArch(schema, dim, device=device, sequence_lookup=config.sequence_lookup),
         backbone,
@@ -126,9 +124,7 @@ def memory_needed(schema: Schema, config: RankerConfig, training: bool = True) -
     assert config.embedding_dim is not None  # RankerConfig resolves it
     spec = InputSpec.from_schema(schema, config.embedding_dim)
     with torch.device("meta"):
-        backbone = build_backbone(
-            config.backbone, spec, config.make_backbone_config(), config.tasks or schema.tasks
-        )
+        backbone = build_backbone(config.backbone, spec, config.backbone_config, config.tasks or schema.tasks)
     parameters = sum(p.numel() for p in backbone.parameters())
     tables = table_bytes(schema, config.embedding_dim, optimizer_state=training)
     return tables, parameters * (16 if training else 4)

@@ -113,7 +113,7 @@ def test_tower_configs_and_labels_are_checked() -> None:
     with pytest.raises(ValueError, match=r"lack \['cvr'\]"):
         build_backbone("esmm", SPEC, ESMMConfig(), ("ctr",))
     config = RankerConfig(backbone="esmm", backbone_config={"cvr_config": {"hidden_units": [32]}})
-    assert dict(config.make_backbone_config().cvr_config) == {"hidden_units": (32,)}
+    assert dict(config.backbone_config.cvr_config) == {"hidden_units": (32,)}
 
 
 def test_esmm_is_handed_the_towers_its_config_names() -> None:

@@ -30,7 +30,7 @@ def test_unknown_backbone_config_field_is_named() -> None:
 def test_config_round_trip_and_lists_become_tuples() -> None:
     config = RankerConfig(backbone="mlp", embedding_dim=8, backbone_config={"hidden_units": [32, 16]})
     again = RankerConfig.from_dict(config.to_dict())
-    assert again.make_backbone_config() == MLPConfig(hidden_units=(32, 16))
+    assert again.backbone_config == MLPConfig(hidden_units=(32, 16))
     assert again.embedding_dim == 8
 
 
@@ -78,7 +78,7 @@ def test_preset_name_builds_its_backbone_and_fields_given_override_it() -> None:
     config = RankerConfig(backbone="finalmlp_criteo_x1", backbone_config={"num_heads": 100})
     assert config.backbone == "finalmlp" and config.preset == "finalmlp_criteo_x1"
     assert config.embedding_dim == 12 and config.embedding_l2 == 1e-5
-    built = config.make_backbone_config()
+    built = config.backbone_config
     assert isinstance(built, FinalMLPConfig) and built.num_heads == 100 and built.fs2_context == ("C6",)
     assert RankerConfig(backbone="finalmlp_criteo_x1", embedding_dim=16, embedding_l2=0.0).embedding_l2 == 0.0
     again = RankerConfig.from_dict(json.loads(config.to_json()))
@@ -90,7 +90,7 @@ def test_preset_name_builds_its_backbone_and_fields_given_override_it() -> None:
         RankerConfig(backbone="mlp", preset="finalmlp_criteo_x1")
     for name, preset in PRESETS.items():
         p = preset()
-        assert RankerConfig(backbone=name).make_backbone_config() == p.config
+        assert RankerConfig(backbone=name).backbone_config == p.config
         assert 0.5 < p.published["auc"] < 1 and p.train
 
 

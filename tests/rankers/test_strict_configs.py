@@ -58,7 +58,7 @@ def test_a_written_config_json_reads_back() -> None:
 def test_ranker_configs_read_back(ranker: RankerConfig) -> None:
     again = RankerConfig.from_dict(json.loads(ranker.to_json()), WHERE)
     assert again.to_dict() == ranker.to_dict()
-    assert again.make_backbone_config() == ranker.make_backbone_config()
+    assert again.backbone_config == ranker.backbone_config
 
 
 def _set(path: str, value: Any) -> Any:
