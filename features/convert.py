@@ -69,10 +69,10 @@ class Plan:
     count: Callable[[Block], dict[str, pa.Array]] | None = None  # pass 1: column -> values to count
     counted: dict[str, pa.DataType] | None = None  # the counted columns' types; None: the first block's
     min_count: int = 1  # values counted fewer times share the rare id 1
+    min_counts: dict[str, int] | None = None  # per counted column, where they differ
     vocabulary: Vocabulary | None = None  # given or built already (no pass 1); None without `count`: none
-    identity: dict[str, Any] | None = (
-        None  # without a vocabulary: the settings that made the ids (fingerprint)
-    )
+    # the settings that made the ids (fingerprint), besides the vocabulary if any; read after `schema`
+    identity: dict[str, Any] | None = None
     first_id: int = 2  # the id of each vocabulary's first value
     splits: tuple[str, ...] = SPLITS
     head: dict[str, Any] = field(default_factory=dict)  # dataset.json keys before `config`
@@ -116,8 +116,9 @@ def convert(
         p = plan(stack)
         vocab = p.vocabulary if p.vocabulary is not None or p.count is None else _count(name, p, progress)
         ids = None if vocab is None else vocabulary_table(vocab, p.first_id)
-        identity = p.identity if ids is None else ids
-        with DatasetWriter(output, p.schema(vocab or {}), splits=p.splits, identity=identity) as writer:
+        schema = p.schema(vocab or {})
+        identity = p.identity if ids is None else ids if not p.identity else (ids, p.identity)
+        with DatasetWriter(output, schema, splits=p.splits, identity=identity) as writer:
             arrow = writer.schema.arrow_schema()
             one_pass = p.count is None and p.vocabulary is None  # no ids to look up: one bar, the name
             for block in bar(name if one_pass else f"{name} 2/2 write", p.rows, progress, p.blocks(2)):
@@ -166,7 +167,8 @@ def _count(name: str, p: Plan, progress: bool) -> Vocabulary:
     if counter is None:
         first = p.inputs[0] if isinstance(p.inputs, list) and p.inputs else p.inputs
         raise ValueError(f"{first}: no data rows")
-    return {c: counter.vocabulary(c, p.min_count) for c in counter.types}
+    least = p.min_counts or {}
+    return {c: counter.vocabulary(c, least.get(c, p.min_count)) for c in counter.types}
 
 
 def bar(desc: str, total: int, progress: bool, blocks: Iterable[Block]) -> Iterator[Block]:

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 DATASET_FILE = "dataset.json"
 FINGERPRINT_KEY = b"rankers.fingerprint"  # parquet schema metadata of every split file
 ROW_GROUP_ROWS = 131_072
+# what gives ids their meaning: a vocabulary table, settings, or both (a table, then settings)
+Identity: TypeAlias = pa.Table | dict[str, Any] | tuple[pa.Table, dict[str, Any]] | None
 
 
 class DatasetWriter:
@@ -76,7 +78,7 @@ class DatasetWriter:
         overwrite: bool = False,
         rows_per_file: int = 4_194_304,
         inputs: Iterable[str | Path | None] = (),
-        identity: pa.Table | dict[str, Any] | None = None,
+        identity: Identity = None,
         derived_from: str | None = None,
     ) -> None:
         if rows_per_file < 1:
@@ -198,10 +200,16 @@ def _named(e: OSError, out: Path) -> OSError:
     return e if e.filename else OSError(e.errno, e.strerror or str(e), str(out))
 
 
-def fingerprint(schema: Schema, identity: pa.Table | dict[str, Any] | None = None) -> str:
+def fingerprint(schema: Schema, identity: Identity = None) -> str:
     """16 hex digits of sha256 over the schema without labels and `identity` (the feature, value
     and id columns of a vocabulary table, or settings as canonical JSON)."""
     h = hashlib.sha256(schema.without_labels().to_json().encode())
+    for part in identity if isinstance(identity, tuple) else (identity,):
+        _update(h, part)
+    return h.hexdigest()[:16]
+
+
+def _update(h: Any, identity: pa.Table | dict[str, Any] | None) -> None:
     if isinstance(identity, pa.Table):
         names = [c for c in ("feature", "value", "id") if c in identity.column_names]
         for name in names or identity.column_names:
@@ -209,7 +217,6 @@ def fingerprint(schema: Schema, identity: pa.Table | dict[str, Any] | None = Non
             _hash_column(h, identity[name])
     elif identity is not None:
         h.update(json.dumps(identity, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def _hash_column(h: Any, column: pa.ChunkedArray) -> None:
@@ -276,12 +283,14 @@ def dataset_info(directory: str | Path) -> dict[str, Any]:
         "converter": str,
         "config": dict[str, Any],
         "teacher": dict[str, Any],
+        "spec": dict[str, Any],  # converted by spec: the spec with its fitted values
     }
     informational = {  # written by the converters (features/*.py, benchmarks/*.py) for people
         *("layout", "inputs", "vocabulary_from", "seconds", "rows_per_s", "timezone", "source"),
         *("mean_history_length", "input_rows", "excluded_outside_dates", "behaviours", "buckets"),
         *("missing_ad_feature", "missing_user_profile", "excluded_out_of_range", "days"),
         *("behaviours_without_history", "users", "items", "categories", "items_with_several_categories"),
+        *("hashing", "time_cutoffs"),
     }
     info = check_keys(read_json(path), str(path), optional={*read, *informational})
     for key, tp in read.items():

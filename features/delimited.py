@@ -9,12 +9,13 @@ not what limits the speed.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import BinaryIO, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 _SCAN_BYTES = 16 << 20
+_GZIP = b"\x1f\x8b"
 _CR, _LF = 13, 10
 _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): Row #(\d+): CSV conversion error to \S+: (.*)")
 
@@ -41,16 +43,38 @@ Inputs: TypeAlias = str | Path | Sequence[str | Path]  # one input path or sever
 Values: TypeAlias = "np.ndarray | pa.Array | pa.ChunkedArray"  # a value per row of a block
 
 
+def is_gzip(path: str | Path) -> bool:
+    """Whether `path` starts with gzip's magic bytes (read decompressed, whatever its name)."""
+    with Path(path).open("rb") as fh:
+        return fh.read(2) == _GZIP
+
+
+def open_bytes(path: str | Path) -> BinaryIO:
+    """`path` opened for reading bytes, decompressed if it is gzip."""
+    return gzip.open(path, "rb") if is_gzip(path) else Path(path).open("rb")  # type: ignore[return-value]
+
+
+def first_line(path: Path) -> bytes:
+    """Line 1 of `path` (gzip decompressed); ValueError naming the file for bz2 or zstd data."""
+    with Path(path).open("rb") as fh:
+        if fh.read(4).startswith((b"BZh", b"\x28\xb5\x2f\xfd")):
+            raise ValueError(
+                f"{path}: line 1: compressed data (bz2 or zstd); expected plain or gzip text, "
+                "decompress it first"
+            )
+    try:
+        with open_bytes(path) as fh:
+            return fh.readline(1 << 20)
+    except (OSError, EOFError) as e:  # a damaged gzip stream
+        raise ValueError(f"{path}: cannot read line 1 ({e})") from None
+
+
 def sniff(path: str | Path) -> CsvFile:
-    """Reads line 1 of `path`: tab if it holds a tab, else comma; a header if its first field is
-    neither empty nor an integer (a data row starts with a label or an integer count)."""
+    """Reads line 1 of `path` (gzip is decompressed): tab if it holds a tab, else comma; a header if
+    its first field is neither empty nor an integer (a data row starts with a label or an integer
+    count)."""
     path = Path(path)
-    with path.open("rb") as fh:
-        raw = fh.readline(1 << 20)
-    if raw.startswith((b"\x1f\x8b", b"BZh", b"\x28\xb5\x2f\xfd")):
-        raise ValueError(
-            f"{path}: line 1: compressed data (gzip, bz2 or zstd); expected plain text, decompress it first"
-        )
+    raw = first_line(path)
     line = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
     if not line.strip():
         what = "is empty (0 bytes)" if not raw else "line 1 is blank"
@@ -89,7 +113,7 @@ def _scan(path: Path, stop: int | None) -> tuple[int, int]:
     """
     seen = breaks = 0
     prev = _LF  # as if the file started after a line break: leading blank lines are not lines
-    with path.open("rb") as fh:
+    with open_bytes(path) as fh:
         while chunk := fh.read(_SCAN_BYTES):
             if stop is None and prev != _CR and b"\r" not in chunk and b"\n\n" not in chunk:
                 seen += chunk.count(b"\n") - (prev == _LF and chunk[0] == _LF)
@@ -155,7 +179,8 @@ def iter_batches(
         ),
     }
     try:
-        yield from pacsv.open_csv(f.path, **options)  # parses the first block already
+        source = pa.input_stream(str(f.path), compression="gzip") if is_gzip(f.path) else f.path
+        yield from pacsv.open_csv(source, **options)  # parses the first block already
     except pa.ArrowInvalid as e:
         raise _parse_error(f, names, types, expect, invalid, e) from None
 

@@ -7,6 +7,7 @@
       metrics.json      training history and the final valid/test metrics
       state/            with --checkpoint-every: model and optimizer state, RNG, progress (resume)
       calibration.json  after `rankers calibrate`
+      spec.json, vocabulary.parquet   trained on a dataset converted by spec: what maps raw rows
       checkpoint.json   written last: the completeness marker (what wrote it, when, how it ended)
 
 A run builds its checkpoint at `.NAME.partial` beside `out` under an exclusive lock and swaps it in
@@ -38,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from features.outputs import CHECKPOINT_MARKER, is_legacy_checkpoint, staging_path
+from features.rawinput import RawInput
 from features.schema import SCHEMA_FILE, Schema
 from features.strict import build, check_keys, check_value, read_json
 from rankers import safe_dcp
@@ -98,6 +100,7 @@ class CheckpointDir:
         prior: dict[str, float],
     ) -> None:
         schema.save(self.path)
+        RawInput.save(data, self.path)  # a dataset converted by spec: what maps raw rows to predict
         config = {
             "ranker": ranker_config.to_dict(),
             "train": asdict(train_config),

@@ -143,3 +143,18 @@ def evaluate_batches(
     probs = {t: gathered[f"p_{t}"] for t in probs}
     labels = {t: gathered[f"y_{t}"] for t in labels}
     return task_metrics(probs, labels, prior, gathered["groups"])
+
+
+def calibrated_and_raw(
+    predictor: Any, rows: Any, batch_size: int = 65_536, raw: bool = False
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Metrics per task (`task_metrics`) of a `rankers.predictor.Predictor` on labeled `rows`:
+    {"calibrated": ..., "raw": ...} where it holds a calibration and not `raw`, else {"raw": ...}
+    (the model's own probabilities). The model scores the rows once, `batch_size` per forward pass,
+    and the calibration maps its probabilities, as `Predictor.evaluate` does."""
+    probs, labels, groups = predictor.predict_labeled(rows, batch_size, raw=True)
+    own = task_metrics(probs, labels, predictor.prior, groups)
+    if raw or predictor.calibration is None:
+        return {"raw": own}
+    calibrated = predictor.calibration.transform(probs)
+    return {"calibrated": task_metrics(calibrated, labels, predictor.prior, groups), "raw": own}

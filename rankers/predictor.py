@@ -3,6 +3,14 @@
 Example:
     >>> predictor = Predictor.load("runs/mlp")
     >>> predictor.predict_proba("data/criteo/test")      # {"ctr": array of shape (N,)}
+    >>> predictor.predict_proba("new_rows.csv")          # raw rows, if trained on `convert table` data
+    >>> predictor.predict_table("new_rows.csv", keep=["request_id"])   # keys and p_<task> columns
+
+Rows to score are a converted split (a directory or one of its parquet files, a pyarrow Table read
+from one), a `Batch`, or, for a checkpoint trained on a dataset converted by spec, raw rows: a raw
+file in the spec's format (CSV/TSV, gzip, parquet), a pyarrow Table or a pandas DataFrame of raw
+columns, mapped exactly as the training rows were (`features.rawinput`; unseen values get the rare
+id 1, or their hash bucket).
 
 Probabilities are calibrated where the checkpoint holds a calibration (`rankers calibrate`), and
 `calibrated` says whether it does; `raw=True` gives the model's own.
@@ -10,16 +18,18 @@ Probabilities are calibrated where the checkpoint holds a calibration (`rankers 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from features.batch import Batch
 from features.dataset import FINGERPRINT_KEY, file_fingerprint
+from features.rawinput import RawInput, is_raw_file
 from features.reader import ParquetBatches, find_schema, parquet_files, table_batches
 from features.schema import Schema
 from rankers._quiet import quiet_torchrec
@@ -28,7 +38,7 @@ from rankers.checkpoint import CheckpointDir
 from rankers.evaluation import predict, task_metrics
 from rankers.ranker import Ranker, build_ranker
 
-Rows: TypeAlias = str | Path | pa.Table | Batch
+Rows: TypeAlias = "str | Path | pa.Table | Batch | Any"  # Any: a pandas DataFrame of raw columns
 
 
 class Predictor:
@@ -51,6 +61,7 @@ class Predictor:
         path: Path | None = None,
         calibration: Calibration | None = None,
         fingerprint: str | None = None,
+        raw_input: RawInput | None = None,
     ) -> None:
         self.ranker = ranker.eval()
         self.schema = schema
@@ -60,6 +71,7 @@ class Predictor:
         self.calibration = calibration  # applied by default; fitted by `rankers calibrate`
         # of the training data (features.dataset.fingerprint): rows to score must carry the same
         self.fingerprint = fingerprint
+        self.raw_input = raw_input  # trained on a dataset converted by spec: maps raw rows
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
@@ -72,11 +84,15 @@ class Predictor:
             ranker = build_ranker(schema, settings.ranker, device=torch.device("cpu"))
             ckpt.load_weights(ranker, no_dist=True)
         fingerprint = (ckpt.marker() or {}).get("data_fingerprint")
-        return cls(ranker, schema, settings.prior, ckpt.path, Calibration.load(ckpt.path), fingerprint)
+        calibration, raw_input = Calibration.load(ckpt.path), RawInput.load(ckpt.path)
+        return cls(ranker, schema, settings.prior, ckpt.path, calibration, fingerprint, raw_input)
 
     def _batches(self, rows: Rows, batch_size: int, labels: bool) -> Iterable[Batch]:
         if isinstance(rows, Batch):
             return [rows]
+        rows = _from_pandas(rows)
+        if self._is_raw(rows):
+            return self._raw_batches(rows, batch_size, labels)
         if isinstance(rows, pa.Table):  # read from a converted split, it keeps the files' fingerprint
             theirs = (rows.schema.metadata or {}).get(FINGERPRINT_KEY)
             self.check_fingerprint(
@@ -90,8 +106,69 @@ class Predictor:
             self._check_features(Path(rows))
             return ParquetBatches(rows, batch_size, labels=labels, schema=self.schema)
         raise TypeError(
-            f"rows of type {type(rows).__name__}: expected a parquet path, a pyarrow Table or a Batch"
+            f"rows of type {type(rows).__name__}: expected a path, a pyarrow Table, a pandas DataFrame "
+            "or a Batch"
         )
+
+    def _is_raw(self, rows: Rows) -> bool:
+        """Whether `rows` are raw rows to map with the training spec: a text file, or a parquet file
+        or Table without a dataset's fingerprint, given a checkpoint trained on data converted by
+        spec. Without one, a parquet file or Table is scored as converted (its fingerprint checked)."""
+        if isinstance(rows, pa.Table):
+            return self.raw_input is not None and FINGERPRINT_KEY not in (rows.schema.metadata or {})
+        if not isinstance(rows, (str, Path)) or not is_raw_file(rows):
+            return False
+        if self.raw_input is None and Path(rows).suffix != ".parquet":
+            raise ValueError(self._no_spec(str(rows)))
+        return self.raw_input is not None
+
+    def _no_spec(self, where: str) -> str:
+        return (
+            f"{where}: raw rows, but {self.path} was not trained on a dataset converted by spec "
+            "(`rankers convert table`), so it holds no mapping of raw values; convert the rows with the "
+            "training data's converter (--vocabulary-from) and score the converted split"
+        )
+
+    def _raw_batches(
+        self,
+        rows: Any,
+        batch_size: int,
+        labels: bool,
+        keep: Sequence[str] = (),
+        kept: list[pa.Table] | None = None,
+    ) -> Iterator[Batch]:
+        """Batches of raw rows mapped by the training spec; the `keep` columns of each block are
+        appended to `kept`."""
+        assert self.raw_input is not None
+        schema = self.schema if labels else self.schema.without_labels()
+        for features, columns in self.raw_input.tables(rows, labels=labels, keep=keep):
+            if kept is not None:
+                kept.append(columns)
+            yield from table_batches(features, schema, batch_size, labels=labels)
+
+    def predict_table(
+        self, rows: Rows, keep: Sequence[str] = (), batch_size: int = 65_536, raw: bool = False
+    ) -> pa.Table:
+        """A row per input row: the pass-through keys of the training spec (if any) and the `keep`
+        columns as read, then `p_<task>` per task (calibrated as `predict_proba`).
+
+        Raw rows pass any of their columns through; a converted split, the keys its converter wrote
+        beside the features (`rankers convert table` writes the spec's keys)."""
+        rows = _from_pandas(rows)
+        spec_keys = self.raw_input.spec.keys if self.raw_input is not None else ()
+        names = list(dict.fromkeys([*spec_keys, *keep]))
+        kept: list[pa.Table] = []
+        if self._is_raw(rows):
+            probs, _, _ = predict(self.ranker, self._raw_batches(rows, batch_size, False, names, kept))
+            columns = (
+                pa.concat_tables(kept) if kept else pa.table({n: pa.array([], pa.string()) for n in names})
+            )
+        else:
+            probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
+            columns = _converted_columns(rows, names)
+        probs = self._calibrate({t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}, raw)
+        out = {n: columns[n] for n in names} | {f"p_{t}": pa.array(p) for t, p in probs.items()}
+        return pa.table(out)
 
     def check_fingerprint(self, theirs: str | None, where: str) -> None:
         """Rows mapped with other vocabularies would score silently wrong: their fingerprint (of
@@ -172,6 +249,36 @@ class Predictor:
         for batch in self._batches(rows, batch_size, labels=False):
             probs, _, _ = predict(self.ranker, [batch])  # validates the batch and the outputs
             yield self._calibrate(probs, raw)
+
+
+def _converted_columns(rows: Rows, names: list[str]) -> pa.Table:
+    """The columns `names` of a converted split (a directory, a parquet file, a Table) in row order."""
+    if not names:
+        return pa.table({})
+    if isinstance(rows, pa.Table):
+        table, where = rows, "the pyarrow Table"
+    elif isinstance(rows, (str, Path)):
+        files, where = parquet_files(rows), str(rows)
+        available = set(pq.ParquetFile(files[0]).schema_arrow.names)
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise ValueError(
+                f"{where}: no column {missing[0]!r} to pass through; it holds {sorted(available)}"
+            )
+        table = pa.concat_tables(pq.read_table(f, columns=names) for f in files)
+    else:
+        raise ValueError(f"columns {names} cannot be passed through from a {type(rows).__name__}")
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"{where}: no column {missing[0]!r} to pass through; it holds {table.column_names}")
+    return table.select(names)
+
+
+def _from_pandas(rows: Rows) -> Rows:
+    """A pandas DataFrame as a pyarrow Table (without its index); anything else as it is."""
+    if type(rows).__module__.startswith("pandas") and type(rows).__name__ == "DataFrame":
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    return rows
 
 
 def _describe(rows: Rows) -> str:

@@ -224,7 +224,8 @@ def aligned_mask(x: Embedded, names: list[str]) -> torch.Tensor:
     if not torch.compiler.is_compiling():
         for name in names[1:]:
             if not torch.equal(x.sequences[name].mask, mask):
-                rows = (x.sequences[name].mask != mask).any(1).nonzero().flatten().tolist()
+                other = x.sequences[name].mask
+                rows = (other.sum(1) != mask.sum(1)).nonzero().flatten().tolist()
                 raise ValueError(
                     f"sequences {names[0]!r} and {name!r} differ in length in rows {rows[:5]} of the "
                     "batch; attended sequences must be aligned (one behaviour per position)"
@@ -273,8 +274,9 @@ class InterestMLP(nn.Module):
     def inputs(self, x: Embedded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The query (B, W), the behaviours (B, L, W) and their mask (B, L)."""
         query = x.fields[:, self.target_fields].flatten(1)  # (B, W)
+        mask = aligned_mask(x, self.sequence_names)  # first: unaligned sequences cannot be joined
         keys = torch.cat([x.sequences[n].values for n in self.sequence_names], dim=2)  # (B, L, W)
-        return query, keys, aligned_mask(x, self.sequence_names)
+        return query, keys, mask
 
     def forward(self, x: Embedded, interest: torch.Tensor) -> torch.Tensor:
         """The interest (B, W) with the other inputs -> logits (B, K)."""

@@ -179,9 +179,12 @@ def fit_calibration(
     return Calibration({t: fit_task(probs[t], labels[t], method, bins) for t in probs if t in labels})
 
 
-def _task_rows(predictor: Any, rows: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Raw probabilities and labels per task, on the rows where its label is defined."""
-    probs, labels, _ = predictor.predict_labeled(rows, raw=True)
+def _task_rows(
+    predictor: Any, rows: str | Path, batch_size: int = 65_536
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Raw probabilities and labels per task, on the rows where its label is defined (scored
+    `batch_size` rows per forward pass)."""
+    probs, labels, _ = predictor.predict_labeled(rows, batch_size, raw=True)
     return {
         t: (probs[t][m].astype(np.float64), y[m].astype(np.float64))
         for t, (y, m) in task_labels(probs, labels).items()
@@ -207,20 +210,22 @@ def calibrate(
     min_negatives: int = MIN_NEGATIVES,
     force: bool = False,
     seed: int = 0,
+    batch_size: int = 65_536,
 ) -> tuple[Calibration, dict[str, Any]]:
     """Fits a calibration of `predictor` (a rankers.predictor.Predictor) on the labeled rows of
     `valid`, each task on the rows where its label is defined (rankers.evaluation.task_labels), once
     every task passes its held-out check (`held_out`, `HeldOut.refusal`). Returns it with a report:
     its status ("saved": every task passed; "forced"), per task its rows, positives, folds, check,
     held-out ECE raw and calibrated, ECE raw and calibrated on `test` where given, and reliability
-    tables (on `test`, else on the held-out values).
+    tables (on `test`, else on the held-out values). The model scores `batch_size` rows per forward
+    pass.
 
     Raises:
         ValueError: a task fails its check and not `force` (nothing is fitted; every failing task
             is named), or a task has rows of one class only (nothing to fit, even forced).
     """
     _check_options(method, folds, min_positives, min_negatives)
-    fit = _task_rows(predictor, valid)
+    fit = _task_rows(predictor, valid, batch_size)
     if not fit:
         raise ValueError(f"{valid}: no labels of the predictor's tasks to calibrate on")
     if method == "auto":
@@ -259,7 +264,7 @@ def calibrate(
         if values is not None:
             report["tasks"][t] |= _reliability(fit[t][0], values, fit[t][1], "held-out valid")
     if test is not None:
-        _measure(report, calibration, _task_rows(predictor, test))
+        _measure(report, calibration, _task_rows(predictor, test, batch_size))
         report["measured_on"] = str(test)
     return calibration, report
 

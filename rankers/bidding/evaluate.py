@@ -213,12 +213,14 @@ def split_episodes(
     length: int = 1000,
     market: MarketModel = MarketModel(),
     true_outcomes: bool = False,
+    batch_size: int = 65_536,
 ) -> list[Episode]:
     """Episodes of a labeled split (rows in stored order): calibrated values from `predictor`,
     real outcomes from the labels, and `market` prices correlated with the rows' true value, the
     teacher's probability on synthetic data (`teacher_p`, times `teacher_p_cvr` for conversions),
     else the calibrated value itself. With `true_outcomes` (synthetic data), the outcome of a row
-    is its true probability, so a replay counts the expected conversions won without noise."""
+    is its true probability, so a replay counts the expected conversions won without noise. The
+    model scores `batch_size` rows per forward pass."""
     import pyarrow.parquet as pq
 
     from features.reader import parquet_files
@@ -227,7 +229,7 @@ def split_episodes(
 
     if predictor.calibration is None:
         raise ValueError(f"{predictor.path}: no calibration (run `rankers calibrate --checkpoint DIR`)")
-    probs, labels, _ = predictor.predict_labeled(split, raw=True)
+    probs, labels, _ = predictor.predict_labeled(split, batch_size, raw=True)
     where = f"{predictor.path} on {split}"
     tasks = [t for t in goal_tasks(list(probs), goal) if t in probs]
     calibrated = predictor.calibration.transform(probs)

@@ -18,6 +18,7 @@ class CalibrateOptions:
     min_positives: int = 50  # refuse a task whose valid rows hold fewer positives
     min_negatives: int = 50  # refuse a task whose valid rows hold fewer negatives
     force: bool = False  # save even when a task fails the check
+    batch_size: int = 65_536  # rows scored per forward pass
 
 
 def calibrate_checkpoint(
@@ -34,7 +35,8 @@ def calibrate_checkpoint(
         checkpoint: the checkpoint directory (read, and written into).
         valid: labeled rows to fit on.
         test: labeled rows to measure held-out ECE on.
-        options: the method and the check (`rankers.bidding.calibration.calibrate`).
+        options: the method, the check and the rows scored per forward pass
+            (`rankers.bidding.calibration.calibrate`).
 
     Returns:
         The report (markdown) and the files saved.

@@ -34,6 +34,7 @@ class BidConfig:
     market_sigma: float | None = None
     market_corr: float | None = None
     market_seed: int | None = None
+    batch_size: int = 65_536  # rows scored per forward pass, with a predictor
 
     def flags(self) -> dict[str, Any]:
         """The values of BID_FLAGS by flag (None where not given)."""
@@ -88,7 +89,8 @@ def _sources(c: BidConfig, goal: str, length: int, data: Path) -> tuple[list[tup
         given: dict[str, Any] = {"median": c.market_median, "sigma": c.market_sigma}
         given |= {"corr": c.market_corr, "seed": c.market_seed}
         market = ev.MarketModel(**{k: v for k, v in given.items() if v is not None})
-        episodes = ev.split_episodes(Predictor.load(c.predictor), data, goal, length, market)
+        predictor = Predictor.load(c.predictor)
+        episodes = ev.split_episodes(predictor, data, goal, length, market, batch_size=c.batch_size)
         mean_price = float(np.mean([e.prices.mean() for e in ev.halves(data.name, episodes)[0]]))
         sources.append((data.name, episodes, c.budget * mean_price * length))
         about = ev.describe_split(data, c.predictor, goal, market)

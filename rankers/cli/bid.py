@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
+from rankers.cli._compute import add_compute_flags, apply_compute_flags
+
 HELP = "bidding agents replayed on logged auctions: the outcome table"
 AGENTS = (
     "constant",
@@ -69,10 +71,12 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     help_ = f"{market} correlation with true value, in [-1, 1]; default {defaults['corr']:g}"
     p.add_argument("--market-corr", type=float, help=help_)
     p.add_argument("--market-seed", type=int, help=f"{market} noise seed (>= 0); default {defaults['seed']}")
+    add_compute_flags(p, scored="(with --predictor; iPinYou logs are not scored)")
 
 
 def run(args: argparse.Namespace) -> None:
     from rankers.bidding.run import BidConfig, bid_report
 
+    apply_compute_flags(args)  # threads set; the batch size is BidConfig's
     config = BidConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BidConfig)})
     print(bid_report(config, args.argv))

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Sequence
 
 from rankers.bidding.fit import CalibrateOptions
+from rankers.cli._compute import add_compute_flags, apply_compute_flags
 
 HELP = "fit isotonic or Platt calibration, checked by cross-validation; saved in the checkpoint"
 DESCRIPTION = (
@@ -56,12 +57,14 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
         help="save even when a task fails the check (too few rows, worse held-out ECE); the report says "
         "forced (default: refuse)",
     )
+    add_compute_flags(p)
 
 
 def run(args: argparse.Namespace) -> None:
     from rankers.bidding.fit import calibrate_checkpoint
 
+    batch_size = apply_compute_flags(args)
     fields = ("method", "bins", "folds", "min_positives", "min_negatives", "force")
-    options = CalibrateOptions(**{k: getattr(args, k) for k in fields})
+    options = CalibrateOptions(**{k: getattr(args, k) for k in fields}, batch_size=batch_size)
     text, saved = calibrate_checkpoint(args.checkpoint, args.valid, args.test, options)
     print(text + "\nsaved " + ", ".join(map(str, saved)))

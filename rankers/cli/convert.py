@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,24 @@ def _aliccp(p: argparse.ArgumentParser | None) -> type:
     return AliCCPConfig
 
 
+@dataclass(frozen=True)
+class _NoFields:
+    """`convert table` reads everything from its spec."""
+
+
+def _table(p: argparse.ArgumentParser | None) -> type:
+    if p is not None:
+        help_ = "CSV/TSV (plain or gzip) or parquet files, read in order as one sequence of rows"
+        p.add_argument("inputs", nargs="+", help=help_)
+        help_ = (
+            "TOML file naming each column's role (label, dense, categorical, multi, sequence, keys, group, "
+            "time), the input's delimiter and header, and the split; see examples/*/spec.toml and "
+            "features/spec.py"
+        )
+        p.add_argument("--spec", required=True, help=help_)
+    return _NoFields
+
+
 def _synthetic(p: argparse.ArgumentParser | None) -> type:
     from features.datasets.synthetic import SyntheticConfig
 
@@ -74,6 +93,7 @@ def _synthetic(p: argparse.ArgumentParser | None) -> type:
 
 # source -> (its help line, the function adding its inputs and returning its config class)
 SOURCES: dict[str, tuple[str, Callable[[argparse.ArgumentParser | None], type]]] = {
+    "table": ("any CSV/TSV/parquet table, as a spec names its columns' roles -> parquet", _table),
     "criteo": ("Criteo TSV/CSV -> parquet", _criteo),
     "taobao-ad": ("Alimama display ads (raw tables, joined or dmr CSV) -> parquet", _taobao_ad),
     "userbehavior": ("Taobao UserBehavior CSV -> examples with histories", _userbehavior),
@@ -93,14 +113,21 @@ def configure(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> No
             out = OUT_HELP + (" (a TSV file with --tsv)" if name == "synthetic" else "")
             p.add_argument("--out", required=True, help=out)
             p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-            help_ = f"TOML file with a [{name}] table of the fields below (flags override them)"
-            p.add_argument("--config", help=help_)
+            if name != "table":
+                help_ = f"TOML file with a [{name}] table of the fields below (flags override them)"
+                p.add_argument("--config", help=help_)
             config = inputs(p)
             add_dataclass_flags(p, config, title=f"{name} ({config.__name__})")
             p.set_defaults(config_class=config)
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.source == "table":
+        from features.datasets.table import convert_table
+        from features.spec import load_spec
+
+        print_dataset(convert_table(args.inputs, load_spec(args.spec), args.out, args.overwrite))
+        return
     table = read_toml(args.config, (args.source,)).get(args.source, {})
     where = f"{args.config} [{args.source}]"
     config = dataclass_from_args(args.config_class, args, table, where)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
-import gzip
 import math
 from collections import Counter
 from pathlib import Path
@@ -278,7 +278,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[Path], tuple[str, ...]]]
     header = ["label,I1," + ",".join(INTS[1:] + CATS)] + [r.replace("\t", ",") for r in rows]
     header[3] = _field(rows[2], 13, "1.5").replace("\t", ",")
     (tmp_path / "empty.tsv").write_bytes(b"")
-    (tmp_path / "day_0.gz").write_bytes(gzip.compress("\n".join(rows).encode()))
+    (tmp_path / "day_0.bz2").write_bytes(bz2.compress("\n".join(rows).encode()))
     return {
         "fields": ([_file(tmp_path, "extra.tsv", extra)], ("extra.tsv", "line 7", "41")),
         "int": ([_file(tmp_path, "abc.tsv", abc)], ("abc.tsv", "line 5", "column I3", "abc")),
@@ -289,7 +289,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[Path], tuple[str, ...]]]
         ),
         "header": ([_file(tmp_path, "h.csv", header)], ("h.csv", "line 4", "column I13", "1.5")),
         "empty": ([tmp_path / "empty.tsv"], ("empty.tsv", "line 1", "empty")),
-        "gzip": ([tmp_path / "day_0.gz"], ("day_0.gz", "line 1", "compressed")),
+        "bz2": ([tmp_path / "day_0.bz2"], ("day_0.bz2", "line 1", "compressed")),
         "header only": ([_file(tmp_path, "ho.csv", header[:1])], ("ho.csv", "no data rows")),
         "mixed": (
             [_file(tmp_path, "l.tsv", rows), _file(tmp_path, "u.tsv", unlabeled)],
@@ -299,7 +299,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[Path], tuple[str, ...]]]
 
 
 @pytest.mark.parametrize(
-    "case", ["fields", "int", "label", "empty label", "header", "empty", "gzip", "header only", "mixed"]
+    "case", ["fields", "int", "label", "empty label", "header", "empty", "bz2", "header only", "mixed"]
 )
 def test_bad_input_names_file_line_and_column(tmp_path: Path, case: str) -> None:
     inputs, words = _bad_inputs(tmp_path)[case]

@@ -138,7 +138,7 @@ class _Scored:
         self.probs, self.labels = probs, labels
 
     def predict_labeled(
-        self, rows: str | Path, raw: bool = False
+        self, rows: str | Path, batch_size: int = 65_536, raw: bool = False
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], None]:
         assert raw, "calibration is fitted on the model's own probabilities"
         return self.probs, self.labels, None

@@ -1,0 +1,66 @@
+"""`--threads` and `--batch-size` of the commands that score rows (evaluate, predict, calibrate, bid):
+added to a parser by `add_compute_flags`, checked and applied by `apply_compute_flags` before any
+work. Nothing here imports torch until the flags are applied, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+
+# Rows per forward pass: `rankers.predictor.Predictor`'s default (a test holds them equal).
+BATCH_SIZE = 65_536
+
+
+def add_compute_flags(parser: argparse.ArgumentParser, scored: str = "") -> None:
+    """Adds `--threads N` (torch intra-op threads) and `--batch-size N` (rows scored per forward
+    pass) to `parser`, in a group of their own.
+
+    Args:
+        parser: the command's parser.
+        scored: what the command scores, said after the batch size's help (e.g. "with --predictor").
+    """
+    group = parser.add_argument_group("compute")
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch intra-op threads used to score rows, >= 0 (0: keep torch's setting, from "
+        "OMP_NUM_THREADS or the number of cores) (default: %(default)s)",
+    )
+    where = f" {scored}" if scored else ""
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        metavar="N",
+        help=f"rows scored per forward pass{where}, >= 1: memory grows with it; the probabilities "
+        "are the same up to float rounding (default: %(default)s)",
+    )
+
+
+def check_compute_flags(threads: int, batch_size: int) -> None:
+    """ValueError naming `--threads` or `--batch-size` and its value when it is out of range."""
+    if threads < 0:
+        raise ValueError(
+            f"--threads {threads}: expected an integer >= 0 (torch intra-op threads; 0 keeps the current "
+            "setting)"
+        )
+    if batch_size < 1:
+        raise ValueError(
+            f"--batch-size {batch_size}: expected an integer >= 1 (rows scored per forward pass)"
+        )
+
+
+def apply_compute_flags(args: argparse.Namespace) -> int:
+    """Checks `args.threads` and `args.batch_size` (`check_compute_flags`), sets torch's intra-op
+    threads to `args.threads` unless 0, and returns the batch size to score with.
+
+    Raises:
+        ValueError: naming the flag and its value, before anything is loaded or set.
+    """
+    check_compute_flags(args.threads, args.batch_size)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return int(args.batch_size)
