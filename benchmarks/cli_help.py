@@ -25,6 +25,7 @@ from benchmarks._common import header, latest_run, load_average, markdown_table,
 COMMANDS = (
     "",
     "convert",
+    "convert table",
     "convert criteo",
     "convert taobao-ad",
     "convert userbehavior",

@@ -69,6 +69,10 @@ def open_raw(path: str | Path, spec: InputSpec, optional: Sequence[str] = ()) ->
         magic = fh.read(4)
     if spec.format == "parquet" or (spec.format == "auto" and magic == _PARQUET_MAGIC):
         return _open_parquet(path)
+    if magic == _PARQUET_MAGIC:
+        raise ValueError(
+            f"{path}: a parquet file, but the spec's input format is {spec.format!r}; expected text"
+        )
     raw = first_line(path)
     line = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
     if not line.strip():
@@ -105,13 +109,13 @@ def _open_parquet(path: Path) -> RawFile:
     )
 
 
-def check_columns(f: RawFile, wanted: Sequence[str], optional: Sequence[str] = ()) -> None:
-    """ValueError naming the file and the first column of `wanted` it lacks (those of `optional`
-    may be absent), and the columns it has."""
-    missing = [c for c in wanted if c not in f.names and c not in optional]
+def check_columns(f: RawFile, wanted: Sequence[str], why: str = "named in the spec") -> None:
+    """ValueError naming the file and the first column of `wanted` it lacks, `why` it is wanted,
+    and the columns it has."""
+    missing = [c for c in wanted if c not in f.names]
     if missing:
         has = ", ".join(f.names[:12]) + (", ..." if len(f.names) > 12 else "")
-        raise ValueError(f"{f.path}: no column {missing[0]!r} (named in the spec); the file has: {has}")
+        raise ValueError(f"{f.path}: no column {missing[0]!r} ({why}); the file has: {has}")
 
 
 def read_blocks(

@@ -111,10 +111,10 @@ class RawInput:
         mapper, spec = self.mapper, self.spec
         label_names = [c.column for c in spec.role("label")]
         wanted = [c for c in spec.read_columns() if c != spec.time and (labels or c not in label_names)]
-        wanted += [k for k in keep if k not in wanted]
+        types = text_types(spec)
+        types |= {k: pa.string() for k in keep if k not in types}
         arrow = mapper.schema.arrow_schema() if labels else mapper.schema.without_labels().arrow_schema()
-        types = text_types(spec) | {k: pa.string() for k in keep if k not in text_types(spec)}
-        for f, first, block in self._blocks(rows, wanted, label_names, labels, types):
+        for f, first, block in self._blocks(rows, wanted, keep, labels, types):
             cols = mapper.map(block, f, first, labels=labels)
             features = pa.Table.from_arrays([cols[c] for c in arrow.names], schema=arrow)
             yield features, _as_read(block.select(list(keep)))
@@ -123,15 +123,24 @@ class RawInput:
         self,
         rows: RawRows,
         wanted: list[str],
-        label_names: list[str],
+        keep: Sequence[str],
         labels: bool,
         types: dict[str, pa.DataType],
     ) -> Iterator[tuple[RawFile, int, pa.Table]]:
+        """(the file, its first row's index, a block of the `wanted` and `keep` columns) in order."""
         spec = self.spec
+        label_names = [c.column for c in spec.role("label")]
         if isinstance(rows, pa.Table):
-            f = RawFile(Path("the pyarrow Table"), tuple(rows.column_names), rows.num_rows, None, {})
-            f = RawFile(f.path, f.names, f.rows, None, {n: rows.schema.field(n).type for n in f.names})
+            names = tuple(rows.column_names)
+            f = RawFile(
+                Path("the pyarrow Table"),
+                names,
+                rows.num_rows,
+                None,
+                {n: rows.schema.field(n).type for n in names},
+            )
             check_columns(f, wanted)
+            check_columns(f, keep, "to pass through")
             check_parquet_types(spec, f)
             step = spec.input.block_rows
             for first in range(0, rows.num_rows, step):
@@ -141,7 +150,8 @@ class RawInput:
         for path in paths:
             f = open_raw(path, spec.input, optional=() if labels else label_names)
             check_columns(f, wanted)
+            check_columns(f, keep, "to pass through")
             check_parquet_types(spec, f)
-            read = {c: types[c] for c in wanted}
+            read = {c: types[c] for c in [*wanted, *(k for k in keep if k not in wanted)]}
             for first, block in read_blocks(f, read, expectations(spec), spec.input):
                 yield f, first, block

@@ -4,7 +4,7 @@ Written as TOML (`load_spec`); `examples/*/spec.toml` are specs of the shipped s
 
     keys = ["search_id"]       # pass-through columns: written beside the features and predictions
     group = "user_id"          # per-user AUC (gAUC): a categorical column, or any column (hashed)
-    time = "ts"                # numbers (e.g. unix seconds) for split.by = "time"
+    time = "ts"                # for split.by = "time": numbers (unix seconds) or ISO 8601 date-times
 
     [input]
     format = "auto"            # auto (parquet by its magic bytes, else text), csv, parquet
@@ -16,7 +16,7 @@ Written as TOML (`load_spec`); `examples/*/spec.toml` are specs of the shipped s
     by = "random"              # random (seeded, exact counts), order (first rows train), time
     fractions = [0.8, 0.1, 0.1]
     seed = 0
-    cutoffs = []               # by time: [valid from, test from]; [] : by fractions of rows
+    cutoffs = []               # by time: [valid from, test from] (unix seconds for date-times); []: fractions
 
     [[label]]                  # one per task; 0/1 values
     column = "click"
@@ -39,7 +39,8 @@ Ids: 0 is missing, 1 rare or unseen (vocabularies), values from 2 (`features.voc
 shares: a history of items shares the `item_id` table, and its values count in that vocabulary.
 A dense column with `transform = "bucketize"` becomes a categorical feature: id 2 + the bucket
 (`boundaries`, or `buckets` train quantiles). Fitted values (standardise's `mean` and `std`,
-quantile boundaries) may be given; `dataset.json`'s spec (`spec.json` beside the data) holds them all.
+quantile boundaries) may be given; dataset.json's `spec` holds them all (a checkpoint keeps it as
+`spec.json`).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from features.strict import build, check_keys, check_value, shown
+from features.strict import build, check_keys, check_value
 
-SPEC_FILE = "spec.json"  # beside a dataset converted by spec, and in a checkpoint trained on one
+SPEC_FILE = "spec.json"  # in a checkpoint trained on a dataset converted by spec
 ROLES = ("label", "dense", "categorical", "multi", "sequence")
 TRANSFORMS = ("none", "log1p", "standardise", "bucketize")
 SPLIT_BY = ("random", "order", "time")
@@ -340,20 +341,21 @@ def load_spec(path: str | Path) -> TableSpec:
 
 
 def fitted(spec: TableSpec, values: dict[str, dict[str, Any]]) -> TableSpec:
-    """`spec` with fitted settings (column -> {"mean": .., "std": ..} or {"boundaries": (...)})."""
-    cols = tuple(
-        replace(c, **values[c.column], buckets=0)
-        if c.column in values and c.buckets
-        else replace(c, **values[c.column])
-        if c.column in values
-        else c
-        for c in spec.columns
-    )
-    return replace(spec, columns=cols)
+    """`spec` with fitted settings (column -> {"mean": .., "std": ..} or {"boundaries": (...)}); a
+    column bucketized by quantiles then holds its boundaries instead of its number of buckets."""
+
+    def fit(c: ColumnSpec) -> ColumnSpec:
+        if c.column not in values:
+            return c
+        settings: dict[str, Any] = dict(values[c.column])
+        if "boundaries" in settings:
+            settings["buckets"] = 0
+        return replace(c, **settings)
+
+    return replace(spec, columns=tuple(fit(c) for c in spec.columns))
 
 
 def describe_spec(spec: TableSpec) -> str:
-    """One line per role, for logs."""
-    return "; ".join(f"{r}: {', '.join(c.column for c in spec.role(r))}" for r in ROLES if spec.role(r)) + (
-        f"; keys: {shown(list(spec.keys))}" if spec.keys else ""
-    )
+    """Columns per role in a few words, for dataset.json's `layout` and the log line."""
+    counts = [f"{len(spec.role(r))} {r}" for r in ROLES if spec.role(r)]
+    return ", ".join(counts + ([f"{len(spec.keys)} keys"] if spec.keys else [])) + " (spec)"

@@ -12,8 +12,13 @@ must hold the spec's columns (labels too). Passes:
   counted here, and dataset.json's `hashing` says per table how many fell into buckets shared with
   another value (by their 64-bit hashes: 8 bytes of memory per distinct value).
 
-`spec.json` (the spec with every fitted value) and `vocabulary.parquet` beside the data are what a
-checkpoint trained on it keeps to map raw rows at prediction time (`rankers predict`).
+dataset.json's `spec` (the spec with every fitted value) and `vocabulary.parquet` beside the data are
+what a checkpoint trained on it keeps (as `spec.json` and `vocabulary.parquet`) to map raw rows at
+prediction time (`rankers predict`).
+
+Times (`time`, to split by): numbers (e.g. unix seconds), or ISO 8601 date-times (text, or parquet
+timestamps and dates), which count as unix seconds (UTC unless the text names its offset); cutoffs
+are then unix seconds too.
 
 Example::
 
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.convert import Block, Plan, SplitAssigner, bar, convert
 from features.delimited import Inputs, input_files
@@ -232,7 +238,7 @@ def _cutoffs(files: list[RawFile], spec: TableSpec, n: int, progress: bool) -> t
     """The given cutoffs, or the times below which the train and train + valid fractions of rows lie."""
     if spec.split.cutoffs:
         return spec.split.cutoffs[0], spec.split.cutoffs[1]
-    types = {spec.time: pa.float64()}
+    types = {spec.time: pa.string()}
     parts = []
 
     def blocks() -> Iterator[Block]:
@@ -249,12 +255,43 @@ def _cutoffs(files: list[RawFile], spec: TableSpec, n: int, progress: bool) -> t
 
 
 def _times(col: pa.ChunkedArray, f: RawFile, first: int, name: str) -> np.ndarray:
+    """Each row's time as float64: numbers as they are, date-times as unix seconds."""
     col = col.combine_chunks()
-    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-        col = col.cast(pa.int64())
-    col = col.cast(pa.float64())
     f.check(first, col.is_valid(), name, col, "a time (this column has no missing values)")
-    return col.to_numpy(zero_copy_only=False)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:
+            return col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            col = _datetimes(col, f, first, name)
+    if pa.types.is_date(col.type):
+        col = col.cast(pa.timestamp("s"))
+    if pa.types.is_timestamp(col.type):
+        seconds = pc.cast(col, pa.timestamp("s", col.type.tz)).cast(pa.int64())
+        return seconds.to_numpy(zero_copy_only=False).astype(np.float64)
+    return numbers(col, pa.float64(), f, first, name, "a number or a date-time").to_numpy(
+        zero_copy_only=False
+    )
+
+
+def _datetimes(col: pa.Array, f: RawFile, first: int, name: str) -> pa.Array:
+    """Text times as timestamps (ISO 8601); ValueError naming the first that is neither a number
+    nor a date-time."""
+    try:
+        return col.cast(pa.timestamp("s"))
+    except pa.ArrowInvalid:
+        pass
+    try:
+        return col.cast(pa.timestamp("s", "UTC"))  # with an offset
+    except pa.ArrowInvalid:
+        for i, value in enumerate(col.to_pylist()):  # the error path only: the first bad value
+            try:
+                pa.array([value]).cast(pa.float64())
+            except pa.ArrowInvalid:
+                try:
+                    pa.array([value]).cast(pa.timestamp("s"))
+                except pa.ArrowInvalid:
+                    raise f.bad(first + i, name, value, "a number or an ISO 8601 date-time") from None
+        raise
 
 
 def _time_split(

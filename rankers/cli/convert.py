@@ -124,8 +124,10 @@ def configure(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> No
 def run(args: argparse.Namespace) -> None:
     if args.source == "table":
         from features.datasets.table import convert_table
+        from features.outputs import check_apart
         from features.spec import load_spec
 
+        check_apart(args.out, [*args.inputs, args.spec])
         print_dataset(convert_table(args.inputs, load_spec(args.spec), args.out, args.overwrite))
         return
     table = read_toml(args.config, (args.source,)).get(args.source, {})

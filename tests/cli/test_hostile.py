@@ -391,6 +391,13 @@ def convert_criteo_out_is_vocabulary(env: Env) -> Case:
     return Case((*argv, "--overwrite"), (named(vocab), INPUT), (vocab, raw), vocab)
 
 
+def convert_table_out_is_the_spec(env: Env) -> Case:
+    raw = criteo_tsv(env.tmp / "train.tsv")
+    spec = env.copy(Path(__file__).resolve().parents[2] / "examples/criteo/spec.toml", "spec.toml")
+    argv = ("convert", "table", str(raw), "--spec", str(spec), "--out", str(spec), "--overwrite")
+    return Case(argv, (named(spec), INPUT), (spec, raw), spec)
+
+
 def convert_aliexpress_out_contains_input(env: Env) -> Case:
     folder = env.tmp / "ae"
     train = env.copy(shared_file("aliexpress/train_1k.csv"), "ae/train.csv")
@@ -466,6 +473,7 @@ GROUP_1 = [
     pytest.param(
         convert_aliexpress_out_contains_input, id="convert aliexpress U/train.csv --out U", marks=SHARED
     ),
+    pytest.param(convert_table_out_is_the_spec, id="convert table X.tsv --spec S --out S --overwrite"),
     pytest.param(convert_synthetic_out_user_directory, id="convert synthetic --out a user directory"),
     pytest.param(convert_synthetic_out_user_file, id="convert synthetic --out notes.txt --overwrite"),
     pytest.param(convert_synthetic_out_a_checkpoint, id="convert synthetic --out a checkpoint --overwrite"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import tomllib
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +17,7 @@ from features.dataset import dataset_info
 from features.datasets.table import convert_table
 from features.schema import Schema
 from features.spec import TableSpec, load_spec
+from rankers.config import resolve
 from tests.conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +32,10 @@ SAMPLES = {
     "aliexpress": ["aliexpress/train_1k.csv", "aliexpress/test_1k.csv"],
     "ipinyou": ["ipinyou/onehot_train.fm.txt"],
 }
+
+# example -> the backbone its train.toml trains
+BACKBONES = {"criteo": "mlp", "alimama": "din", "aliccp": "esmm", "aliexpress": "esmm", "ipinyou": "mlp"}
+BACKBONES["userbehavior"] = "din"
 
 pytestmark = pytest.mark.shared_data
 
@@ -77,11 +83,19 @@ def test_example_spec_converts_its_sample(name: str, tmp_path: Path) -> None:
 
 
 def test_every_example_has_a_spec_and_a_training_config() -> None:
+    """Each spec passes the spec's checks; each train.toml's tables are valid configs."""
     examples = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
     assert examples == sorted([*SAMPLES, "userbehavior"])
     for name in examples:
-        assert (EXAMPLES / name / "train.toml").is_file(), name
-        load_spec(EXAMPLES / name / "spec.toml")  # parses and passes the spec's checks
+        load_spec(EXAMPLES / name / "spec.toml")
+        toml = tomllib.loads((EXAMPLES / name / "train.toml").read_text())
+        assert set(toml) == {"train", "ranker", "backbone"}, name
+        ranker = dict(toml["ranker"])
+        ranker_config, train_config = resolve(
+            ranker.pop("backbone"), ranker | {"backbone_config": toml["backbone"]}, toml["train"]
+        )
+        assert ranker_config.backbone == BACKBONES[name]
+        assert train_config.batch_size <= 1024, name  # sized for the shipped samples
 
 
 def test_alimama_history_shares_the_adgroup_table() -> None:

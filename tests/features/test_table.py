@@ -233,3 +233,27 @@ def test_bad_values_are_named_with_file_line_and_column(tmp_path: Path) -> None:
         lambda: convert_table(tmp_path / "t.parquet", load_spec(spec), tmp_path / "o", progress=False)
     )
     assert "t.parquet: row 3, column click: 2; expected 0 or 1" in message
+
+
+def test_time_split_reads_date_times(tmp_path: Path) -> None:
+    days = [f"2017-05-{d:02d} 10:00:00" for d in range(1, 11)]
+    rows = "when,y,item\n" + "".join(f"{t},{i % 2},i{i}\n" for i, t in enumerate(reversed(days)))
+    (tmp_path / "t.csv").write_text(rows)
+    text = 'time = "when"\nkeys = ["when"]\n[split]\nby = "time"\nfractions = [0.6, 0.2, 0.2]\n'
+    text += '[[label]]\ncolumn = "y"\ntask = "ctr"\n[[categorical]]\ncolumn = "item"\n'
+    out = convert_table(tmp_path / "t.csv", load_spec(_spec(tmp_path, text)), tmp_path / "d", progress=False)
+    when = {s: sorted(pq.read_table(out / s)["when"].to_pylist()) for s in ("train", "valid", "test")}
+    assert when == {"train": days[:6], "valid": days[6:8], "test": days[8:]}
+    bad = tmp_path / "bad.csv"
+    bad.write_text(rows.replace(days[3], "yesterday"))
+    message = one_line_error(
+        lambda: convert_table(bad, load_spec(_spec(tmp_path, text)), tmp_path / "e", progress=False)
+    )
+    assert "bad.csv: line 8, column when: 'yesterday'; expected a number or an ISO 8601 date-time" in message
+
+
+def test_a_parquet_file_given_as_text_is_named(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"label": [0, 1]}), tmp_path / "x.tsv")
+    spec = load_spec(ROOT / "examples/criteo/spec.toml")
+    message = one_line_error(lambda: convert_table(tmp_path / "x.tsv", spec, tmp_path / "o", progress=False))
+    assert "x.tsv: a parquet file, but the spec's input format is 'csv'" in message

@@ -98,6 +98,8 @@ def test_unseen_values_map_to_the_rare_id_or_their_hash_bucket(
     assert keys["request_id"].to_pylist() == [r["request_id"] for r in rows]
     probs = Predictor.load(run).predict_proba(path)["ctr"]
     assert probs.shape == (5,) and np.isfinite(probs).all()
+    with pytest.raises(ValueError, match=r"new.csv: no column 'nosuch' \(to pass through\)"):
+        Predictor.load(run).predict_table(path, keep=["nosuch"])
 
 
 def test_unaligned_histories_are_named_not_a_crash(run: Path, tmp_path: Path) -> None:
