@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 SPEC = """
 keys = ["request_id"]
@@ -102,3 +103,41 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def din_layout(n: int, seed: int = 1) -> pa.Table:
+    """The layout DIN examples in other libraries use (`din_layout.toml` beside this file): label,
+    user_id, gender, age, item_id, cate_id, and histories as list<int64>. A click is likelier for an
+    item of a category in the history, and for three categories."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(1, 30, n)
+    hist = [rng.integers(1, 30, size=int(rng.integers(1, 8))).tolist() for _ in range(n)]
+    label = [
+        int(rng.random() < (0.75 if i % 9 in {x % 9 for x in h} else 0.1) + 0.1 * (i % 9 < 3))
+        for i, h in zip(items, hist, strict=True)
+    ]
+    return pa.table(
+        {
+            "label": label,
+            "user_id": rng.integers(0, 40, n),
+            "gender": rng.integers(0, 2, n),
+            "age": rng.integers(0, 6, n),
+            "item_id": items,
+            "cate_id": items % 9,
+            "hist_item_id": pa.array(hist, pa.list_(pa.int64())),
+            "hist_cate_id": pa.array([[x % 9 for x in h] for h in hist], pa.list_(pa.int64())),
+        }
+    )
+
+
+def convert_din_layout(directory: Path, n: int) -> tuple[pa.Table, Path]:
+    """(`din_layout(n)`, its dataset converted by `din_layout.toml` under `directory`)."""
+    import pyarrow.parquet as pq
+
+    from features.datasets.table import convert_table
+    from features.spec import load_spec
+
+    table = din_layout(n)
+    pq.write_table(table, directory / "din.parquet")
+    spec = load_spec(Path(__file__).with_name("din_layout.toml"))
+    return table, convert_table(directory / "din.parquet", spec, directory / "d", progress=False)

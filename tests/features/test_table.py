@@ -21,7 +21,7 @@ from features.hashing import bucket_ids, stable_hash
 from features.schema import Schema
 from features.spec import load_spec
 from tests.conftest import one_line_error, shared_file
-from tests.features._table_rows import SPEC, make_rows, write_csv
+from tests.features._table_rows import SPEC, convert_din_layout, make_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,28 +104,8 @@ def test_sequence_truncation_keeps_the_most_recent_values(tmp_path: Path) -> Non
 
 
 def test_parquet_with_list_histories_converts(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
     n = 300
-    hist = [rng.integers(1, 50, size=int(rng.integers(0, 6))).tolist() for _ in range(n)]
-    table = pa.table(
-        {
-            "label": rng.integers(0, 2, n),
-            "user_id": rng.integers(0, 20, n),
-            "gender": rng.integers(0, 2, n),
-            "age": rng.integers(0, 6, n),
-            "item_id": rng.integers(1, 50, n),
-            "cate_id": rng.integers(1, 8, n),
-            "hist_item_id": pa.array(hist, pa.list_(pa.int64())),
-            "hist_cate_id": pa.array([[h % 7 + 1 for h in x] for x in hist], pa.list_(pa.int64())),
-        }
-    )
-    pq.write_table(table, tmp_path / "din.parquet")
-    out = convert_table(
-        tmp_path / "din.parquet",
-        load_spec(ROOT / "tests/features/din_layout.toml"),
-        tmp_path / "d",
-        progress=False,
-    )
+    _, out = convert_din_layout(tmp_path, n)
     schema = Schema.load(out)
     assert [s.table for s in schema.sequences] == ["item_id", "cate_id"]
     assert sum(json.loads((out / "dataset.json").read_text())["rows"].values()) == n
