@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.delimited import split_lists
 from features.hashing import DistinctHashes, as_text, bucket_ids, stable_hash
 from features.rawfile import RawFile
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema, SequenceFeature
@@ -147,15 +148,7 @@ def tokens(col: pa.Array | pa.ChunkedArray, c: ColumnSpec) -> tuple[pa.Array, np
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if c.delimiter:
-        text = pc.fill_null(as_text(col), b"")
-        parts = pc.split_pattern(text, c.delimiter)
-        empty = pc.equal(text, b"").to_numpy(zero_copy_only=False)
-        lengths = np.where(empty, 0, pc.list_value_length(parts).to_numpy(zero_copy_only=False)).astype(
-            np.int64
-        )
-        flat = pc.list_flatten(parts).filter(
-            pa.array(np.repeat(~empty, pc.list_value_length(parts).to_numpy(zero_copy_only=False)))
-        )
+        flat, lengths = split_lists(as_text(col), c.delimiter)
     else:
         lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         flat = as_text(pc.list_flatten(col))

@@ -83,6 +83,12 @@ def test_every_role_converts_by_spec(every_role: tuple[Path, Path]) -> None:
     assert info["hashing"]["city"]["buckets"] == 16
     assert info["hashing"]["city"]["distinct_values"] == 30  # city0..city29 all appear
     assert 0 < info["hashing"]["city"]["values_in_shared_buckets"] <= 30  # 30 values, 16 buckets
+    table = pq.read_table(out / "vocabulary.parquet").to_pylist()
+    vocab = {(v["feature"], v["value"]): v["id"] for v in table}
+    raw = {r["request_id"]: r for r in make_rows(1200)}
+    for key, tags in zip(train["request_id"].to_pylist(), train["tags"].to_pylist(), strict=True):
+        text = str(raw[key]["tags"])
+        assert tags == [vocab["tags", t] for t in text.split("|")] if text else tags == []
     age = train["age"].to_numpy()
     assert abs(age.mean()) < 1e-4 and abs(age.std() - 1) < 1e-3  # standardised by the train rows
     assert set(train["score"].to_pylist()) == {2, 3, 4, 5}  # 4 quantile buckets
