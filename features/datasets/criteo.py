@@ -37,6 +37,7 @@ from features.dataset import dataset_info
 from features.delimited import CsvFile, Inputs, Layout, data_rows, input_files, iter_files, labels, sniff
 from features.outputs import paths_of
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema
+from features.spec import ColumnSpec, InputSpec, SplitSpec, TableSpec
 from features.vocabulary import MISSING, RARE, Vocabulary, lookup_ids, reuse_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -145,8 +146,26 @@ def _plan(inputs: Inputs, config: CriteoConfig, vocabulary_from: str | Path | No
         min_count=config.min_count,
         vocabulary=vocab,
         splits=("train", "valid", "test") if labeled else (UNLABELED,),
-        info=lambda: {"vocabulary_from": None if vocabulary_from is None else str(vocabulary_from)},
+        info=lambda: {"vocabulary_from": None if vocabulary_from is None else str(vocabulary_from)}
+        | _as_spec(config, layouts[0][0], labeled and vocabulary_from is None),
     )
+
+
+def _as_spec(config: CriteoConfig, f: CsvFile, labeled: bool) -> dict[str, Any]:
+    """dataset.json's `spec`: the table spec that maps raw Criteo rows as this conversion does
+    (`features.spec`; a checkpoint keeps it to score raw files), where one can: labeled rows,
+    int_mode log1p, missing values as id 0. {} otherwise."""
+    if not labeled or config.int_mode != "log1p" or not config.missing_id:
+        return {}
+    columns = (
+        ColumnSpec("label", LABEL, task="ctr"),
+        *(ColumnSpec("dense", c, transform="log1p") for c in INTS),
+        *(ColumnSpec("categorical", c, min_count=config.min_count) for c in CATS),
+    )
+    header = f.header is not None
+    read = InputSpec("csv", f.delimiter, header, () if header else (LABEL, *INTS, *CATS))
+    split = SplitSpec(config.split_by, config.split, config.seed)
+    return {"spec": TableSpec(columns, input=read, split=split).to_dict()}
 
 
 def _inspect(inputs: Inputs) -> tuple[list[Layout], bool]:

@@ -18,6 +18,7 @@ from rankers.config import RankerConfig, TrainConfig
 from rankers.predictor import Predictor
 from rankers.ranker import build_ranker
 from rankers.train import train, train_step
+from tests.conftest import shared_file
 
 # The settings the Criteo benchmark uses (benchmarks/quality.py): small batches suit 7,200 rows.
 CRITEO = TrainConfig(epochs=10, batch_size=256, embedding_lr=0.02, seed=0, progress=False)
@@ -71,6 +72,20 @@ def test_predict_proba_same_for_path_table_and_batch(
     np.testing.assert_allclose(from_batch, from_path, rtol=1e-5)
     with pytest.raises(TypeError, match="list"):
         predictor.predict_proba([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.shared_data
+def test_a_criteo_checkpoint_scores_the_raw_tsv(
+    criteo_run: tuple[Path, dict], criteo_8k_2k: Path, tmp_path: Path
+) -> None:
+    out, _ = criteo_run
+    predictor = Predictor.load(out)  # `convert criteo` recorded its rows' spec; the checkpoint keeps it
+    lines = shared_file("criteo/train_head10k.tsv").read_bytes().splitlines(keepends=True)
+    (tmp_path / "test.tsv").write_bytes(b"".join(lines[8000:]))  # the test split: the last 2,000 rows
+    from_raw = predictor.predict_proba(tmp_path / "test.tsv")["ctr"]
+    np.testing.assert_allclose(from_raw, predictor.predict_proba(criteo_8k_2k / "test")["ctr"], atol=1e-6)
+    unlabeled = predictor.predict_proba(shared_file("criteo/test_unlabeled_head10k.tsv"))["ctr"]  # 39 fields
+    assert unlabeled.shape == (10_000,) and np.isfinite(unlabeled).all()
 
 
 @pytest.mark.shared_data
