@@ -85,6 +85,8 @@ def fit_task(
     if method == "platt":
         model = LogisticRegression(C=1e6).fit(logit(np.clip(probs, EPS, 1 - EPS))[:, None], labels)
         x = (float(model.coef_[0, 0]), float(model.intercept_[0]))
+        if x[0] < 0:  # scores ranked against the labels: a calibration map never reverses the order,
+            x = (0.0, float(np.log(rate) - np.log1p(-rate)))  # so the best monotone one is the base rate
     elif method == "isotonic":
         knots = _smoothed_isotonic(probs, labels)
         x, y = tuple(map(float, knots[0])), tuple(map(float, knots[1]))

@@ -59,6 +59,17 @@ def test_calibration_lowers_the_ece_of_a_miscalibrated_model_on_new_rows(method:
     assert before > 0.02 and after < before / 5, (before, after)  # base rate about 6%
 
 
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_a_map_never_reverses_the_ranking_of_scores_ranked_against_the_labels(method: str) -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(0.05, 0.95, 4000)
+    labels = (rng.random(4000) < 1 - scores).astype(np.int8)  # higher score, fewer positives
+    calibrated = fit_task(scores, labels, method).transform(np.sort(scores))
+    assert np.all(np.diff(calibrated) >= 0)  # monotone: at best flat, never decreasing
+    if method == "platt":  # flat at the base rate
+        np.testing.assert_allclose(calibrated, labels.mean(), rtol=1e-6)
+
+
 def test_sigma_covers_held_out_bin_rates_about_68_percent_and_grows_where_data_is_scarce() -> None:
     """Bins of the calibrated value on new rows: the observed rate of a bin lies within one combined
     sigma (the fit's sigma and the new bin's own binomial error) of its mean value about 68% of
