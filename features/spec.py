@@ -130,7 +130,7 @@ class ColumnSpec:
     max_len: int = 0  # sequence: most recent values kept (required); multi: 0 keeps all
 
     def __post_init__(self) -> None:
-        r, where = self.role, f"[[{self.role}]] {self.column}"
+        r, where = self.role, f"column {self.column}"
         if r not in ROLES:
             raise ValueError(f"role {r!r}: expected one of {list(ROLES)}")
         if not self.column or not set(self.column) <= _NAME:
