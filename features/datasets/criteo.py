@@ -146,8 +146,10 @@ def _plan(inputs: Inputs, config: CriteoConfig, vocabulary_from: str | Path | No
         min_count=config.min_count,
         vocabulary=vocab,
         splits=("train", "valid", "test") if labeled else (UNLABELED,),
-        info=lambda: {"vocabulary_from": None if vocabulary_from is None else str(vocabulary_from)}
-        | _as_spec(config, layouts[0][0], labeled and vocabulary_from is None),
+        info=lambda: (
+            {"vocabulary_from": None if vocabulary_from is None else str(vocabulary_from)}
+            | _as_spec(config, layouts[0][0], labeled and vocabulary_from is None)
+        ),
     )
 
 
