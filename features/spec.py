@@ -259,6 +259,12 @@ def _check_table(s: TableSpec) -> None:
             )
     if s.time and s.time in roles:
         raise ValueError(f"time: {s.time!r} is also a {roles[s.time]} column; expected a column of its own")
+    if s.group and s.group in s.keys and s.group not in roles:
+        raise ValueError(
+            f"group: {s.group!r} is also a key; a group that is no feature is written as its int64 hash "
+            "under its own name, so it cannot be passed through too (make it a categorical column, or "
+            "keep one of the two)"
+        )
     if s.group and roles.get(s.group, "categorical") != "categorical":
         raise ValueError(
             f"group: {s.group!r} is a {roles[s.group]} column; expected a categorical or no feature"

@@ -70,12 +70,11 @@ def convert_table(
     return convert("table", CONVERTER, spec.split, out, plan, paths_of(inputs), overwrite, progress)
 
 
-def inspect(inputs: Inputs, spec: TableSpec, labels: bool = True) -> list[RawFile]:
+def inspect(inputs: Inputs, spec: TableSpec) -> list[RawFile]:
     """Every input's layout, checked to hold the spec's columns with types it can read."""
     files = []
-    label_names = [c.column for c in spec.role("label")]
     for path in input_files(inputs):
-        f = open_raw(path, spec.input, optional=() if labels else label_names)
+        f = open_raw(path, spec.input)
         check_columns(f, [c for c in spec.read_columns() if c != spec.time or spec.split.by == "time"])
         check_parquet_types(spec, f)
         if f.text is not None:

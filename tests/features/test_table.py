@@ -162,6 +162,11 @@ BAD_SPECS = {
         'keys = ["user"]\n[[label]]\ncolumn = "click"\ntask = "ctr"\n[[categorical]]\ncolumn = "user"\n',
         "'user' is also a categorical column",
     ),
+    "group that is a key": (
+        'keys = ["city"]\ngroup = "city"\n[[label]]\ncolumn = "click"\ntask = "ctr"\n'
+        '[[categorical]]\ncolumn = "user"\n',
+        "'city' is also a key",
+    ),
     "misspelt setting": (
         '[[label]]\ncolumn = "click"\ntask = "ctr"\n[[dense]]\ncolumn = "age"\ntransfrom = "log1p"\n',
         "transfrom",
