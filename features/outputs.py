@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-KINDS = ("dataset", "checkpoint", "predictions")
+KINDS = ("dataset", "checkpoint", "predictions", "artifact")
 CHECKPOINT_MARKER = "checkpoint.json"  # written last into a checkpoint: its completeness marker
 PREDICTIONS_KEY = b"rankers.kind"  # parquet schema metadata key of a predictions file
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
@@ -86,7 +86,20 @@ def is_ours(path: Path, kind: str) -> bool:
         return path.is_dir() and ((path / CHECKPOINT_MARKER).is_file() or is_legacy_checkpoint(path))
     if kind == "predictions":
         return path.is_file() and _parquet_kind(path) == b"predictions"
+    if kind == "artifact":
+        return path.is_file() and _is_artifact(path)
     raise ValueError(f"output kind {kind!r}: expected one of {KINDS}")
+
+
+def _is_artifact(path: Path) -> bool:
+    """A TorchScript archive (a zip) that `rankers export` wrote: it holds rankers/export.json."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/extra/rankers/export.json") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def is_legacy_checkpoint(path: Path) -> bool:
@@ -116,6 +129,7 @@ def check_replaceable(final: Path, kind: str, overwrite: bool, flag: str = "--ou
             "dataset": "a dataset directory (with dataset.json and schema.json)",
             "checkpoint": f"a checkpoint directory (with {CHECKPOINT_MARKER})",
             "predictions": "a predictions file (parquet written by `rankers predict`)",
+            "artifact": "an artifact written by `rankers export`",
         }[kind]
         raise ValueError(
             f"{flag} {final} is {what} that rankers did not write (expected {expected}); refusing to "
@@ -237,7 +251,7 @@ class StagedOutput:
 
     Args:
         final: the output path.
-        kind: "dataset", "checkpoint" or "predictions".
+        kind: "dataset", "checkpoint", "predictions" or "artifact".
         overwrite: replace an existing output of this kind (only at commit).
         inputs: paths the command reads; `final` must be apart from each.
         flag: how the user named the output, for messages.

@@ -13,7 +13,7 @@ import json
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import BinaryIO, TypeAlias
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,10 +59,11 @@ class RawInput:
 
     Args:
         spec: the fitted spec (dataset.json's `spec`).
-        vocabulary: where `vocabulary.parquet` is (read when rows are first mapped).
+        vocabulary: `vocabulary.parquet`'s path, or its bytes as a file (read when rows are first
+            mapped).
     """
 
-    def __init__(self, spec: TableSpec, vocabulary: Path) -> None:
+    def __init__(self, spec: TableSpec, vocabulary: Path | BinaryIO) -> None:
         self.spec = spec
         self.vocabulary = vocabulary
         self._mapper: RawMapper | None = None

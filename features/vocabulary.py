@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -79,7 +80,7 @@ def vocabulary_table(vocab: Mapping[str, tuple[pa.Array, pa.Array]], first_id: i
     return pa.concat_tables(parts)
 
 
-def read_vocabulary(path: Path, types: Mapping[str, pa.DataType]) -> Vocabulary:
+def read_vocabulary(path: Path | BinaryIO, types: Mapping[str, pa.DataType]) -> Vocabulary:
     """The vocabularies of the columns in `types` (cast to those types) from a `vocabulary_table`."""
     table = pq.read_table(path)
     vocab = {}

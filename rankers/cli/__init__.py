@@ -7,6 +7,7 @@ rankers train --backbone din --help        (the backbone's own flags)
 rankers evaluate --checkpoint runs/mlp [--data data/criteo/test]
 rankers predict --checkpoint runs/mlp --data data/new/test --out preds.parquet
 rankers calibrate --checkpoint runs/mlp
+rankers export --checkpoint runs/mlp --out mlp.pt --quantize int8
 rankers bid --data data/criteo/test --predictor runs/mlp
 rankers demo --out build/demo
 
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from rankers._quiet import quiet_torchrec
-from rankers.cli import bid, calibrate, convert, demo, evaluate, predict, train
+from rankers.cli import bid, calibrate, convert, demo, evaluate, export, predict, train
 
 COMMANDS: dict[str, ModuleType] = {
     "convert": convert,
@@ -34,6 +35,7 @@ COMMANDS: dict[str, ModuleType] = {
     "calibrate": calibrate,
     "bid": bid,
     "predict": predict,
+    "export": export,
     "demo": demo,
 }
 
