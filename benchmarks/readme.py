@@ -22,6 +22,7 @@ from benchmarks import (
     scaling,
     selection,
     sequences,
+    serving,
     teacher_ceilings,
     throughput,
 )
@@ -40,6 +41,7 @@ SECTIONS: tuple[Callable[[list[dict[str, Any]]], str], ...] = (
     teacher_ceilings.render,
     throughput.render,
     conversion.render,
+    serving.render,
     sequences.render,
     selection.render,
     esmm.render,

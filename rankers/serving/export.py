@@ -28,6 +28,7 @@ from rankers.serving.artifact import Calibrate, InputCheck, Model, Served
 
 QUANTIZE = {"none": torch.float, "fp16": torch.half, "int8": torch.qint8, "int4": torch.quint4x2}
 METHODS = {"identity": 1, "platt": 2, "isotonic": 3}
+ROW_ALIGNMENT = 4  # bytes a quantized table row is padded to
 FILES = ("schema.json", "config.json", "calibration.json", "spec.json", "vocabulary.parquet")
 
 
@@ -43,6 +44,7 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
         ValueError: an unknown precision, or a model that cannot be exported yet (sequences).
     """
     from torchrec.fx import symbolic_trace
+    from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
     from rankers.predictor import Predictor
@@ -63,6 +65,9 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
     ebc.qconfig = torch.ao.quantization.QConfig(  # type: ignore[assignment,union-attr]
         activation=observer.with_args(dtype=torch.float), weight=observer.with_args(dtype=QUANTIZE[quantize])
     )
+    # rows packed to 4 bytes (TorchRec's default pads each row to 16): int8 rows at D=16 take 20 bytes,
+    # not 32; fbgemm's CPU kernels read unaligned rows
+    setattr(ebc, MODULE_ATTR_ROW_ALIGNMENT_INT, ROW_ALIGNMENT)
     tables = QuantEBC.from_float(ebc)
     tasks, keys = list(ranker.tasks), list(schema.sparse_keys)
     fields = list(ranker.embedding.field_names)
@@ -75,6 +80,13 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
         traced = torch.jit.script(symbolic_trace(model))
         served = torch.jit.script(Served(check, traced, _calibrate(tasks, predictor.calibration), tasks))
     info = _info(predictor, quantize, keys)
+    # the packed rows (uint8) of each table, and the same table in fp32
+    info["table_bytes"] = {
+        t: int(b.weight.numel() * b.weight.element_size()) for t, b in tables.embedding_bags.items()
+    }
+    info["fp32_table_bytes"] = {
+        c.name: c.num_embeddings * c.embedding_dim * 4 for c in ebc.embedding_bag_configs()
+    }
     present = [name for name in FILES if (Path(checkpoint) / name).is_file()]
     extra: dict[str, str | bytes] = {
         f"rankers/{name}": (Path(checkpoint) / name).read_bytes() for name in present
@@ -102,6 +114,7 @@ def _info(predictor: Any, quantize: str, keys: list[str]) -> dict[str, Any]:
     calibration = predictor.calibration
     return {
         "format": 1,
+        "row_alignment": ROW_ALIGNMENT,
         "tasks": list(predictor.tasks),
         "dense": [f.name for f in predictor.schema.dense],
         "sparse": keys,
