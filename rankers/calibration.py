@@ -92,8 +92,13 @@ class Calibration:
         path = Path(directory) / CALIBRATION_FILE
         if not path.is_file():
             return None
+        return cls.from_json(path.read_text(), str(path))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Calibration:
+        """The calibration `save` wrote as `text`; ValueError naming `where` otherwise."""
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(text)
             tasks = {
                 t: TaskCalibration(
                     c["method"],
@@ -107,5 +112,5 @@ class Calibration:
                 for t, c in raw.items()
             }
             return cls(tasks)
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}: not a calibration written by `rankers calibrate` ({e})") from e
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{where}: not a calibration written by `rankers calibrate` ({e})") from e

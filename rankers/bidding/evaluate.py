@@ -276,10 +276,11 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 # Flags of a labeled split scored by --predictor (iPinYou logs have their own prices and episodes).
 PREDICTOR_FLAGS = (
     "--goal",
+    "--model",
     "--episode-length",
     *(f"--market-{k}" for k in ("median", "sigma", "corr", "seed")),
 )
-BID_FLAGS = (*_RANGES, "--goal")
+BID_FLAGS = (*_RANGES, "--goal", "--model")
 
 
 def check_bid_flags(flags: dict[str, Any], argv: Sequence[str], predictor: bool) -> None:

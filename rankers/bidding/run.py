@@ -10,7 +10,7 @@ from typing import Any
 
 BID_FLAGS = (  # evaluate.BID_FLAGS: the flags `check_bid_flags` checks
     *("--budget", "--cap", "--value", "--cpa", "--roas", "--episode-length"),
-    *("--market-median", "--market-sigma", "--market-corr", "--market-seed", "--goal"),
+    *("--market-median", "--market-sigma", "--market-corr", "--market-seed", "--goal", "--model"),
 )
 
 
@@ -20,6 +20,7 @@ class BidConfig:
 
     data: str | Path  # iPinYou campaigns directory, or a labeled split with `predictor`
     predictor: str | Path | None = None  # checkpoint (calibrated) whose values bid on the rows of `data`
+    model: str | Path | None = None  # an artifact of `predictor` scoring the test episodes live, per tick
     campaign: str | None = None  # iPinYou campaigns, comma-separated (None: all in `data`)
     agent: str = "all"  # comma-separated agents, or all (those whose targets are given)
     budget: float = 1 / 8  # budget per episode, as a share of what buying all its traffic would cost
@@ -61,17 +62,44 @@ def bid_report(config: BidConfig, argv: Sequence[str] = ()) -> str:
     agents = ev.select_agents(c.agent, c.cpa, c.roas, c.value, c.auction)
     goal, length, data = c.goal or "click", c.episode_length or 1000, Path(c.data)
     sources, about = _sources(c, goal, length, data)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    timings: list[float] = []
     for name, episodes, budget in sources:
         train, test = ev.halves(name, episodes)
+        if c.model:
+            test, timings = _live(c, test, len(train), length, goal)
         rs = ev.compare_agents(train, test, budget, agents, c.cpa, c.auction, c.cap, 48, c.value, c.roas)
         rows += [{"data": name, "budget": budget, "test_episodes": len(test), **r} for r in rs]
     shown = outcome_columns(goal, c.value is not None, c.roas is not None, c.cpa is not None)
     labels = {"data": "data", "budget": "budget per episode", "test_episodes": "test episodes"}
     labels |= {"agent": "agent"} | shown
     run = describe_run(goal, c.auction, c.budget, [(n, e) for n, e, _ in sources])
+    if c.model:
+        from rankers.bidding.live import describe_timings
+
+        run += "\n" + describe_timings(timings, length, 48)
     table = markdown_table([{labels.get(k, k): v for k, v in r.items()} for r in rows], list(labels.values()))
     return f"{about}\n{run}\n\n{table}"
+
+
+def _live(c: BidConfig, test: list, first: int, length: int, goal: str) -> tuple[list, list[float]]:
+    """The test episodes with values scored live through the artifact `c.model` of `c.predictor`,
+    and the list each tick's scoring time goes to."""
+    from features.schema import Schema
+    from rankers.bidding.live import live_episodes
+    from rankers.checkpoint import CheckpointDir
+    from rankers.serving.loader import load
+
+    assert c.predictor is not None
+    model = load(c.model, max_batch=c.batch_size)  # type: ignore[arg-type]
+    ours = (CheckpointDir(c.predictor).marker() or {}).get("data_fingerprint")
+    if model.info.get("data_fingerprint") != ours:
+        raise ValueError(
+            f"--model {c.model}: exported from a checkpoint trained on other data (fingerprint "
+            f"{model.info.get('data_fingerprint')}) than --predictor {c.predictor} ({ours}); export "
+            "that checkpoint"
+        )
+    return live_episodes(model, c.data, Schema.load(c.predictor), test, first, length, goal)
 
 
 def _sources(c: BidConfig, goal: str, length: int, data: Path) -> tuple[list[tuple[str, list, float]], str]:

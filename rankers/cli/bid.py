@@ -27,6 +27,12 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     help_ = "iPinYou campaigns directory, or a labeled split with --predictor"
     p.add_argument("--data", required=True, help=help_)
     p.add_argument("--predictor", help="checkpoint (calibrated) whose values bid on the rows of --data")
+    help_ = (
+        "with --predictor: an artifact exported from that checkpoint (`rankers export`) that scores the "
+        "test episodes' rows live, tick by tick, instead of the precomputed values; the scoring time per "
+        "tick is reported (default: precomputed values)"
+    )
+    p.add_argument("--model", metavar="FILE", help=help_)
     p.add_argument("--campaign", help="iPinYou campaigns, comma-separated (default: all in --data)")
     p.add_argument(
         "--agent",

@@ -23,8 +23,15 @@ import numpy as np
 import torch
 
 from features.batch import Batch
+from rankers.calibration import Calibration
 
-EXTRA = ("rankers/export.json", "rankers/schema.json", "rankers/spec.json", "rankers/vocabulary.parquet")
+EXTRA = (
+    "rankers/export.json",
+    "rankers/schema.json",
+    "rankers/spec.json",
+    "rankers/vocabulary.parquet",
+    "rankers/calibration.json",
+)
 
 
 class ServedModel:
@@ -35,10 +42,18 @@ class ServedModel:
         info: the artifact's `rankers/export.json`.
         max_batch: rows per call of the module, >= 1.
         raw: maps raw rows (`features.rawinput.RawInput`), or None.
+        calibration: the checkpoint's calibration the artifact applies, or None.
+        path: the artifact file.
     """
 
     def __init__(
-        self, module: torch.jit.ScriptModule, info: dict[str, Any], max_batch: int, raw: Any = None
+        self,
+        module: torch.jit.ScriptModule,
+        info: dict[str, Any],
+        max_batch: int,
+        raw: Any = None,
+        calibration: Calibration | None = None,
+        path: Path | None = None,
     ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch {max_batch!r}: expected an integer >= 1")
@@ -47,6 +62,8 @@ class ServedModel:
         self.tasks: tuple[str, ...] = tuple(info["tasks"])
         self.max_batch = max_batch
         self.raw = raw
+        self.calibration = calibration  # the one the artifact applies (its sigma gives bid values' sigma)
+        self.path = path
 
     def score(self, rows: Any) -> dict[str, np.ndarray]:
         """Probabilities (float32) per task for every row, in row order (module doc for `rows`)."""
@@ -133,7 +150,11 @@ def load(path: str | Path, max_batch: int = 65_536) -> ServedModel:
 
         spec = spec_from_dict(json.loads(_bytes(files["rankers/spec.json"])), f"{path} rankers/spec.json")
         raw = RawInput(spec, io.BytesIO(_bytes(files["rankers/vocabulary.parquet"])))
-    return ServedModel(module, info, max_batch, raw)
+    calibration = None
+    if files["rankers/calibration.json"]:
+        text = _bytes(files["rankers/calibration.json"]).decode()
+        calibration = Calibration.from_json(text, f"{path} rankers/calibration.json")
+    return ServedModel(module, info, max_batch, raw, calibration, Path(path))
 
 
 def _bytes(value: str | bytes) -> bytes:

@@ -158,7 +158,9 @@ def test_bad_input_is_named_not_a_kernel_crash(table: tuple[Path, Path], tmp_pat
         model.score({**good, "dense": np.zeros((2, 3))})
     with pytest.raises(ValueError, match="dense feature price: a NaN or infinite value"):
         model.score({**good, "dense": np.array([[0.0, 0.0], [0.0, np.nan]])})
-    with pytest.raises(ValueError, match=r"lengths: 5 entries, expected 10 \(one per row of each of the 5 sparse features"):
+    with pytest.raises(
+        ValueError, match=r"lengths: 5 entries, expected 10 \(one per row of each of the 5 sparse features"
+    ):
         model.score({**good, "lengths": np.ones(5)})
     too_big = good["values"].copy()
     too_big[2 * 3] = 10**6  # the first row of feature 3 (city: 16 buckets + 2)
@@ -197,3 +199,23 @@ def test_sequence_models_are_refused_by_name(tmp_path: Path) -> None:
 
 def test_cli_quantize_choices_are_the_exporters() -> None:
     assert tuple(export_module.QUANTIZE) == QUANTIZE
+
+
+def test_a_replay_scored_live_by_the_artifact_bids_as_the_precomputed_one(
+    run: Path, table: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from rankers.bidding.run import BidConfig, bid_report
+
+    predictor = Predictor.load(run)
+    if predictor.calibration is None:
+        pytest.skip("bid values need a calibration: the calibrated MLP and ESMM")
+    artifact = export(run, tmp_path / "model.pt", quantize="none")
+    goal = "conversion" if "cvr" in predictor.tasks else "click"
+    config = BidConfig(data=table[1] / "test", predictor=run, goal=goal, episode_length=20)
+    precomputed = bid_report(config)
+    live = bid_report(BidConfig(**{**config.__dict__, "model": artifact}))
+    timing = [line for line in live.splitlines() if line.startswith("Values scored live")]
+    assert len(timing) == 1 and "ms per tick" in timing[0]
+    assert [line for line in live.splitlines() if line not in timing] == precomputed.splitlines()
+    with pytest.raises(ValueError, match=r"--model .*: applies with --predictor"):
+        bid_report(BidConfig(data=table[1] / "test", model=artifact))
