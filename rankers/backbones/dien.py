@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
 from rankers.backbones.configs import GRU_TYPES as GRU_TYPES  # re-exported
 from rankers.backbones.configs import DIENConfig
-from rankers.backbones.layers import ActivationUnit, InterestMLP, MLPBlock
+from rankers.backbones.layers import ActivationUnit, InterestMLP, MLPBlock, static_shapes
 
 
 class JaggedGRU(nn.Module):
@@ -46,7 +46,9 @@ class JaggedGRU(nn.Module):
     AIGRU: the GRU on a*x. Rows are sorted by length so the active rows are a shrinking prefix; on CPU
     this was measured 2x faster than torch.nn.GRU on the padded batch (and 3x than packed) at
     B=4096, L=50, mean length 17, forward and backward. Under `torch.compile` every step runs on
-    every row, padding masked (static shapes); the values are the same.
+    every row, padding masked (static shapes); the values are the same. `steps` (set by
+    `rankers.serving.export`, whose sequences are padded to their max_len) fixes the number of
+    steps, so tracing unrolls the loop.
 
     Args:
         width: W, the input and state size.
@@ -58,6 +60,7 @@ class JaggedGRU(nn.Module):
         self.gru_type = gru_type
         self.ih = nn.Linear(width, 3 * width)
         self.hh = nn.Linear(width, 3 * width)
+        self.steps: int | None = None  # the padded length, when it is fixed (export)
 
     def step(self, gi: torch.Tensor, h: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
         """Input projections gi (n, 3W), state h (n, W), scores a (n, 1) -> next state (n, W)."""
@@ -85,9 +88,9 @@ class JaggedGRU(nn.Module):
         if a is not None and self.gru_type == "AIGRU":
             inputs = inputs * a
         b, length, width = inputs.shape
-        if torch.compiler.is_compiling():
+        if static_shapes():
             gi, h, states = self.ih(inputs), inputs.new_zeros(b, width), []  # gi (B, L, 3W)
-            for t in range(length):
+            for t in range(length if self.steps is None else self.steps):
                 h = torch.where(mask[:, t : t + 1], self.step(gi[:, t], h, None if a is None else a[:, t]), h)
                 states.append(h)
             return (torch.stack(states, dim=1) * mask.unsqueeze(2) if all_states else None), h
@@ -164,7 +167,7 @@ class DIEN(Backbone):
         b, length = mask.shape
         shift = torch.randint(1, max(b, 2), (), device=mask.device)
         other = (torch.arange(b, device=mask.device) + shift) % b  # another row (none when B = 1)
-        if torch.compiler.is_compiling():  # every pair, padding masked
+        if static_shapes():  # every pair, padding masked
             h, pos, neg = states[:, :-1], behaviours[:, 1:], behaviours[other, 1:]  # (B, L-1, W)
             pos_mask = mask[:, 1:]
             neg_mask = pos_mask & mask[other, 1:] & (b > 1)

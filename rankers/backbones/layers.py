@@ -30,6 +30,8 @@ in the batch, H hidden width, K tasks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -181,7 +183,7 @@ class ActivationUnit(nn.Module):
     ) -> torch.Tensor:
         """Scores (B, L), zero on padding (softmax over the real positions when asked)."""
         b, length = mask.shape
-        if torch.compiler.is_compiling():
+        if static_shapes():
             scores = self(query, keys, None).view(b, length)  # (B, L)
         else:  # real positions only
             index = mask.flatten().nonzero().squeeze(1)  # (P,)
@@ -218,10 +220,30 @@ def attended(spec: InputSpec, chosen: tuple[str, ...]) -> tuple[list[str], list[
     return names, fields, [n for n in targets if n not in names]
 
 
+_TRACING_FOR_EXPORT = False  # set by `exporting()`
+
+
+def static_shapes() -> bool:
+    """Whether the backbones take their static-shape paths (every position computed, padding
+    masked, no host syncs): under `torch.compile`, and while `rankers.serving.export` traces."""
+    return _TRACING_FOR_EXPORT or torch.compiler.is_compiling()
+
+
+@contextmanager
+def exporting() -> Iterator[None]:
+    """The backbones take their static-shape paths inside this block (for fx tracing)."""
+    global _TRACING_FOR_EXPORT
+    _TRACING_FOR_EXPORT = True
+    try:
+        yield
+    finally:
+        _TRACING_FOR_EXPORT = False
+
+
 def aligned_mask(x: Embedded, names: list[str]) -> torch.Tensor:
     """The mask (B, L) shared by the attended sequences; in eager mode, ValueError if they differ."""
     mask = x.sequences[names[0]].mask
-    if not torch.compiler.is_compiling():
+    if not static_shapes():
         for name in names[1:]:
             if not torch.equal(x.sequences[name].mask, mask):
                 other = x.sequences[name].mask

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
-from rankers.backbones.base import Embedded
+from rankers.backbones.base import Embedded, Sequence
 
 EPS = 1e-6  # as rankers.calibration: probabilities clipped to [EPS, 1 - EPS] before a logit
 
@@ -30,10 +30,13 @@ class InputCheck(nn.Module):
 
     rows: torch.Tensor  # each sparse feature's table rows
 
-    def __init__(self, dense_names: list[str], sparse_names: list[str], rows: list[int]) -> None:
+    def __init__(
+        self, dense_names: list[str], sparse_names: list[str], rows: list[int], max_lens: list[int]
+    ) -> None:
         super().__init__()
         self.dense_names = dense_names
         self.sparse_names = sparse_names
+        self.max_lens = max_lens  # per sparse feature: most ids a row (0: any number)
         self.register_buffer("rows", torch.tensor(rows, dtype=torch.int64), persistent=False)
 
     def forward(self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> int:
@@ -70,7 +73,19 @@ class InputCheck(nn.Module):
                 + str(int(lengths.sum()))
                 + " (and must be >= 0)"
             )
-        per_feature = lengths.view(n, b).sum(1)
+        per_row = lengths.view(n, b)
+        for f in range(n):
+            if self.max_lens[f] > 0 and bool((per_row[f] > self.max_lens[f]).any()):
+                raise RuntimeError(
+                    "feature "
+                    + self.sparse_names[f]
+                    + ": a row of "
+                    + str(int(per_row[f].max()))
+                    + " ids, more than its max_len "
+                    + str(self.max_lens[f])
+                    + " (keep the most recent)"
+                )
+        per_feature = per_row.sum(1)
         feature = torch.repeat_interleave(torch.arange(n), per_feature)
         bad = (values < 0) | (values >= self.rows[feature])
         if bool(bad.any()):
@@ -170,3 +185,65 @@ class Model(nn.Module):
         fields = torch.stack([pooled[f] for f in self.fields], dim=1)  # (B, F, D)
         out = self.backbone(Embedded(dense=dense, fields=fields, field_names=tuple(self.fields)))
         return torch.stack([out.logits[t] for t in self.tasks], dim=1)
+
+
+class SequenceModel(nn.Module):
+    """`Model` for schemas with sequences (DIN, DIEN): the pooled tables as in `Model`, and each
+    table a sequence reads (shared with its target field) looked up one id per bag, its sequences
+    padded to their max_len (the mask marks the real ids)."""
+
+    def __init__(
+        self,
+        pooled: nn.Module | None,
+        pooled_keys: list[str],
+        sequence_tables: nn.ModuleDict,
+        table_features: dict[str, list[str]],
+        max_lens: dict[str, int],
+        backbone: nn.Module,
+        keys: list[str],
+        fields: list[str],
+        tasks: list[str],
+    ) -> None:
+        super().__init__()
+        self.pooled = pooled
+        self.pooled_keys = pooled_keys
+        self.pooled_index = [keys.index(k) for k in pooled_keys]  # the pooled tables' features
+        self.sequence_tables = sequence_tables
+        self.table_features = table_features
+        self.max_lens = max_lens
+        self.backbone = backbone
+        self.keys = keys
+        self.fields = fields
+        self.tasks = tasks
+
+    def forward(self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
+        per_key = kjt.to_dict()
+        rows: dict[str, torch.Tensor] = {}
+        if self.pooled is not None:
+            pooled = self.pooled(kjt.permute(self.pooled_index)).to_dict()
+            rows = {f: pooled[f] for f in self.pooled_keys}  # a dict here, not a traced one
+        sequences: dict[str, Sequence] = {}
+        for table, features in self.table_features.items():
+            ids = torch.cat([per_key[f].values() for f in features])
+            ones = torch.ones_like(ids, dtype=torch.int32)
+            looked_up = self.sequence_tables[table](KeyedJaggedTensor(keys=[table], values=ids, lengths=ones))
+            parts = torch.split(looked_up.values(), [per_key[f].values().numel() for f in features])
+            for i, f in enumerate(features):  # indexed: `parts` is a Proxy while fx traces
+                part = parts[i]
+                if f in self.max_lens:
+                    sequences[f] = _padded(part, per_key[f].lengths(), self.max_lens[f])
+                else:
+                    rows[f] = part
+        fields = torch.stack([rows[f] for f in self.fields], dim=1)  # (B, F, D)
+        x = Embedded(dense=dense, fields=fields, field_names=tuple(self.fields), sequences=sequences)
+        out = self.backbone(x)
+        return torch.stack([out.logits[t] for t in self.tasks], dim=1)
+
+
+def _padded(values: torch.Tensor, lengths: torch.Tensor, max_len: int) -> Sequence:
+    """Jagged rows (sum(lengths), D) -> Sequence((B, max_len, D), (B, max_len))."""
+    offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
+    padded = torch.ops.fbgemm.jagged_to_padded_dense(values, [offsets], [max_len], 0.0)
+    mask = torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return Sequence(padded, mask)

@@ -9,8 +9,10 @@ any), `spec.json` and `vocabulary.parquet` (if trained on data converted by spec
 raw rows with them) and `export.json` (tasks, inputs, precision, the checkpoint's git commit and
 path).
 
-Backbones over sequences (DIN, DIEN) are not exported yet: their padding to the batch's longest
-history is data-dependent, which tracing cannot keep; `export` refuses them by name.
+Models over sequences (DIN, DIEN) are traced on their static-shape paths (`rankers.backbones.layers
+.static_shapes`): every sequence padded to the longest max_len, every position computed and masked,
+DIEN's recurrences unrolled; each table a sequence reads is a quantized collection of its own,
+looked up one id per bag (`rankers.serving.artifact.SequenceModel`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rankers._quiet import quiet_torchrec
+from rankers.backbones.layers import exporting
 from rankers.calibration import Calibration
-from rankers.serving.artifact import Calibrate, InputCheck, Model, Served
+from rankers.serving.artifact import Calibrate, InputCheck, Model, SequenceModel, Served
 
 QUANTIZE = {"none": torch.float, "fp16": torch.half, "int8": torch.qint8, "int4": torch.quint4x2}
 METHODS = {"identity": 1, "platt": 2, "isotonic": 3}
@@ -41,11 +45,9 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
         quantize: table precision: none (fp32), fp16, int8 (rowwise, fbgemm) or int4.
 
     Raises:
-        ValueError: an unknown precision, or a model that cannot be exported yet (sequences).
+        ValueError: an unknown precision.
     """
     from torchrec.fx import symbolic_trace
-    from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
-    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
     from rankers.predictor import Predictor
 
@@ -53,40 +55,27 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
         raise ValueError(f"quantize {quantize!r}: expected one of {list(QUANTIZE)}")
     predictor = Predictor.load(checkpoint)
     schema, ranker = predictor.schema, predictor.ranker
-    if schema.sequences:
-        names = [s.name for s in schema.sequences]
-        raise ValueError(
-            f"{checkpoint}: its model reads sequences {names}; exporting DIN and DIEN is not done yet "
-            "(their padding to the batch's longest history is data-dependent, which tracing cannot keep)"
-        )
-    ebc = ranker.embedding.ebc
-    assert ebc is not None  # a model without sequences has its tables here
-    observer = torch.ao.quantization.PlaceholderObserver
-    ebc.qconfig = torch.ao.quantization.QConfig(  # type: ignore[assignment,union-attr]
-        activation=observer.with_args(dtype=torch.float), weight=observer.with_args(dtype=QUANTIZE[quantize])
-    )
-    # rows packed to 4 bytes (TorchRec's default pads each row to 16): int8 rows at D=16 take 20 bytes,
-    # not 32; fbgemm's CPU kernels read unaligned rows
-    setattr(ebc, MODULE_ATTR_ROW_ALIGNMENT_INT, ROW_ALIGNMENT)
-    tables = QuantEBC.from_float(ebc)
     tasks, keys = list(ranker.tasks), list(schema.sparse_keys)
     fields = list(ranker.embedding.field_names)
-    model = Model(tables, ranker.backbone, keys, fields, tasks, ranker.embedding.embedding_dim).eval()
-    model.requires_grad_(False)  # inference only: no autograd graph is recorded
-    rows = [f.num_embeddings for f in schema.categorical]
-    check = InputCheck([f.name for f in schema.dense], keys, rows)
+    ebc = ranker.embedding.ebc
+    pooled = None if ebc is None else _quantized(ebc, quantize)
+    if schema.sequences:
+        model: nn.Module = _sequence_model(ranker, schema, pooled, quantize, keys, fields, tasks)
+    else:
+        assert pooled is not None  # a model without sequences has every table here
+        model = Model(pooled, ranker.backbone, keys, fields, tasks, ranker.embedding.embedding_dim)
+    model.eval().requires_grad_(False)  # inference only: no autograd graph is recorded
+    sparse: dict[str, Any] = {f.name: f for f in schema.categorical} | {s.name: s for s in schema.sequences}
+    rows = [sparse[k].num_embeddings for k in keys]
+    max_lens = [getattr(sparse[k], "max_len", 0) for k in keys]  # sequences: at most max_len ids a row
+    check = InputCheck([f.name for f in schema.dense], keys, rows, max_lens)
     with warnings.catch_warnings(), quiet_torchrec():  # TorchScript's notes on torchrec's own code
         warnings.simplefilter("ignore", UserWarning)
-        traced = torch.jit.script(symbolic_trace(model))
+        with exporting():  # the backbones' static-shape paths: no data-dependent shapes to trace
+            traced = torch.jit.script(symbolic_trace(model))
         served = torch.jit.script(Served(check, traced, _calibrate(tasks, predictor.calibration), tasks))
     info = _info(predictor, quantize, keys)
-    # the packed rows (uint8) of each table, and the same table in fp32
-    info["table_bytes"] = {
-        t: int(b.weight.numel() * b.weight.element_size()) for t, b in tables.embedding_bags.items()
-    }
-    info["fp32_table_bytes"] = {
-        c.name: c.num_embeddings * c.embedding_dim * 4 for c in ebc.embedding_bag_configs()
-    }
+    info["table_bytes"], info["fp32_table_bytes"] = _table_bytes(model)  # packed rows; the same in fp32
     present = [name for name in FILES if (Path(checkpoint) / name).is_file()]
     extra: dict[str, str | bytes] = {
         f"rankers/{name}": (Path(checkpoint) / name).read_bytes() for name in present
@@ -94,6 +83,76 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
     extra["rankers/export.json"] = json.dumps(info, indent=1)
     torch.jit.save(served, str(out), _extra_files=extra)
     return Path(out)
+
+
+def _quantized(ebc: nn.Module, quantize: str) -> nn.Module:
+    """TorchRec's quantized EmbeddingBagCollection of `ebc` at `quantize`, rows packed to
+    `ROW_ALIGNMENT` bytes (TorchRec pads each row to 16: int8 rows at D=16 take 20 bytes, not 32;
+    fbgemm's CPU kernels read unaligned rows)."""
+    from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
+
+    observer = torch.ao.quantization.PlaceholderObserver
+    weight = observer.with_args(dtype=QUANTIZE[quantize])
+    ebc.qconfig = torch.ao.quantization.QConfig(
+        activation=observer.with_args(dtype=torch.float), weight=weight
+    )
+    setattr(ebc, MODULE_ATTR_ROW_ALIGNMENT_INT, ROW_ALIGNMENT)
+    return QuantEBC.from_float(ebc)
+
+
+def _sequence_model(
+    ranker: Any,
+    schema: Any,
+    pooled: nn.Module | None,
+    quantize: str,
+    keys: list[str],
+    fields: list[str],
+    tasks: list[str],
+) -> nn.Module:
+    """`SequenceModel` of a ranker with sequences: each sequence table (its weights from the
+    ranker's bag or collection lookup) as a quantized collection of one feature, looked up per id."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
+    from rankers.backbones.dien import JaggedGRU
+
+    arch = ranker.embedding
+    source = arch.sequence_tables
+    tables = nn.ModuleDict()
+    for table in arch.sequence_features:
+        rows, dim = arch.table_shapes[table]
+        ebc = EmbeddingBagCollection(
+            [EmbeddingBagConfig(name=table, embedding_dim=dim, num_embeddings=rows, feature_names=[table])]
+        )
+        weights = source.embedding_bags if hasattr(source, "embedding_bags") else source.embeddings
+        ebc.embedding_bags[table].weight.data.copy_(weights[table].weight.data)
+        tables[table] = _quantized(ebc, quantize)
+    pad = max(s.max_len for s in schema.sequences)
+    for module in ranker.backbone.modules():
+        if isinstance(module, JaggedGRU):
+            module.steps = pad  # every sequence is padded to `pad`: the loop unrolls when traced
+    return SequenceModel(
+        pooled,
+        list(arch.pooled_keys),
+        tables,
+        {t: list(f) for t, f in arch.sequence_features.items()},
+        dict.fromkeys((s.name for s in schema.sequences), pad),
+        ranker.backbone,
+        keys,
+        fields,
+        tasks,
+    )
+
+
+def _table_bytes(model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
+    """Each quantized table's packed rows in bytes, and the same table's fp32 bytes."""
+    packed, fp32 = {}, {}
+    for module in model.modules():
+        for name, bag in getattr(module, "embedding_bags", {}).items():
+            packed[name] = int(bag.weight.numel() * bag.weight.element_size())
+        for config in getattr(module, "_embedding_bag_configs", []):
+            fp32[config.name] = config.num_embeddings * config.embedding_dim * 4
+    return packed, fp32
 
 
 def _calibrate(tasks: list[str], calibration: Calibration | None) -> Calibrate:

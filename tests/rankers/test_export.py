@@ -28,14 +28,18 @@ from rankers.train import train
 from tests.features._table_rows import make_rows, write_csv
 
 QUICK = TrainConfig(epochs=2, batch_size=256, progress=False)
-# A table of the roles a model without sequences reads: two labels (ESMM), dense, vocabulary and
-# hashed categoricals, a multi-value field, a key.
+# A table of every role a model reads: two labels (ESMM), dense, vocabulary and hashed categoricals,
+# a multi-value field, two histories sharing their targets' tables, a key.
 SPEC = {
     "keys": ["request_id"],
     "label": [{"column": "click", "task": "ctr"}, {"column": "buy", "task": "cvr"}],
     "dense": [{"column": "age", "transform": "standardise"}, {"column": "price", "transform": "log1p"}],
     "categorical": [{"columns": ["user", "item_id", "cate_id"]}, {"column": "city", "hash_buckets": 16}],
     "multi": [{"column": "tags", "delimiter": "|"}],
+    "sequence": [
+        {"column": "hist_item_id", "delimiter": "^", "max_len": 5, "table": "item_id"},
+        {"column": "hist_cate_id", "delimiter": "^", "max_len": 5, "table": "cate_id"},
+    ],
 }
 # Runs an artifact with torch and fbgemm only: rankers, features and torchrec cannot be imported.
 ISOLATED = """
@@ -59,14 +63,21 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return rows, convert_table(rows, spec_from_dict(SPEC, "SPEC"), tmp / "data", progress=False)
 
 
-@pytest.fixture(scope="module", params=["mlp", "finalmlp", "autoint", "autoint_plus", "esmm"])
+@pytest.fixture(
+    scope="module",
+    params=["mlp", "finalmlp", "autoint", "autoint_plus", "din", "dien", "esmm", "esmm_din_dien"],
+)
 def run(
     request: pytest.FixtureRequest, table: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     out = tmp_path_factory.mktemp(request.param) / "run"
-    tasks = {"tasks": ("ctr",)} if request.param != "esmm" else {}  # ESMM: ctr, cvr and ctcvr
-    train(table[1], out, RankerConfig(backbone=request.param, **tasks), QUICK)
-    if request.param in ("mlp", "esmm"):  # with a calibration inside the artifact too
+    if request.param.startswith("esmm"):  # ctr, cvr and ctcvr; towers MLP, or DIN and DIEN
+        towers = {"ctr_tower": "din", "cvr_tower": "dien"} if request.param != "esmm" else {}
+        config = RankerConfig(backbone="esmm", backbone_config=towers)
+    else:
+        config = RankerConfig(backbone=request.param, tasks=("ctr",))
+    train(table[1], out, config, QUICK)
+    if request.param in ("mlp", "esmm", "din"):  # with a calibration inside the artifact too
         assert main(
             [
                 "calibrate",
@@ -159,13 +170,16 @@ def test_bad_input_is_named_not_a_kernel_crash(table: tuple[Path, Path], tmp_pat
     with pytest.raises(ValueError, match="dense feature price: a NaN or infinite value"):
         model.score({**good, "dense": np.array([[0.0, 0.0], [0.0, np.nan]])})
     with pytest.raises(
-        ValueError, match=r"lengths: 5 entries, expected 10 \(one per row of each of the 5 sparse features"
+        ValueError, match=r"lengths: 5 entries, expected 14 \(one per row of each of the 7 sparse features"
     ):
         model.score({**good, "lengths": np.ones(5)})
     too_big = good["values"].copy()
     too_big[2 * 3] = 10**6  # the first row of feature 3 (city: 16 buckets + 2)
+    long = {**good, "lengths": np.r_[np.ones(2 * (n - 2)), 6, 1, 1, 1], "values": np.full(2 * n + 5, 2)}
     with pytest.raises(ValueError, match=r"feature city: id 1000000 outside its table of 18 rows"):
         model.score({**good, "values": too_big})
+    with pytest.raises(ValueError, match=r"feature hist_item_id: a row of 6 ids, more than its max_len 5"):
+        model.score(long)
 
 
 def test_int8_tables_keep_the_auc_and_shrink(run: Path, table: tuple[Path, Path], tmp_path: Path) -> None:
@@ -179,22 +193,6 @@ def test_int8_tables_keep_the_auc_and_shrink(run: Path, table: tuple[Path, Path]
     int8 = load(export(run, tmp_path / "int8.pt", quantize="int8")).score(batch)["ctr"]
     fp32 = roc_auc_score(labels["ctr"], probs["ctr"])
     assert abs(roc_auc_score(labels["ctr"], int8) - fp32) < 0.002
-
-
-def test_sequence_models_are_refused_by_name(tmp_path: Path) -> None:
-    from tests.features._table_rows import convert_din_layout
-
-    _, data = convert_din_layout(tmp_path, 500)
-    train(
-        data,
-        tmp_path / "din",
-        RankerConfig(backbone="din"),
-        TrainConfig(epochs=1, batch_size=256, progress=False),
-    )
-    with pytest.raises(
-        ValueError, match=r"reads sequences \['hist_item_id', 'hist_cate_id'\]; exporting DIN"
-    ):
-        export(tmp_path / "din", tmp_path / "din.pt")
 
 
 def test_cli_quantize_choices_are_the_exporters() -> None:
