@@ -1,10 +1,12 @@
 """Exported artifacts (`rankers export`): latency, size, memory and the AUC of quantized tables.
 
-    .venv/bin/python -m benchmarks.serving [--models mlp,finalmlp] [--repeats 300]
+    .venv/bin/python -m benchmarks.serving [--models mlp,finalmlp,din,dien] [--repeats 300]
 
-The Criteo head10k sample is converted (`rankers convert criteo`, first 8,000 rows train/valid by
-order, last 2,000 test; embedding dim 16, the library's default shapes) and each model trained
-(3 epochs, batch 256). Each is exported at fp32 (`--quantize none`) and int8, and scored:
+MLP and FinalMLP train on the Criteo head10k sample (`rankers convert criteo`, first 8,000 rows
+train/valid by order, last 2,000 test; 3 epochs, batch 256), DIN and DIEN on the UserBehavior
+sample (`rankers convert userbehavior`: one catalogue negative per positive, histories up to 50,
+the last day test; 2 epochs, batch 512); embedding dim 16 and the library's default shapes. Each
+is exported at fp32 (`--quantize none`) and int8, and scored:
 - test AUC of the Predictor, the fp32 and the int8 artifact;
 - latency on one thread: p50 and p99 over `--repeats` calls (after 20 warm-up calls) at batch 1,
   16, 256 and 4096 (rows of the train split), of each artifact (`torch.jit` module on its tensors)
@@ -57,6 +59,9 @@ def latency(call: Any, repeats: int) -> tuple[float, float]:
     return statistics.median(took), took[min(len(took) - 1, int(0.99 * len(took)))]
 
 
+SEQUENCES = ("din", "dien")  # trained on UserBehavior; the others on Criteo
+
+
 def measure(model: str, data: Path, work: Path, repeats: int) -> list[dict[str, Any]]:
     """Every figure of one model (module doc)."""
     import torch
@@ -70,11 +75,18 @@ def measure(model: str, data: Path, work: Path, repeats: int) -> list[dict[str, 
     from rankers.train import train
 
     run = work / model
-    train(data, run, RankerConfig(backbone=model), TrainConfig(epochs=3, batch_size=256, progress=False))
+    settings = (
+        TrainConfig(epochs=2, batch_size=512, progress=False)
+        if model in SEQUENCES
+        else TrainConfig(epochs=3, batch_size=256, progress=False)
+    )
+    train(data, run, RankerConfig(backbone=model, tasks=("ctr",)), settings)
     predictor = Predictor.load(run)
     probs, labels, _ = predictor.predict_labeled(data / "test")
     rows: list[dict[str, Any]] = [{"what": "predictor", "auc": roc_auc_score(labels["ctr"], probs["ctr"])}]
-    test = next(iter(ParquetBatches(data / "test", batch_size=10_000, labels=False, schema=predictor.schema)))
+    test = next(
+        iter(ParquetBatches(data / "test", batch_size=1 << 20, labels=False, schema=predictor.schema))
+    )
     train_rows = next(
         iter(ParquetBatches(data / "train", batch_size=4096, labels=False, schema=predictor.schema))
     )
@@ -138,7 +150,12 @@ def render(rows: list[dict[str, Any]]) -> str:
         return ""
     table = []
     for r in rows:
-        line = {"model": r["model"], "scored by": r["what"], "test AUC": f"{r['auc']:.4f}"}
+        line = {
+            "model": r["model"],
+            "data": r["dataset"],
+            "scored by": r["what"],
+            "test AUC": f"{r['auc']:.4f}",
+        }
         line |= {
             f"batch {b} p50 / p99 ms": f"{r[f'p50_ms_{b}']:.3f} / {r[f'p99_ms_{b}']:.3f}" for b in BATCHES
         }
@@ -147,7 +164,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         line["RSS added MiB"] = f"{r['rss_bytes'] / 2**20:.1f}" if "rss_bytes" in r else "-"
         table.append(line)
     return (
-        f"## Serving (exported artifacts)\n\n{header(rows)}Data: {rows[0]['dataset']}; one thread; "
+        f"## Serving (exported artifacts)\n\n{header(rows)}One thread; "
         f"p50/p99 over {rows[0]['repeats']} calls (batch 4096: a tenth)\n\n"
         f"{markdown_table(table, list(table[0]))}\n"
     )
@@ -161,12 +178,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--models",
-        default="mlp,finalmlp",
-        help="comma-separated backbones without sequences; default mlp,finalmlp",
+        default="mlp,finalmlp,din,dien",
+        help="comma-separated backbones (din and dien train on UserBehavior); default mlp,finalmlp,din,dien",
     )
     parser.add_argument("--repeats", type=int, default=300, help="timed calls per batch size; default 300")
     args = parser.parse_args()
     from features.datasets.criteo import CriteoConfig, convert_criteo
+    from features.datasets.userbehavior import convert_userbehavior
 
     command = f"{parser.prog} {shlex.join(sys.argv[1:])}".strip()
     run = f"serving-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -174,15 +192,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = CriteoConfig(min_count=10, split=(0.72, 0.08, 0.2), split_by="order")
-        data = convert_criteo(sample, work / "criteo", config, progress=False)
+        criteo = convert_criteo(sample, work / "criteo", config, progress=False)
+        behaviours = ROOT.parent / "shared/data/taobao/UserBehavior_head_650users.csv"
+        ub = convert_userbehavior(behaviours, work / "ub", progress=False)
         for model in [m for m in args.models.split(",") if m]:
             load = load_average()
+            data, name = (ub, "UserBehavior 650 users") if model in SEQUENCES else (criteo, "Criteo head10k")
             for row in measure(model, data, work, args.repeats):
-                row |= {
-                    "run": run,
-                    "benchmark": "serving",
-                    "dataset": "criteo head10k (last 2,000 rows test)",
-                }
+                row |= {"run": run, "benchmark": "serving", "dataset": name}
                 row |= {"repeats": args.repeats, "load_before": load, "load_after": load_average()}
                 print({k: v for k, v in row.items() if k.startswith(("what", "auc", "p50"))}, flush=True)
                 record(row, command)

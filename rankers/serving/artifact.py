@@ -29,6 +29,9 @@ class InputCheck(nn.Module):
     """Checks an artifact's inputs against the schema; RuntimeError naming what is wrong."""
 
     rows: torch.Tensor  # each sparse feature's table rows
+    dense_names: list[str]  # annotated: an empty list's type cannot be inferred (no dense features)
+    sparse_names: list[str]
+    max_lens: list[int]
 
     def __init__(
         self, dense_names: list[str], sparse_names: list[str], rows: list[int], max_lens: list[int]

@@ -94,9 +94,8 @@ def _quantized(ebc: nn.Module, quantize: str) -> nn.Module:
 
     observer = torch.ao.quantization.PlaceholderObserver
     weight = observer.with_args(dtype=QUANTIZE[quantize])
-    ebc.qconfig = torch.ao.quantization.QConfig(
-        activation=observer.with_args(dtype=torch.float), weight=weight
-    )
+    qconfig = torch.ao.quantization.QConfig(activation=observer.with_args(dtype=torch.float), weight=weight)
+    ebc.qconfig = qconfig  # type: ignore[assignment]  # from_float reads it
     setattr(ebc, MODULE_ATTR_ROW_ALIGNMENT_INT, ROW_ALIGNMENT)
     return QuantEBC.from_float(ebc)
 

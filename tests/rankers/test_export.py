@@ -195,6 +195,20 @@ def test_int8_tables_keep_the_auc_and_shrink(run: Path, table: tuple[Path, Path]
     assert abs(roc_auc_score(labels["ctr"], int8) - fp32) < 0.002
 
 
+def test_a_model_without_dense_features_exports(tmp_path: Path) -> None:
+    from tests.features._table_rows import convert_din_layout
+
+    raw, data = convert_din_layout(tmp_path, 600)
+    train(
+        data,
+        tmp_path / "din",
+        RankerConfig(backbone="din"),
+        TrainConfig(epochs=1, batch_size=256, progress=False),
+    )
+    got = load(export(tmp_path / "din", tmp_path / "din.pt")).score(raw)["ctr"]  # raw parquet rows
+    np.testing.assert_allclose(got, Predictor.load(tmp_path / "din").predict_proba(raw)["ctr"], atol=2e-3)
+
+
 def test_cli_quantize_choices_are_the_exporters() -> None:
     assert tuple(export_module.QUANTIZE) == QUANTIZE
 
