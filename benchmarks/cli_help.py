@@ -38,6 +38,7 @@ COMMANDS = (
     "evaluate",
     "predict",
     "calibrate",
+    "export",
     "bid",
     "demo",
 )
