@@ -106,10 +106,14 @@ class Market:
         self.budgets = expected * self.cpas * rng.uniform(0.3, 1.5, self.advertisers)
 
 
-def simulate(strategies: Sequence[Any], market: Market) -> list[dict[str, float]]:
+def simulate(strategies: Sequence[Any], market: Market, requests: Any = None) -> list[dict[str, float]]:
     """Runs one delivery period of `strategies` (AuctionNet interface, one per advertiser) in a GSP
     auction; wins that would take an advertiser past its budget are dropped in opportunity order.
-    Returns per advertiser: conversions, spend, CPA, budget used and AuctionNet's score."""
+    Returns per advertiser: conversions, spend, CPA, budget used and AuctionNet's score.
+
+    With `requests` (`rankers.bidding.live.Requests`), the first advertiser's opportunities are rows:
+    they convert with the rows' true probability, and its strategy bids on the values a model scores
+    from them as each tick comes (or on precomputed ones), as a bidder online would."""
     rng = np.random.default_rng(market.seed + 1)
     n, a = market.opportunities, len(strategies)
     hist: list[dict[str, list[np.ndarray]]] = [
@@ -121,9 +125,15 @@ def simulate(strategies: Sequence[Any], market: Market) -> list[dict[str, float]
     for t in range(market.ticks):
         p = np.clip(market.base[None, :] * rng.lognormal(0.0, 0.6, (n, a)), 0, 1)  # (n, A)
         sigma = p * 0.2
+        shown_p = p.copy()  # what each strategy is told; the first one's from its model with `requests`
+        if requests is not None:
+            truth, values = requests.at(t, n)
+            p[:, 0], shown_p[:, 0], sigma[:, 0] = truth, values.value, values.sigma
         bids = np.stack(
             [
-                s.bidding(t, p[:, i], sigma[:, i], h["info"], h["bid"], h["result"], h["shown"], h["lwc"])
+                s.bidding(
+                    t, shown_p[:, i], sigma[:, i], h["info"], h["bid"], h["result"], h["shown"], h["lwc"]
+                )
                 for i, (s, h) in enumerate(zip(strategies, hist, strict=True))
             ],
             axis=1,
@@ -137,7 +147,7 @@ def simulate(strategies: Sequence[Any], market: Market) -> list[dict[str, float]
         converted = exposed & (rng.random((n, a)) < p)
         least = np.sort(bids, axis=1)[:, -market.slots] if a >= market.slots else np.zeros(n)
         for i, h in enumerate(hist):
-            h["info"].append(np.stack([p[:, i], sigma[:, i]], axis=1))
+            h["info"].append(np.stack([shown_p[:, i], sigma[:, i]], axis=1))
             h["bid"].append(bids[:, i])
             h["result"].append(
                 np.stack([out.slot[:, i] >= 0, out.slot[:, i], cost[:, i]], axis=1).astype(float)

@@ -9,7 +9,7 @@ the scoring time per tick beside the outcome.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +92,45 @@ def describe_timings(timings: list[float], length: int, ticks: int) -> str:
         f"{length / ticks:.0f} rows, the rows mapped and scored in each): p50 {np.median(ms):.2f} ms, "
         f"p99 {np.quantile(ms, 0.99):.2f} ms per tick."
     )
+
+
+@dataclass
+class Requests:
+    """The opportunities of the first advertiser (ours) in `rankers.bidding.auctionnet.simulate`, as
+    rows: tick t brings rows [t n, (t + 1) n) (wrapping around), converting with probability `truth`;
+    the strategy bids on values scored from those rows by `model` when the tick comes (timed in
+    `timings`), or on `values` computed beforehand.
+
+    Args:
+        truth: each row's true conversion probability (e.g. the teacher's on synthetic data).
+        rows: the rows' features (a converted split's columns), with `model`.
+        schema: their schema (labels aside), with `model`.
+        model: a loaded artifact (`rankers.serving.load`), calibrated.
+        values: precomputed values instead of `model`.
+        goal: click or conversion.
+    """
+
+    truth: np.ndarray
+    rows: pa.Table | None = None
+    schema: Schema | None = None
+    model: Any = None
+    values: BidValues | None = None
+    goal: str = "click"
+    timings: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.values is None):
+            raise ValueError(
+                "Requests: give a model (with rows and schema) or precomputed values, one of them"
+            )
+        if self.model is not None and (self.rows is None or self.schema is None):
+            raise ValueError("Requests: a model scores rows: give rows and schema too")
+
+    def at(self, tick: int, n: int) -> tuple[np.ndarray, BidValues]:
+        """(true probabilities, bid values) of tick `tick`'s `n` opportunities."""
+        part = np.arange(tick * n, (tick + 1) * n) % len(self.truth)
+        if self.values is not None:
+            return self.truth[part], self.values[part]
+        assert self.rows is not None and self.schema is not None
+        live = LiveValues(self.model, self.rows, self.schema.without_labels(), self.goal, self.timings)
+        return self.truth[part], live[part]
