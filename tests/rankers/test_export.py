@@ -63,36 +63,46 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return rows, convert_table(rows, spec_from_dict(SPEC, "SPEC"), tmp / "data", progress=False)
 
 
-@pytest.fixture(
-    scope="module",
-    params=["mlp", "finalmlp", "autoint", "autoint_plus", "din", "dien", "esmm", "esmm_din_dien"],
-)
+BACKBONES = ["mlp", "finalmlp", "autoint", "autoint_plus", "din", "dien", "esmm", "esmm_din_dien"]
+CALIBRATED = ["mlp", "din", "esmm"]  # trained, then calibrated: their artifacts carry the map
+_RUNS: dict[str, Path] = {}  # one training per backbone for the whole module
+
+
+def _run(name: str, table: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint of backbone `name` trained on `table` (calibrated if in CALIBRATED)."""
+    if name in _RUNS:
+        return _RUNS[name]
+    out = tmp_path_factory.mktemp(name) / "run"
+    if name.startswith("esmm"):  # ctr, cvr and ctcvr; towers MLP, or DIN and DIEN
+        towers = {"ctr_tower": "din", "cvr_tower": "dien"} if name != "esmm" else {}
+        config = RankerConfig(backbone="esmm", backbone_config=towers)
+    else:
+        config = RankerConfig(backbone=name, tasks=("ctr",))
+    train(table[1], out, config, QUICK)
+    if name in CALIBRATED:
+        flags = ["--method", "platt", "--min-positives", "5", "--min-negatives", "5", "--force"]
+        assert main(["calibrate", "--checkpoint", str(out), *flags]) in (0, None)
+    _RUNS[name] = out
+    return out
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
 def run(
     request: pytest.FixtureRequest, table: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    out = tmp_path_factory.mktemp(request.param) / "run"
-    if request.param.startswith("esmm"):  # ctr, cvr and ctcvr; towers MLP, or DIN and DIEN
-        towers = {"ctr_tower": "din", "cvr_tower": "dien"} if request.param != "esmm" else {}
-        config = RankerConfig(backbone="esmm", backbone_config=towers)
-    else:
-        config = RankerConfig(backbone=request.param, tasks=("ctr",))
-    train(table[1], out, config, QUICK)
-    if request.param in ("mlp", "esmm", "din"):  # with a calibration inside the artifact too
-        assert main(
-            [
-                "calibrate",
-                "--checkpoint",
-                str(out),
-                "--method",
-                "platt",
-                "--min-positives",
-                "5",
-                "--min-negatives",
-                "5",
-                "--force",
-            ]
-        ) in (0, None)
-    return out
+    return _run(request.param, table, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=CALIBRATED)
+def calibrated(
+    request: pytest.FixtureRequest, table: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return _run(request.param, table, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def calibrated_mlp(table: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run("mlp", table, tmp_path_factory)
 
 
 def test_the_fp32_artifact_scores_as_the_predictor_without_rankers(
@@ -182,10 +192,11 @@ def test_bad_input_is_named_not_a_kernel_crash(table: tuple[Path, Path], tmp_pat
         model.score(long)
 
 
-def test_int8_tables_keep_the_auc_and_shrink(run: Path, table: tuple[Path, Path], tmp_path: Path) -> None:
+def test_int8_tables_keep_the_auc_and_shrink(
+    calibrated_mlp: Path, table: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run = calibrated_mlp
     predictor = Predictor.load(run)
-    if predictor.tasks != ("ctr",) or predictor.calibration is None:
-        pytest.skip("measured once, on the calibrated MLP")
     probs, labels, _ = predictor.predict_labeled(table[1] / "test")
     batch = next(
         iter(ParquetBatches(table[1] / "test", batch_size=10_000, labels=False, schema=predictor.schema))
@@ -214,13 +225,12 @@ def test_cli_quantize_choices_are_the_exporters() -> None:
 
 
 def test_a_replay_scored_live_by_the_artifact_bids_as_the_precomputed_one(
-    run: Path, table: tuple[Path, Path], tmp_path: Path
+    calibrated: Path, table: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    run = calibrated
     from rankers.bidding.run import BidConfig, bid_report
 
     predictor = Predictor.load(run)
-    if predictor.calibration is None:
-        pytest.skip("bid values need a calibration: the calibrated MLP and ESMM")
     artifact = export(run, tmp_path / "model.pt", quantize="none")
     goal = "conversion" if "cvr" in predictor.tasks else "click"
     config = BidConfig(data=table[1] / "test", predictor=run, goal=goal, episode_length=20)
@@ -234,18 +244,17 @@ def test_a_replay_scored_live_by_the_artifact_bids_as_the_precomputed_one(
 
 
 def test_the_auctionnet_simulation_scored_live_bids_as_with_precomputed_values(
-    run: Path, table: tuple[Path, Path], tmp_path: Path
+    calibrated: Path, table: tuple[Path, Path], tmp_path: Path
 ) -> None:
     import pyarrow.parquet as pq
 
+    run = calibrated
     from rankers.bidding.auctionnet import AuctionNetStrategy, Market, simulate
     from rankers.bidding.live import Requests
     from rankers.bidding.values import values_from_probs
     from rankers.funnel import goal_tasks
 
     predictor = Predictor.load(run)
-    if predictor.calibration is None:
-        pytest.skip("bid values need a calibration: the calibrated MLP, DIN and ESMM")
     goal = "conversion" if "cvr" in predictor.tasks else "click"
     probs = predictor.predict_proba(table[1] / "test")
     tasks = [t for t in goal_tasks(list(probs), goal) if t in probs]
