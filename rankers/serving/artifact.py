@@ -173,7 +173,6 @@ class Model(nn.Module):
         keys: list[str],
         fields: list[str],
         tasks: list[str],
-        dim: int,
     ) -> None:
         super().__init__()
         self.tables = tables
@@ -181,7 +180,6 @@ class Model(nn.Module):
         self.keys = keys
         self.fields = fields
         self.tasks = tasks
-        self.dim = dim
 
     def forward(self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pooled = self.tables(KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)).to_dict()

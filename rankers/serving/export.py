@@ -63,7 +63,7 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
         model: nn.Module = _sequence_model(ranker, schema, pooled, quantize, keys, fields, tasks)
     else:
         assert pooled is not None  # a model without sequences has every table here
-        model = Model(pooled, ranker.backbone, keys, fields, tasks, ranker.embedding.embedding_dim)
+        model = Model(pooled, ranker.backbone, keys, fields, tasks)
     model.eval().requires_grad_(False)  # inference only: no autograd graph is recorded
     sparse: dict[str, Any] = {f.name: f for f in schema.categorical} | {s.name: s for s in schema.sequences}
     rows = [sparse[k].num_embeddings for k in keys]
