@@ -164,34 +164,10 @@ class Served(nn.Module):
 
 
 class Model(nn.Module):
-    """Quantized tables and the backbone: (dense, values, lengths) -> logits (B, K)."""
-
-    def __init__(
-        self,
-        tables: nn.Module,
-        backbone: nn.Module,
-        keys: list[str],
-        fields: list[str],
-        tasks: list[str],
-    ) -> None:
-        super().__init__()
-        self.tables = tables
-        self.backbone = backbone
-        self.keys = keys
-        self.fields = fields
-        self.tasks = tasks
-
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        pooled = self.tables(KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)).to_dict()
-        fields = torch.stack([pooled[f] for f in self.fields], dim=1)  # (B, F, D)
-        out = self.backbone(Embedded(dense=dense, fields=fields, field_names=tuple(self.fields)))
-        return torch.stack([out.logits[t] for t in self.tasks], dim=1)
-
-
-class SequenceModel(nn.Module):
-    """`Model` for schemas with sequences (DIN, DIEN): the pooled tables as in `Model`, and each
-    table a sequence reads (shared with its target field) looked up one id per bag, its sequences
-    padded to their max_len (the mask marks the real ids)."""
+    """Quantized tables and the backbone: (dense, values, lengths) -> logits (B, K). The pooled
+    tables take their features of the KJT; each table a sequence reads (shared with its target
+    field) is looked up one id per bag, its sequences padded to their max_len (the mask marks the
+    real ids). Without sequences, `sequence_tables` is empty."""
 
     def __init__(
         self,
@@ -209,6 +185,7 @@ class SequenceModel(nn.Module):
         self.pooled = pooled
         self.pooled_keys = pooled_keys
         self.pooled_index = [keys.index(k) for k in pooled_keys]  # the pooled tables' features
+        self.select = self.pooled_index != list(range(len(keys)))  # else the KJT is theirs as it is
         self.sequence_tables = sequence_tables
         self.table_features = table_features
         self.max_lens = max_lens
@@ -222,7 +199,7 @@ class SequenceModel(nn.Module):
         per_key = kjt.to_dict()
         rows: dict[str, torch.Tensor] = {}
         if self.pooled is not None:
-            pooled = self.pooled(kjt.permute(self.pooled_index)).to_dict()
+            pooled = self.pooled(kjt.permute(self.pooled_index) if self.select else kjt).to_dict()
             rows = {f: pooled[f] for f in self.pooled_keys}  # a dict here, not a traced one
         sequences: dict[str, Sequence] = {}
         for table, features in self.table_features.items():

@@ -12,7 +12,7 @@ path).
 Models over sequences (DIN, DIEN) are traced on their static-shape paths (`rankers.backbones.layers
 .static_shapes`): every sequence padded to the longest max_len, every position computed and masked,
 DIEN's recurrences unrolled; each table a sequence reads is a quantized collection of its own,
-looked up one id per bag (`rankers.serving.artifact.SequenceModel`).
+looked up one id per bag (`rankers.serving.artifact.Model`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 from rankers._quiet import quiet_torchrec
 from rankers.backbones.layers import exporting
 from rankers.calibration import Calibration
-from rankers.serving.artifact import Calibrate, InputCheck, Model, SequenceModel, Served
+from rankers.serving.artifact import Calibrate, InputCheck, Model, Served
 
 QUANTIZE = {"none": torch.float, "fp16": torch.half, "int8": torch.qint8, "int4": torch.quint4x2}
 METHODS = {"identity": 1, "platt": 2, "isotonic": 3}
@@ -59,11 +59,7 @@ def export(checkpoint: str | Path, out: str | Path, quantize: str = "int8") -> P
     fields = list(ranker.embedding.field_names)
     ebc = ranker.embedding.ebc
     pooled = None if ebc is None else _quantized(ebc, quantize)
-    if schema.sequences:
-        model: nn.Module = _sequence_model(ranker, schema, pooled, quantize, keys, fields, tasks)
-    else:
-        assert pooled is not None  # a model without sequences has every table here
-        model = Model(pooled, ranker.backbone, keys, fields, tasks)
+    model = _model(ranker, schema, pooled, quantize, keys, fields, tasks)
     model.eval().requires_grad_(False)  # inference only: no autograd graph is recorded
     sparse: dict[str, Any] = {f.name: f for f in schema.categorical} | {s.name: s for s in schema.sequences}
     rows = [sparse[k].num_embeddings for k in keys]
@@ -100,7 +96,7 @@ def _quantized(ebc: nn.Module, quantize: str) -> nn.Module:
     return QuantEBC.from_float(ebc)
 
 
-def _sequence_model(
+def _model(
     ranker: Any,
     schema: Any,
     pooled: nn.Module | None,
@@ -109,8 +105,9 @@ def _sequence_model(
     fields: list[str],
     tasks: list[str],
 ) -> nn.Module:
-    """`SequenceModel` of a ranker with sequences: each sequence table (its weights from the
-    ranker's bag or collection lookup) as a quantized collection of one feature, looked up per id."""
+    """`Model` of a ranker: its pooled tables (quantized already), and each sequence table (its
+    weights from the ranker's bag or collection lookup) as a quantized collection of one feature,
+    looked up per id."""
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
     from rankers.backbones.dien import JaggedGRU
@@ -126,11 +123,11 @@ def _sequence_model(
         weights = source.embedding_bags if hasattr(source, "embedding_bags") else source.embeddings
         ebc.embedding_bags[table].weight.data.copy_(weights[table].weight.data)
         tables[table] = _quantized(ebc, quantize)
-    pad = max(s.max_len for s in schema.sequences)
+    pad = max((s.max_len for s in schema.sequences), default=0)
     for module in ranker.backbone.modules():
         if isinstance(module, JaggedGRU):
             module.steps = pad  # every sequence is padded to `pad`: the loop unrolls when traced
-    return SequenceModel(
+    return Model(
         pooled,
         list(arch.pooled_keys),
         tables,

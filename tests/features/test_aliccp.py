@@ -48,9 +48,8 @@ def test_encoded_rows_ids_and_labels_match_a_plain_reread(encoded: Path) -> None
         for c in ids:
             assert got[c] == [int(r[c]) for r in expected], c  # ids as given
         for c in dense:
-            assert np.array_equal(
-                np.array(got[c], np.float32), np.array([float(r[c]) for r in expected], np.float32)
-            )
+            expected_values = np.array([float(r[c]) for r in expected], np.float32)
+            np.testing.assert_allclose(np.array(got[c], np.float32), expected_values, rtol=1e-6, atol=0)
     schema = Schema.load(encoded)
     largest = {c: max(int(r[c]) for split in rows.values() for r in split) for c in ids}
     assert {f.name: f.num_embeddings for f in schema.categorical} == {c: largest[c] + 1 for c in ids}
