@@ -271,15 +271,27 @@ class _Columns:
         dense = torch.from_numpy(rows_dense)
         b = dense.shape[0]
         lengths = torch.ones(len(self.keys) * b, dtype=torch.int32)  # categorical keys first
+        per_key = [b] * (len(self.keys) - len(self.sequences))  # ids per key, counted on the host
         if self.sequences:
             gathered = [seq.gather(rows) for seq in self.sequences]
             values = torch.cat([values, *(torch.from_numpy(v) for v, _ in gathered)])
-            n_cat = (len(self.keys) - len(self.sequences)) * b
-            lengths = torch.cat([lengths[:n_cat], *(torch.from_numpy(n) for _, n in gathered)])
-        sparse = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths, stride=b)
+            lengths = torch.cat([lengths[: len(per_key) * b], *(torch.from_numpy(n) for _, n in gathered)])
+            per_key += [len(v) for v, _ in gathered]
+        sparse = _kjt(self.keys, values, lengths, b, per_key)
         labels = {t: torch.from_numpy(y[rows].astype(np.float32)) for t, y in self.labels.items()}
         groups = None if self.groups is None else torch.from_numpy(self.groups[rows].copy())
         return Batch(dense=dense, sparse=sparse, labels=labels, groups=groups)
+
+
+def _kjt(
+    keys: list[str], values: torch.Tensor, lengths: torch.Tensor, b: int, per_key: list[int]
+) -> KeyedJaggedTensor:
+    """The batch's KJT with its ids per key (`length_per_key`) and their offsets given, so TorchRec
+    never sums the lengths on the device to find them (a host sync per batch on a GPU)."""
+    offsets = [0, *np.cumsum(per_key, dtype=np.int64).tolist()]
+    return KeyedJaggedTensor(
+        keys=keys, values=values, lengths=lengths, stride=b, length_per_key=per_key, offset_per_key=offsets
+    )
 
 
 class _Sequence:

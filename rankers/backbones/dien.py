@@ -15,14 +15,16 @@ position, where both rows have one. The data carries no negatives.
 
 Jagged recurrences: in eager mode the extractor runs on packed sequences, and the evolving GRU
 steps only the rows still inside their history (rows sorted by length, the active set shrinking),
-so the cost follows the real positions; under `torch.compile` both run over all L positions with
-the padding masked (same values). Padding comes after the real positions, so it never reaches them.
+so the cost follows the real positions; under `shapes.static_shapes()` (compile, export,
+`fixed_shapes`) both run over all L positions with the padding masked and read nothing back to the
+host (same values and gradients). Padding comes after the real positions, so it never reaches them.
 
 Sequences and targets are chosen as in DIN (`layers.InterestMLP`): the attended sequences are
 concatenated per position and their target fields form the query.
 
-Notation: B batch, F categorical fields, D embedding dim, L longest sequence in the batch, W = G*D
-the behaviour vector of G attended sequences (also the GRUs' hidden size), K tasks.
+Notation: B batch, F categorical fields, D embedding dim, L padded length (the longest sequence in
+the batch; the max_len under static shapes), W = G*D the behaviour vector of G attended sequences
+(also the GRUs' hidden size), K tasks.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from torch.nn import functional as F
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
 from rankers.backbones.configs import GRU_TYPES as GRU_TYPES  # re-exported
 from rankers.backbones.configs import DIENConfig
-from rankers.backbones.layers import ActivationUnit, InterestMLP, MLPBlock, static_shapes
+from rankers.backbones.layers import ActivationUnit, InterestMLP, MLPBlock
+from rankers.backbones.shapes import static_shapes
 
 
 class JaggedGRU(nn.Module):
@@ -45,8 +48,8 @@ class JaggedGRU(nn.Module):
     u = 1 - z. GRU: h' = h + u*(n - h); AUGRU: h' = h + a*u*(n - h); AGRU: h' = h + a*(n - h);
     AIGRU: the GRU on a*x. Rows are sorted by length so the active rows are a shrinking prefix; on CPU
     this was measured 2x faster than torch.nn.GRU on the padded batch (and 3x than packed) at
-    B=4096, L=50, mean length 17, forward and backward. Under `torch.compile` every step runs on
-    every row, padding masked (static shapes); the values are the same. `steps` (set by
+    B=4096, L=50, mean length 17, forward and backward. Under `static_shapes()` every step runs on
+    every row, padding masked; the values are the same. `steps` (set by
     `rankers.serving.export`, whose sequences are padded to their max_len) fixes the number of
     steps, so tracing unrolls the loop.
 

@@ -9,11 +9,12 @@ joins the other fields' embeddings in the MLP.
 Sequences and targets: the attended sequences (`sequences`, by default every sequence whose table a
 categorical field shares) are concatenated per position into one behaviour vector, and their target
 fields into the query; sequences not attended to are sum-pooled (`layers.InterestMLP`). The unit
-runs on the real positions only in eager mode (`layers.ActivationUnit`, which also says how compile
-differs).
+runs on the real positions only in eager mode, on every position under static shapes
+(`layers.ActivationUnit`; `shapes.fixed_shapes` for GPUs).
 
-Notation: B batch, F categorical fields, D embedding dim, L longest sequence in the batch, W = G*D
-the behaviour vector of G attended sequences, K tasks.
+Notation: B batch, F categorical fields, D embedding dim, L padded length (the longest sequence in
+the batch; the max_len under static shapes), W = G*D the behaviour vector of G attended sequences,
+K tasks.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ in that model's file.
 - `ActivationUnit`: DIN's local activation unit, an MLP over [q, k, q - k, q * k] scoring each
   behaviour k against the query q (DIN figure 2). In eager mode it runs on the real positions only
   (gathered from the padded batch), so its cost follows the mean history length, not the longest;
-  under `torch.compile` it runs on all positions with the padding masked (static shapes). Both give
-  the same values in eval mode; in training, Dice's batch statistics under compile include the
-  padded positions (eager: real positions only). Its first layer over [q, k, q-k, q*k] is computed
+  under `shapes.static_shapes()` (compile, export, `fixed_shapes`) it runs on all positions with the
+  padding masked. Both give the same values and gradients: Dice's batch statistics are taken over
+  the real positions only on both paths. Its first layer over [q, k, q-k, q*k] is computed
   as q.(Wq+Wd) once per row plus [k, q*k].[Wk-Wd; Wp] per position: the same linear map, with half
   the work per position.
 - `InterestMLP`: the attended sequences (`sequences`, by default every sequence whose table a
@@ -24,14 +24,12 @@ in that model's file.
   MLP with the dense values, the fields and the interest vector.
 
 Notation: B batch, F categorical fields, N numeric features, T = N + F tokens, D embedding dim, L
-longest sequence in the batch, G attended sequences, W = G*D the behaviour vector, P real positions
-in the batch, H hidden width, K tasks.
+padded length (longest sequence in the batch; max_len under static shapes), G attended sequences,
+W = G*D the behaviour vector, P real positions in the batch, H hidden width, K tasks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -40,6 +38,9 @@ from torch.nn import functional as F
 
 from rankers.backbones.base import Embedded, InputSpec
 from rankers.backbones.configs import ACTIVATIONS as ACTIVATIONS  # re-exported
+from rankers.backbones.shapes import exporting as exporting  # re-exported
+from rankers.backbones.shapes import fixed_shapes as fixed_shapes  # re-exported
+from rankers.backbones.shapes import static_shapes
 
 
 class Dice(nn.Module):
@@ -52,15 +53,43 @@ class Dice(nn.Module):
         self.bn = nn.BatchNorm1d(width, eps=eps, affine=False)
         self.alpha = nn.Parameter(torch.zeros(width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H) -> (N, H)."""
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, H) -> (N, H); in training, the statistics are taken over the rows where `real` (N,)
+        is True (all rows without it)."""
         bn = self.bn
-        batch_stats = self.training and x.shape[0] > 1
-        z = F.batch_norm(
-            x, bn.running_mean, bn.running_var, None, None, batch_stats, bn.momentum or 0.0, bn.eps
-        )
+        if real is not None and self.training:
+            z = self._masked(x, real)
+        else:
+            batch_stats = self.training and x.shape[0] > 1
+            z = F.batch_norm(
+                x, bn.running_mean, bn.running_var, None, None, batch_stats, bn.momentum or 0.0, bn.eps
+            )
         p = torch.sigmoid(z)
         return x * (p + (1 - p) * self.alpha)
+
+    def _masked(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Training-mode batch norm over the `real` rows only, without reading their count back to
+        the host: the running statistics when fewer than two rows are real, as in `forward`. In
+        float32 whatever the input's dtype (bf16 sums over many rows would lose the mean)."""
+        bn = self.bn
+        assert bn.running_mean is not None and bn.running_var is not None
+        xf = x.float()
+        w = real.to(xf.dtype).unsqueeze(1)  # (N, 1)
+        n = w.sum()
+        mean = (xf * w).sum(0) / n.clamp(min=1)  # (H,)
+        var = ((xf - mean).square() * w).sum(0) / n.clamp(min=1)  # biased, as batch_norm normalises
+        enough = n > 1
+        z = torch.where(
+            enough,
+            (xf - mean) * torch.rsqrt(var + bn.eps),
+            (xf - bn.running_mean) * torch.rsqrt(bn.running_var + bn.eps),
+        ).to(x.dtype)
+        with torch.no_grad():  # batch_norm's update: momentum, the unbiased variance
+            m = bn.momentum or 0.0
+            unbiased = var * n / (n - 1).clamp(min=1)
+            bn.running_mean.copy_(torch.where(enough, (1 - m) * bn.running_mean + m * mean, bn.running_mean))
+            bn.running_var.copy_(torch.where(enough, (1 - m) * bn.running_var + m * unbiased, bn.running_var))
+        return z
 
 
 def activation(name: str, width: int) -> nn.Module:
@@ -156,9 +185,16 @@ class ActivationUnit(nn.Module):
         self.rest = MLPBlock(units[0], units[1:], dropout, act=act)
         self.out = nn.Linear(units[-1], 1)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """query (B, W) with keys (P, W) of rows `rows` (P,) -> scores (P,); or with keys (B, L, W)
-        and rows None -> scores (B*L,)."""
+    def forward(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        rows: torch.Tensor | None,
+        real: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query (B, W) with keys (P, W) of rows `rows` (P,) -> scores (P,); or with keys (B, L, W),
+        rows None and `real` (B*L,) marking the real positions (Dice's statistics are taken over
+        them) -> scores (B*L,)."""
         wq, wk, wd, wp = self.first.weight.split(self.width, dim=1)  # each (H1, W)
         per_row = query @ (wq + wd).T + self.first.bias  # (B, H1): the query's part, once per row
         if rows is None:
@@ -168,8 +204,9 @@ class ActivationUnit(nn.Module):
         else:
             q = query[rows]  # (P, W)
             flat = per_row[rows] + keys @ (wk - wd).T + (q * keys) @ wp.T  # (P, H1)
-        scores = self.out(self.rest(self.dropout(self.first_act(flat)))).squeeze(-1)  # (P,) / (B*L,)
-        return scores
+        for layer in (self.first_act, self.dropout, *self.rest):
+            flat = layer(flat, real) if isinstance(layer, Dice) else layer(flat)
+        return self.out(flat).squeeze(-1)  # (P,) / (B*L,)
 
     def pool(
         self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, softmax: bool
@@ -184,7 +221,7 @@ class ActivationUnit(nn.Module):
         """Scores (B, L), zero on padding (softmax over the real positions when asked)."""
         b, length = mask.shape
         if static_shapes():
-            scores = self(query, keys, None).view(b, length)  # (B, L)
+            scores = self(query, keys, None, mask.flatten()).view(b, length)  # (B, L)
         else:  # real positions only
             index = mask.flatten().nonzero().squeeze(1)  # (P,)
             real = self(query, keys.flatten(0, 1)[index], index // length)  # (P,)
@@ -218,26 +255,6 @@ def attended(spec: InputSpec, chosen: tuple[str, ...]) -> tuple[list[str], list[
         )
     fields = [spec.field_names.index(targets[n]) for n in names]
     return names, fields, [n for n in targets if n not in names]
-
-
-_TRACING_FOR_EXPORT = False  # set by `exporting()`
-
-
-def static_shapes() -> bool:
-    """Whether the backbones take their static-shape paths (every position computed, padding
-    masked, no host syncs): under `torch.compile`, and while `rankers.serving.export` traces."""
-    return _TRACING_FOR_EXPORT or torch.compiler.is_compiling()
-
-
-@contextmanager
-def exporting() -> Iterator[None]:
-    """The backbones take their static-shape paths inside this block (for fx tracing)."""
-    global _TRACING_FOR_EXPORT
-    _TRACING_FOR_EXPORT = True
-    try:
-        yield
-    finally:
-        _TRACING_FOR_EXPORT = False
 
 
 def aligned_mask(x: Embedded, names: list[str]) -> torch.Tensor:
@@ -284,6 +301,9 @@ class InterestMLP(nn.Module):
     def __init__(self, spec: InputSpec, config: InterestConfig, tasks: int) -> None:
         super().__init__()
         self.sequence_names, self.target_fields, self.pooled_names = attended(spec, config.sequences)
+        # On the model's device: indexing with a list would copy it from the host on every call.
+        self.target_index: torch.Tensor
+        self.register_buffer("target_index", torch.tensor(self.target_fields), persistent=False)
         self.width = len(self.sequence_names) * spec.embedding_dim  # W = G*D
         d = spec.embedding_dim
         in_features = spec.n_dense + len(spec.field_names) * d + self.width + len(self.pooled_names) * d
@@ -295,7 +315,7 @@ class InterestMLP(nn.Module):
 
     def inputs(self, x: Embedded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The query (B, W), the behaviours (B, L, W) and their mask (B, L)."""
-        query = x.fields[:, self.target_fields].flatten(1)  # (B, W)
+        query = x.fields.index_select(1, self.target_index).flatten(1)  # (B, W)
         mask = aligned_mask(x, self.sequence_names)  # first: unaligned sequences cannot be joined
         keys = torch.cat([x.sequences[n].values for n in self.sequence_names], dim=2)  # (B, L, W)
         return query, keys, mask

@@ -286,6 +286,31 @@ def test_sequences_join_the_kjt_keeping_the_most_recent_ids(
             assert by_key[name].values().tolist() == [table.column(name)[r].as_py() for r in rows]
 
 
+def _carries_its_ids_per_key(batch: Batch) -> None:
+    """The KJT's ids per key and their offsets were given (counted on the host, plain ints), so no
+    KJT method sums the lengths on a device to find them, and `Batch.to` keeps them."""
+    kjt = batch.sparse
+    per_key = kjt.length_per_key_or_none()
+    assert per_key is not None and all(type(n) is int for n in per_key)
+    assert per_key == kjt.lengths().view(len(kjt.keys()), -1).sum(1).tolist()
+    assert kjt.offset_per_key_or_none() == [0, *np.cumsum(per_key).tolist()]
+    moved = batch.to(torch.device("cpu")).sparse
+    assert moved.length_per_key_or_none() == per_key
+    assert moved.offset_per_key_or_none() == kjt.offset_per_key_or_none()
+
+
+@pytest.mark.parametrize("shuffle_buffer", [0, 64])
+def test_the_kjt_carries_its_ids_per_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffle_buffer: int
+) -> None:
+    path = _dataset(tmp_path / "s", monkeypatch, table=_seq_table(203), schema=SEQ_SCHEMA)
+    batches = list(ParquetBatches(path, batch_size=32, shuffle_buffer=shuffle_buffer, seed=3))
+    for b in batches:
+        _carries_its_ids_per_key(b)
+    for b in table_batches(_seq_table(50), SEQ_SCHEMA, batch_size=16):
+        _carries_its_ids_per_key(b)
+
+
 def test_sequence_ids_out_of_range_and_nulls_inside_lists_are_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -471,6 +496,7 @@ def test_multi_value_features_keep_every_id_and_pool_into_one_field() -> None:
         }
     )
     batch = next(table_batches(table, schema, batch_size=3))
+    _carries_its_ids_per_key(batch)  # multi-value keys too
     jt = batch.sparse.to_dict()
     assert jt["tags"].lengths().tolist() == [4, 0, 1] and jt["tags"].values().tolist() == [1, 2, 3, 4, 8]
     assert jt["hist"].lengths().tolist() == [2, 1, 0]  # sequences are cut to max_len, tags are not

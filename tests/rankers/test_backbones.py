@@ -176,15 +176,20 @@ def test_rejects_a_config_of_another_backbone(name: str) -> None:
 
 def test_no_backbone_imports_the_registry_or_another_model() -> None:
     """Imports point one way: models -> layers -> base, and to configs (the torch-free config
-    dataclasses, which import nothing of ours); only the registry (and the package that re-exports
-    it) imports the models."""
+    dataclasses) and shapes (the static-shape switch), which import nothing of ours; only the
+    registry (and the package that re-exports it) imports the models."""
     import ast
     from pathlib import Path
 
     import rankers.backbones
 
     root = Path(rankers.backbones.__file__).parent
-    shared = {"rankers.backbones.base", "rankers.backbones.layers", "rankers.backbones.configs"}
+    shared = {
+        "rankers.backbones.base",
+        "rankers.backbones.layers",
+        "rankers.backbones.configs",
+        "rankers.backbones.shapes",
+    }
     for path in root.glob("*.py"):
         if path.stem in ("__init__", "registry"):
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from unittest import mock
 
 import pytest
@@ -56,15 +57,21 @@ def test_padded_positions_change_no_output(config: DINConfig) -> None:
     assert not torch.equal(model(x).logits["ctr"][0], out[0])
 
 
-def test_jagged_and_padded_attention_agree_in_eval_mode() -> None:
-    """In training, Dice's batch statistics differ: real positions only (eager) or all (compile)."""
+def test_jagged_and_padded_attention_agree_in_training_and_eval_mode() -> None:
+    """In training, Dice's batch statistics are taken over the real positions on both paths (the
+    padded path masks them), so the padded path gives the same logits and running statistics."""
     torch.manual_seed(0)
     model = DIN(SPEC, DINConfig(attention_activation="dice")).train()
+    twin = copy.deepcopy(model)
     x = embedded(SPEC, 9)
     jagged = model(x).logits["ctr"]
     with mock.patch("torch.compiler.is_compiling", return_value=True):
-        padded = model(x).logits["ctr"]
-    assert not torch.equal(padded, jagged)  # on all positions, padding enters the batch statistics
+        padded = twin(x).logits["ctr"]
+    torch.testing.assert_close(padded, jagged)  # padding stays out of the batch statistics
+    variances = [v for k, v in model.state_dict().items() if k.endswith("running_var")]
+    assert variances and all(not torch.equal(v, torch.ones_like(v)) for v in variances)  # updated
+    for k, v in model.state_dict().items():  # the same running statistics
+        torch.testing.assert_close(twin.state_dict()[k], v, msg=k)
     model.eval()
     jagged = model(x).logits["ctr"]
     with mock.patch("torch.compiler.is_compiling", return_value=True):

@@ -7,7 +7,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema, SequenceFeature
-from rankers.embedding import EmbeddingArch
+from rankers.backbones.layers import fixed_shapes
+from rankers.embedding import EmbeddingArch, default_sequence_lookup
 
 SCHEMA = Schema(
     dense=(DenseFeature("d"),),
@@ -150,3 +151,48 @@ def test_a_sequence_and_its_target_are_one_table(lookup: str) -> None:
 def test_unknown_sequence_lookup_is_refused() -> None:
     with pytest.raises(ValueError, match="gather"):
         EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup="gather")
+
+
+def test_the_default_sequence_lookup_follows_the_runs_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's device decides, not whether this host has a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_sequence_lookup() == "bag"
+    assert default_sequence_lookup(torch.device("cpu")) == "bag"
+    assert default_sequence_lookup("meta") == "bag"
+    assert default_sequence_lookup("cuda") == "collection"
+    assert default_sequence_lookup(torch.device("cuda", 1)) == "collection"
+
+
+@pytest.mark.parametrize("lookup", ["bag", "collection"])
+def test_fixed_shapes_pad_to_max_len_with_the_same_values_and_gradients(lookup: str) -> None:
+    """Under fixed_shapes every sequence is padded to its max_len (4), not the longest row (3 for
+    hist_tag, 0 in a batch without history): the real positions and the gradients are the same."""
+    kjt = _seq_kjt()
+    runs = []
+    for fixed in (False, True):
+        torch.manual_seed(0)
+        arch = EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup=lookup)
+        with fixed_shapes(fixed):
+            out = arch(torch.zeros(3, 0), kjt)
+        loss = sum((s.values * torch.arange(1.0, 5.0)).square().sum() for s in out.sequences.values())
+        loss.backward()
+        runs.append((out, {n: p.grad for n, p in arch.named_parameters()}))
+    (eager, eager_grads), (fixed_out, fixed_grads) = runs
+    assert eager.sequences["hist_tag"].values.shape == (3, 3, 4)
+    for name, seq in fixed_out.sequences.items():
+        assert seq.values.shape == (3, 4, 4) and seq.mask.shape == (3, 4)
+        want = eager.sequences[name]
+        length = want.mask.shape[1]
+        assert torch.equal(seq.mask[:, :length], want.mask) and not seq.mask[:, length:].any()
+        assert torch.equal(seq.values[:, :length], want.values) and not seq.values[:, length:].any()
+    assert fixed_grads.keys() == eager_grads.keys()
+    for n, g in eager_grads.items():
+        torch.testing.assert_close(fixed_grads[n], g, rtol=0, atol=0)
+    empty = KeyedJaggedTensor(
+        keys=list(SEQ_SCHEMA.sparse_keys),
+        values=torch.tensor([1, 2, 3]),
+        lengths=torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.int32),
+    )
+    with fixed_shapes():
+        out = EmbeddingArch(SEQ_SCHEMA, 4, sequence_lookup=lookup)(torch.zeros(1, 0), empty)
+    assert out.sequences["hist_item"].values.shape == (1, 4, 4) and not out.sequences["hist_item"].mask.any()
