@@ -44,6 +44,7 @@ from features.schema import SCHEMA_FILE, Schema
 from features.strict import build, check_keys, check_value, read_json
 from rankers import safe_dcp
 from rankers.config import RankerConfig, TrainConfig
+from rankers.devices import model_device
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_DIR, METRICS_FILE = "config.json", "weights", "metrics.json"
@@ -137,11 +138,22 @@ class CheckpointDir:
                 tmp.rename(final)
         barrier()
 
-    def save_state(self, model: nn.Module, optimizer: Any, progress: dict[str, Any]) -> None:
+    def save_state(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        progress: dict[str, Any],
+        device: torch.device | None = None,
+    ) -> None:
         """What `--resume` needs: model and optimizer state (every rank's shards, DCP), each rank's
-        torch RNG state, the learning rates and the loop's `progress` (JSON, with the number of
-        processes added), in a temporary directory renamed into place, so a
-        kill at any instant leaves the previous state or the new one."""
+        torch RNG state (`rng-RANK.pt`) and, where the run computes on a GPU, that GPU's RNG state
+        (`cuda-rng-RANK.pt`), the learning rates and the loop's `progress` (JSON, with the number
+        of processes added), in a temporary directory renamed into place, so a kill at any instant
+        leaves the previous state or the new one.
+
+        Args:
+            device: the run's device (default: the model's, `rankers.devices.model_device`).
+        """
         from rankers.distributed import barrier, is_main
 
         tmp = self.path / f".{STATE_DIR}.partial"
@@ -150,10 +162,10 @@ class CheckpointDir:
         barrier()
         safe_dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, tmp)
         rank = dist.get_rank() if dist.is_initialized() else 0
-        try:
-            torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
-        except (OSError, RuntimeError) as e:
-            raise safe_dcp.write_error(e, tmp / f"rng-{rank}.pt") from None
+        device = model_device(model) if device is None else device
+        safe_dcp.save_rng(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+        if device.type == "cuda":
+            safe_dcp.save_rng(torch.cuda.get_rng_state(device), tmp / f"cuda-rng-{rank}.pt")
         if is_main():
             world = dist.get_world_size() if dist.is_initialized() else 1
             # TorchRec's optimizers leave their param groups (the decayed learning rates) out of
@@ -169,8 +181,13 @@ class CheckpointDir:
                 return self.path / name
         return None
 
-    def load_state(self, model: nn.Module, optimizer: Any) -> dict[str, Any]:
-        """Restores what `save_state` wrote and returns the progress.
+    def load_state(
+        self, model: nn.Module, optimizer: Any, device: torch.device | None = None
+    ) -> dict[str, Any]:
+        """Restores what `save_state` wrote and returns the progress, on the run's `device` (default:
+        the model's, `rankers.devices.model_device`). The GPU's RNG state is restored where the
+        run computes on a GPU and the state holds one; a GPU run's state resumes on CPU too (its
+        GPU RNG state unused), and a CPU run's on a GPU (the GPU keeps its seeded state).
 
         A state saved at the end of an epoch loads with any number of processes: DCP re-shards the
         tables and their optimizer state, and a rank the saving run did not have takes rank 0's
@@ -199,8 +216,11 @@ class CheckpointDir:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
         rank = dist.get_rank() if dist.is_initialized() else 0
-        rng = state_dir / f"rng-{rank}.pt"
-        torch.set_rng_state(safe_dcp.load_rng(rng if rng.is_file() else state_dir / "rng-0.pt"))
+        torch.set_rng_state(safe_dcp.load_rng(_rank_file(state_dir, "rng", rank)))
+        device = model_device(model) if device is None else device
+        cuda_rng = _rank_file(state_dir, "cuda-rng", rank)
+        if device.type == "cuda" and cuda_rng.is_file():
+            torch.cuda.set_rng_state(safe_dcp.load_rng(cuda_rng), device)
         for group, lr in zip(optimizer.param_groups, progress["lrs"], strict=True):
             group["lr"] = lr
         return progress
@@ -283,6 +303,12 @@ class CheckpointDir:
     def metrics(self) -> dict[str, Any]:
         path = self.path / METRICS_FILE
         return read_json(path, "a checkpoint's metrics") if path.is_file() else {}
+
+
+def _rank_file(state_dir: Path, name: str, rank: int) -> Path:
+    """`NAME-RANK.pt` of `state_dir`, or rank 0's for a rank the saving run did not have."""
+    path = state_dir / f"{name}-{rank}.pt"
+    return path if path.is_file() else state_dir / f"{name}-0.pt"
 
 
 def git_sha() -> str | None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from features.batch import Batch
 from features.reader import ParquetBatches, parquet_files
 from features.schema import Schema
+from rankers.devices import model_device, to_device
 from rankers.distributed import gather_arrays
 from rankers.embedding import EmbeddingArch
 from rankers.funnel import task_labels
@@ -66,38 +67,51 @@ def task_metrics(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[Batch], progress: bool = False, desc: str = "eval") -> Scores:
+def predict(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    progress: bool = False,
+    desc: str = "eval",
+    device: torch.device | None = None,
+) -> Scores:
     """Probabilities and labels per task over `batches` (model put in eval mode and back), and the
     batches' user ids (for gAUC) when they carry them, else None.
 
-    Each batch is validated first (`EmbeddingArch.check`: ids within their tables, finite dense
-    values), and a non-finite output raises ValueError naming the task and the row (its index in
-    the returned arrays) instead of passing off a NaN probability.
+    Each batch is validated on the host first (`EmbeddingArch.check`: ids within their tables,
+    finite dense values), then moved to `device` (default: the model's, `model_device`). The
+    outputs stay there until every batch is scored: one finiteness check and one copy to the host
+    per task. A non-finite output raises ValueError naming the task and the row (its index in the
+    returned arrays) instead of passing off a NaN probability. Labels and user ids are the host
+    batch's own.
     """
+    device = model_device(model) if device is None else device
     was_training = model.training
     model.eval()
     check = _batch_check(model)
-    probs: dict[str, list[np.ndarray]] = {}
+    logits: dict[str, list[torch.Tensor]] = {}
+    probs: dict[str, list[torch.Tensor]] = {}
     labels: dict[str, list[np.ndarray]] = {}
     groups: list[np.ndarray] = []
-    rows = 0
     total = len(batches) if isinstance(batches, Sized) else None
-    with tqdm(total=total, unit="batch", desc=desc, disable=not progress, leave=False) as bar:
-        for i, batch in enumerate(batches):
-            if check is not None:
-                check(batch, f"batch {i + 1}")
-            for t, logit in model(batch).logits.items():
-                _check_output(t, logit, rows)
-                probs.setdefault(t, []).append(torch.sigmoid(logit.float()).numpy())
-            rows += len(batch)
-            for t, y in batch.labels.items():
-                labels.setdefault(t, []).append(y.numpy())
-            if batch.groups is not None:
-                groups.append(batch.groups.numpy())
-            bar.update()
-    model.train(was_training)
+    try:
+        with tqdm(total=total, unit="batch", desc=desc, disable=not progress, leave=False) as bar:
+            for i, batch in enumerate(batches):
+                if check is not None:
+                    check(batch, f"batch {i + 1}")
+                for t, logit in model(to_device(batch, device)).logits.items():
+                    logits.setdefault(t, []).append(logit)
+                    probs.setdefault(t, []).append(torch.sigmoid(logit.float()))  # per batch, as before
+                for t, y in batch.labels.items():
+                    labels.setdefault(t, []).append(y.numpy())
+                if batch.groups is not None:
+                    groups.append(batch.groups.numpy())
+                bar.update()
+    finally:
+        model.train(was_training)
+    for t, parts in logits.items():
+        _check_output(t, torch.cat(parts), 0)
     return (
-        {t: np.concatenate(v) for t, v in probs.items()},
+        {t: torch.cat(v).cpu().numpy() for t, v in probs.items()},
         {t: np.concatenate(v) for t, v in labels.items()},
         np.concatenate(groups) if groups else None,
     )
@@ -110,11 +124,11 @@ def _batch_check(model: nn.Module) -> Callable[[Batch, str], None] | None:
 
 def _check_output(task: str, logit: torch.Tensor, first_row: int) -> None:
     """Raises ValueError naming `task` and the first row (counted from `first_row`) of a NaN or
-    infinite logit: a model with NaN weights must not pass off NaN probabilities."""
+    infinite logit: a model with NaN weights must not pass off NaN probabilities. One host sync
+    where every logit is finite."""
     if not logit.numel():
         return
-    low, high = torch.aminmax(logit.detach().float())
-    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+    if bool(torch.isfinite(logit.detach()).all()):
         return
     row = int((~torch.isfinite(logit)).nonzero()[0])
     raise ValueError(
@@ -129,10 +143,12 @@ def evaluate_batches(
     prior: dict[str, float],
     progress: bool = False,
     desc: str = "eval",
+    device: torch.device | None = None,
 ) -> dict[str, dict[str, Any]]:
     """AUC, LogLoss and the prior's LogLoss per task, and gAUC when the schema names a user column.
-    Each rank predicts its own rows; the metrics are over all of them, the same on every rank."""
-    probs, labels, groups = predict(model, batches, progress=progress, desc=desc)
+    Each rank predicts its own rows on `device` (default: the model's, `predict`); the metrics are
+    over all of them, the same on every rank."""
+    probs, labels, groups = predict(model, batches, progress=progress, desc=desc, device=device)
     gathered = gather_arrays(
         {
             **{f"p_{t}": v for t, v in probs.items()},

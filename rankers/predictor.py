@@ -1,7 +1,7 @@
 """`Predictor`: a trained ranker loaded from its checkpoint directory alone, for new rows.
 
 Example:
-    >>> predictor = Predictor.load("runs/mlp")
+    >>> predictor = Predictor.load("runs/mlp")           # on CPU (device="auto": a GPU if any)
     >>> predictor.predict_proba("data/criteo/test")      # {"ctr": array of shape (N,)}
     >>> predictor.predict_proba("new_rows.csv")          # raw rows, if trained on `convert table` data
     >>> predictor.predict_table("new_rows.csv", keep=["request_id"])   # keys and p_<task> columns
@@ -35,6 +35,7 @@ from features.schema import Schema
 from rankers._quiet import quiet_torchrec
 from rankers.calibration import Calibration
 from rankers.checkpoint import CheckpointDir
+from rankers.devices import model_device, resolve_device
 from rankers.evaluation import predict, task_metrics
 from rankers.ranker import Ranker, build_ranker
 
@@ -44,8 +45,10 @@ Rows: TypeAlias = "str | Path | pa.Table | Batch | Any"  # Any: a pandas DataFra
 class Predictor:
     """Probabilities per task from a checkpoint directory written by `rankers train`.
 
-    The tables are plain (unsharded) EmbeddingBagCollections on CPU: inference needs no
-    backward, so the fused kernels' advantage does not apply.
+    The tables are plain (unsharded) EmbeddingBagCollections, on CPU unless loaded onto another
+    device (`load`): inference needs no backward, so the fused kernels' advantage does not apply.
+    Batches are checked on the host and scored on the model's device (`device`); probabilities
+    come back as numpy arrays either way.
 
     Args:
         ranker: the model, in eval mode.
@@ -64,6 +67,7 @@ class Predictor:
         raw_input: RawInput | None = None,
     ) -> None:
         self.ranker = ranker.eval()
+        self.device = model_device(ranker)  # where batches are scored
         self.schema = schema
         self.prior = prior or {}
         self.tasks = ranker.tasks
@@ -74,8 +78,12 @@ class Predictor:
         self.raw_input = raw_input  # trained on a dataset converted by spec: maps raw rows
 
     @classmethod
-    def load(cls, path: str | Path) -> Predictor:
-        """Loads schema.json, config.json and the weights of `path` (and nothing else)."""
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        """Loads schema.json, config.json and the weights of `path` (and nothing else), and puts
+        the model on `device`: a torch.device, or a name `rankers.devices.resolve_device` takes
+        ("cpu", "cuda", "cuda:N", "auto"), refused (ValueError) before anything is read where this
+        machine lacks it. Weights saved on any device load on any other."""
+        target = resolve_device(device) if isinstance(device, str) else device
         ckpt = CheckpointDir(path)
         ckpt.check()
         schema = Schema.load(ckpt.path)
@@ -83,6 +91,7 @@ class Predictor:
         with quiet_torchrec():
             ranker = build_ranker(schema, settings.ranker, device=torch.device("cpu"))
             ckpt.load_weights(ranker, no_dist=True)
+        ranker = ranker.to(target)  # the whole model: build_ranker leaves the dense part on CPU
         fingerprint = (ckpt.marker() or {}).get("data_fingerprint")
         calibration, raw_input = Calibration.load(ckpt.path), RawInput.load(ckpt.path)
         return cls(ranker, schema, settings.prior, ckpt.path, calibration, fingerprint, raw_input)
@@ -159,12 +168,16 @@ class Predictor:
         names = list(dict.fromkeys([*spec_keys, *keep]))
         kept: list[pa.Table] = []
         if self._is_raw(rows):
-            probs, _, _ = predict(self.ranker, self._raw_batches(rows, batch_size, False, names, kept))
+            probs, _, _ = predict(
+                self.ranker, self._raw_batches(rows, batch_size, False, names, kept), device=self.device
+            )
             columns = (
                 pa.concat_tables(kept) if kept else pa.table({n: pa.array([], pa.string()) for n in names})
             )
         else:
-            probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
+            probs, _, _ = predict(
+                self.ranker, self._batches(rows, batch_size, labels=False), device=self.device
+            )
             columns = _converted_columns(rows, names)
         probs = self._calibrate({t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}, raw)
         out = {n: columns[n] for n in names} | {f"p_{t}": pa.array(p) for t, p in probs.items()}
@@ -220,7 +233,7 @@ class Predictor:
         A hand-built `Batch` is checked as the reader checks parquet (ids within their tables,
         finite dense values), and a non-finite output (a checkpoint with NaN weights) raises; both
         as a ValueError naming the feature or the task (see `rankers.evaluation.predict`)."""
-        probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False))
+        probs, _, _ = predict(self.ranker, self._batches(rows, batch_size, labels=False), device=self.device)
         probs = {t: probs.get(t, np.zeros(0, dtype=np.float32)) for t in self.tasks}
         return self._calibrate(probs, raw)
 
@@ -236,7 +249,9 @@ class Predictor:
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
         """Probabilities (calibrated unless `raw`, as `predict_proba`) and labels per task of labeled
         rows, and their user ids (or None)."""
-        probs, labels, groups = predict(self.ranker, self._batches(rows, batch_size, labels=True))
+        probs, labels, groups = predict(
+            self.ranker, self._batches(rows, batch_size, labels=True), device=self.device
+        )
         if not labels:
             raise ValueError(f"{_describe(rows)}: no labeled rows")
         return self._calibrate(probs, raw), labels, groups
@@ -247,7 +262,8 @@ class Predictor:
         """Like `predict_proba`, one dict per batch, for inputs larger than memory. Checked as
         `predict_proba` is; a non-finite output's row is its index in that batch's dict."""
         for batch in self._batches(rows, batch_size, labels=False):
-            probs, _, _ = predict(self.ranker, [batch])  # validates the batch and the outputs
+            # validates the batch and the outputs
+            probs, _, _ = predict(self.ranker, [batch], device=self.device)
             yield self._calibrate(probs, raw)
 
 

@@ -102,9 +102,9 @@ def check_shards(directory: Path, meta: dcp_metadata.Metadata) -> None:
 
 def verify(directory: Path) -> None:
     """Reads what `load` would read of a DCP directory but the tensors: its metadata (restricted),
-    its shards' sizes and any saved RNG states; ValueError naming the first bad file."""
+    its shards' sizes and any saved RNG states (CPU and GPU); ValueError naming the first bad file."""
     check_shards(directory, read_metadata(directory / METADATA))
-    for rng in sorted(directory.glob("rng-*.pt")):
+    for rng in sorted([*directory.glob("rng-*.pt"), *directory.glob("cuda-rng-*.pt")]):
         load_rng(rng)
 
 
@@ -223,8 +223,17 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def save_rng(state: torch.Tensor, path: Path) -> None:
+    """An RNG state (`torch.get_rng_state()`, `torch.cuda.get_rng_state(device)`) to `path`; a
+    failed write is an OSError naming it (`write_error`)."""
+    try:
+        torch.save(state, path)
+    except (OSError, RuntimeError) as e:
+        raise write_error(e, path) from None
+
+
 def load_rng(path: Path) -> torch.Tensor:
-    """A saved torch RNG state (a uint8 tensor), read with `weights_only=True`."""
+    """A saved torch RNG state (a uint8 tensor; the CPU's or a GPU's), read with `weights_only=True`."""
     try:
         state = torch.load(path, weights_only=True)
     except FileNotFoundError:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ def calibrate_checkpoint(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     options: CalibrateOptions = CalibrateOptions(),
+    device: str | torch.device = "auto",
 ) -> tuple[str, list[Path]]:
     """Fits a calibration map per task of `checkpoint` on `valid` (default: the training data's valid
     split), measures it on `test` (default: the training data's test split, if any) and saves
@@ -37,6 +42,8 @@ def calibrate_checkpoint(
         test: labeled rows to measure held-out ECE on.
         options: the method, the check and the rows scored per forward pass
             (`rankers.bidding.calibration.calibrate`).
+        device: where the model scores the rows: a torch.device or a name
+            `rankers.devices.resolve_device` takes ("auto": cuda where torch sees a GPU, else cpu).
 
     Returns:
         The report (markdown) and the files saved.
@@ -55,7 +62,7 @@ def calibrate_checkpoint(
     # beside a second calibrate; held from before the model is loaded until the files are saved.
     lock = OutputLock(out)
     try:
-        predictor = Predictor.load(out)
+        predictor = Predictor.load(out, device)
         data = Path(CheckpointDir(out).settings().data)
         valid = Path(valid) if valid else data / "valid"
         test = Path(test) if test else (data / "test" if (data / "test").is_dir() else None)

@@ -36,6 +36,7 @@ class BidConfig:
     market_corr: float | None = None
     market_seed: int | None = None
     batch_size: int = 65_536  # rows scored per forward pass, with a predictor
+    device: str = "auto"  # where a predictor scores rows: auto (cuda where torch sees a GPU), cpu, cuda[:N]
 
     def flags(self) -> dict[str, Any]:
         """The values of BID_FLAGS by flag (None where not given)."""
@@ -117,7 +118,7 @@ def _sources(c: BidConfig, goal: str, length: int, data: Path) -> tuple[list[tup
         given: dict[str, Any] = {"median": c.market_median, "sigma": c.market_sigma}
         given |= {"corr": c.market_corr, "seed": c.market_seed}
         market = ev.MarketModel(**{k: v for k, v in given.items() if v is not None})
-        predictor = Predictor.load(c.predictor)
+        predictor = Predictor.load(c.predictor, c.device)
         episodes = ev.split_episodes(predictor, data, goal, length, market, batch_size=c.batch_size)
         mean_price = float(np.mean([e.prices.mean() for e in ev.halves(data.name, episodes)[0]]))
         sources.append((data.name, episodes, c.budget * mean_price * length))

@@ -83,6 +83,6 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
 def run(args: argparse.Namespace) -> None:
     from rankers.bidding.run import BidConfig, bid_report
 
-    apply_compute_flags(args)  # threads set; the batch size is BidConfig's
+    apply_compute_flags(args)  # threads set, the device checked; the batch size and device are BidConfig's
     config = BidConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BidConfig)})
     print(bid_report(config, args.argv))

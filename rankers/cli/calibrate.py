@@ -63,8 +63,8 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
 def run(args: argparse.Namespace) -> None:
     from rankers.bidding.fit import calibrate_checkpoint
 
-    batch_size = apply_compute_flags(args)
+    batch_size, device = apply_compute_flags(args)
     fields = ("method", "bins", "folds", "min_positives", "min_negatives", "force")
     options = CalibrateOptions(**{k: getattr(args, k) for k in fields}, batch_size=batch_size)
-    text, saved = calibrate_checkpoint(args.checkpoint, args.valid, args.test, options)
+    text, saved = calibrate_checkpoint(args.checkpoint, args.valid, args.test, options, device)
     print(text + "\nsaved " + ", ".join(map(str, saved)))

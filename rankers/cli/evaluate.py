@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> None:
     from rankers.predictor import Predictor
     from rankers.results import describe_probabilities, results_table
 
-    batch_size = apply_compute_flags(args)
-    predictor = Predictor.load(args.checkpoint)
+    batch_size, device = apply_compute_flags(args)
+    predictor = Predictor.load(args.checkpoint, device)
     data = Path(args.data) if args.data else Path(CheckpointDir(args.checkpoint).settings().data) / "test"
     split = data.name if data.name in ("train", "valid", "test") else "rows"
     metrics = calibrated_and_raw(predictor, data, batch_size, raw=args.raw)

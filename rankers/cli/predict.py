@@ -44,12 +44,12 @@ def run(args: argparse.Namespace) -> None:
     from rankers.predictor import Predictor
     from rankers.results import describe_probabilities
 
-    batch_size = apply_compute_flags(args)
+    batch_size, device = apply_compute_flags(args)
     check_apart(args.out, [args.checkpoint, args.data])  # before anything else is said of --out
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a directory; expected the parquet file to write")
     with StagedOutput(args.out, "predictions", args.overwrite, inputs=[args.checkpoint, args.data]) as out:
-        predictor = Predictor.load(args.checkpoint)
+        predictor = Predictor.load(args.checkpoint, device)
         keep = [c.strip() for c in args.keep.split(",") if c.strip()]
         table = predictor.predict_table(args.data, keep, batch_size, raw=args.raw)
         calibration = None if args.raw else predictor.calibration

@@ -1,5 +1,6 @@
-"""`--threads` and `--batch-size` on the commands that score rows (evaluate, calibrate, bid), and
-`rankers evaluate` reporting calibrated and raw metrics of a calibrated checkpoint."""
+"""`--threads`, `--batch-size` and `--device` on the commands that score rows (evaluate, predict,
+calibrate, bid), and `rankers evaluate` reporting calibrated and raw metrics of a calibrated
+checkpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from rankers.cli import build_parser, main
 from rankers.cli._compute import BATCH_SIZE
@@ -214,3 +216,90 @@ def test_results_table_puts_other_models_after_the_model_each_with_its_lift() ->
     assert lines[4] == "| constant prior | test | ctr | 0.5000 | 0.5000 | - |"
     assert lines[5] == "| teacher (best achievable) | test | ctr | 0.9000 | 0.3000 | - |"
     assert results_table(result, "a", ("test",)) == "\n".join(lines[:3] + lines[4:])
+
+
+SCORING = (*COMMANDS, "predict")
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+
+
+def _required(command: str, tmp_path: Path) -> list[str]:
+    """The required flags of `rankers COMMAND`, naming paths that do not exist."""
+    if command == "bid":
+        return ["--data", str(tmp_path / "none")]
+    more = (
+        ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "p.parquet")] if command == "predict" else []
+    )
+    return ["--checkpoint", str(tmp_path / "none"), *more]
+
+
+@pytest.mark.parametrize("command", SCORING)
+def test_scoring_commands_take_a_device_auto_by_default_with_help(command: str, tmp_path: Path) -> None:
+    help_ = _helps(command)["--device"]
+    assert help_.startswith("where the model scores rows: auto (cuda where torch sees a GPU, else cpu), cpu")
+    assert "cuda:N" in help_ and help_.endswith("(default: %(default)s)")
+    args = build_parser([command]).parse_args([command, *_required(command, tmp_path)])
+    assert args.device == "auto"
+
+
+@NO_GPU
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("cuda", "device 'cuda': torch "),
+        ("cuda:1", "device 'cuda:1': torch "),
+        ("tpu", "device 'tpu': expected one of ('auto', 'cpu', 'cuda') or cuda:N"),
+    ],
+)
+@pytest.mark.parametrize("command", SCORING)
+def test_a_device_this_machine_lacks_is_refused_in_one_line_before_anything_is_read(
+    command: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, *_required(command, tmp_path), "--device", value]) == 2  # no such paths either
+    err = capsys.readouterr().err
+    assert err.startswith(f"rankers: error: {message}"), err
+    assert err.count("\n") == 1
+    if value.startswith("cuda"):
+        assert "sees no GPU on this machine; expected --device cpu or auto" in err
+
+
+@pytest.fixture
+def devices(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The device of every `Predictor.load` made during the test."""
+    from rankers.predictor import Predictor
+
+    real, seen = Predictor.load.__func__, []  # type: ignore[attr-defined]
+
+    def recorded(cls: type[Predictor], path: Any, device: Any = "cpu") -> Predictor:
+        seen.append(device)
+        return real(cls, path, device)
+
+    monkeypatch.setattr(Predictor, "load", classmethod(recorded))
+    return seen
+
+
+def test_predict_on_cpu_given_explicitly_writes_what_the_default_writes(
+    calibrated: tuple[Path, Path], devices: list[object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    data, ckpt = calibrated
+    predict = ["predict", "--checkpoint", str(ckpt), "--data", str(data / "test")]
+    assert main([*predict, "--out", str(tmp_path / "cpu.parquet"), "--device", "cpu"]) == 0
+    assert main([*predict, "--out", str(tmp_path / "auto.parquet")]) == 0  # --device auto
+    capsys.readouterr()
+    auto = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert devices == [torch.device("cpu"), auto]
+    if not torch.cuda.is_available():  # the same device: the same probabilities, bit for bit
+        assert pq.read_table(tmp_path / "cpu.parquet").equals(pq.read_table(tmp_path / "auto.parquet"))
+
+
+def test_evaluate_calibrate_and_bid_load_the_predictor_on_the_device_given(
+    calibrated: tuple[Path, Path], devices: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, ckpt = calibrated
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
+    calibrate = ["calibrate", "--checkpoint", str(ckpt), "--method", "platt", "--force"]
+    assert main([*calibrate, "--device", "cpu"]) == 0
+    bid = ["bid", "--data", str(data / "test"), "--predictor", str(ckpt), "--episode-length", "50"]
+    assert main([*bid, "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert devices == [torch.device("cpu"), torch.device("cpu"), "cpu"]  # bid: BidConfig.device as given
