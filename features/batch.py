@@ -3,7 +3,7 @@ reader's checks for a batch built by hand."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -21,12 +21,16 @@ class Batch(Pipelineable):
         sparse: every categorical and sequence key in one KeyedJaggedTensor (stride B).
         labels: task -> (B,) float32 in {0, 1}; empty for unlabeled rows.
         groups: (B,) int64 user ids of the schema's group column (for gAUC), or None.
+        tables: the KJT each table module of a model takes, built from `sparse` on the host
+            (`rankers.embedding.EmbeddingArch.table_inputs`) for TorchRec's train pipeline, which
+            copies and distributes them ahead of the forward; empty otherwise.
     """
 
     dense: torch.Tensor
     sparse: KeyedJaggedTensor
     labels: dict[str, torch.Tensor]
     groups: torch.Tensor | None = None
+    tables: dict[str, KeyedJaggedTensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.dense.shape[0])
@@ -37,6 +41,7 @@ class Batch(Pipelineable):
             sparse=self.sparse.to(device=device, non_blocking=non_blocking),
             labels={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.labels.items()},
             groups=None if self.groups is None else self.groups.to(device=device, non_blocking=non_blocking),
+            tables={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.tables.items()},
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -46,6 +51,8 @@ class Batch(Pipelineable):
             v.record_stream(stream)
         if self.groups is not None:
             self.groups.record_stream(stream)
+        for kjt in self.tables.values():
+            kjt.record_stream(stream)
 
     def pin_memory(self) -> Batch:
         return Batch(
@@ -53,6 +60,7 @@ class Batch(Pipelineable):
             sparse=self.sparse.pin_memory(),
             labels={k: v.pin_memory() for k, v in self.labels.items()},
             groups=None if self.groups is None else self.groups.pin_memory(),
+            tables={k: v.pin_memory() for k, v in self.tables.items()},
         )
 
 

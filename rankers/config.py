@@ -4,8 +4,8 @@ and `resolve`, the one place a backbone or preset name becomes both.
 Both are frozen dataclasses checked in `__post_init__`; every field is a CLI flag and a TOML key
 whose help is the field's comment (`rankers._args`), and a checkpoint's config.json holds both
 (`RankerConfig.to_dict`, `asdict`; read back by `rankers.checkpoint.checkpoint_config`). Importing
-this module imports no torch (`rankers --help` stays fast); building a RankerConfig whose
-`sequence_lookup` is left "" asks torch for the training device (`rankers.embedding`).
+this module imports no torch (`rankers --help` stays fast). A RankerConfig whose `sequence_lookup`
+is left "" takes the training device's (resolved when the run starts, `rankers.run.prepare`).
 
 Example:
     >>> ranker, train = resolve("finalmlp_criteo_x1", {"embedding_dim": 8}, {"epochs": 3})
@@ -25,6 +25,17 @@ SHARDED = ("table_wise", "row_wise", "column_wise")
 SEQUENCE_LOOKUPS = ("bag", "collection")  # how rankers.embedding looks a sequence up
 MONITOR_METRICS = ("auc-logloss", "auc", "logloss")
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")  # also cuda:N (rankers.devices.resolve_device)
+# The tables' fused optimizers (fbgemm, applied inside the backward pass): those fbgemm's CPU kernels
+# have, then those only its CUDA kernels have.
+CPU_EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+EMBEDDING_OPTIMIZERS = (
+    *CPU_EMBEDDING_OPTIMIZERS,
+    "adam",
+    "partial_rowwise_adam",
+    "lamb",
+    "partial_rowwise_lamb",
+)
 
 
 def presets() -> dict[str, Any]:
@@ -119,7 +130,7 @@ class RankerConfig:
     embedding_l2: float | None = None
     preset: str = ""  # the preset this config came from ("" for none); set when `backbone` names one
     # How sequences are looked up: bag (faster on CPU) or collection (the GPU's); unset: the one
-    # for the training device. Kept with a checkpoint.
+    # for the training device (`rankers.embedding.default_sequence_lookup`), written to the checkpoint.
     sequence_lookup: str = ""
     tasks: tuple[str, ...] = ()  # comma-separated tasks to train, among the dataset's; unset: all its labels
 
@@ -146,10 +157,8 @@ class RankerConfig:
             raise ValueError(f"embedding_dim {dim!r} must be an integer >= 1")
         if not 0 <= l2 < float("inf"):
             raise ValueError(f"embedding_l2 {l2!r} must be finite and >= 0")
-        lookup = self.sequence_lookup or _default_sequence_lookup()
-        if lookup not in SEQUENCE_LOOKUPS:
-            raise ValueError(f"sequence_lookup {lookup!r}: expected one of {SEQUENCE_LOOKUPS}")
-        object.__setattr__(self, "sequence_lookup", lookup)
+        if self.sequence_lookup and self.sequence_lookup not in SEQUENCE_LOOKUPS:
+            raise ValueError(f"sequence_lookup {self.sequence_lookup!r}: expected one of {SEQUENCE_LOOKUPS}")
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "embedding_dim", dim)
         object.__setattr__(self, "embedding_l2", l2)
@@ -222,12 +231,6 @@ def _backbone_config(backbone: str, config: Any) -> Any:
     return cls(**given)
 
 
-def _default_sequence_lookup() -> str:
-    from rankers.embedding import default_sequence_lookup
-
-    return default_sequence_lookup()
-
-
 def monitor_score(metric: str, auc: float | None, logloss: float | None) -> float | None:
     """The validation score (higher is better) of `metric`; None where it is undefined."""
     if logloss is None or (auc is None and metric != "logloss"):
@@ -243,7 +246,7 @@ class TrainConfig:
     batch_size: int = 4096  # training rows per step, >= 1 (the global batch over all processes)
     lr: float = 1e-3  # Adam learning rate of the dense parameters, > 0
     weight_decay: float = 0.0  # Adam weight decay of the dense parameters, >= 0
-    embedding_lr: float = 0.05  # fused rowwise Adagrad learning rate of the tables, > 0
+    embedding_lr: float = 0.05  # learning rate of the tables' fused optimizer (--embedding-optimizer), > 0
     patience: int = 2  # stop after this many epochs without a better validation score, >= 0 (0: never)
     # On an epoch without a better validation score, go back to the best weights and multiply both
     # learning rates by this, in (0, 1] (1: neither).
@@ -271,10 +274,25 @@ class TrainConfig:
     sharding_tables: tuple[tuple[str, str], ...] | dict[str, str] = ()
     # Save everything `--resume` needs every this many steps (and after each epoch), >= 0 (0: never).
     checkpoint_every: int = 0
-    # Train through TorchRec's TrainPipelineSparseDist (the next batch's input distribution starts
-    # before this batch's forward). Same numbers as the plain loop; on CPU nothing overlaps (no
-    # streams), so it is off by default (see rankers.pipeline).
+    # Train through TorchRec's TrainPipelineSparseDist (the next batch's copy to the GPU and its
+    # input distribution overlap this batch's compute). Same numbers as the plain loop; on CPU
+    # nothing overlaps (no streams), so it is off by default (see rankers.pipeline).
     pipeline: bool = False
+    # Where to train: auto (this process's GPU where torch sees one, else cpu), cpu, cuda or cuda:N.
+    device: str = "auto"
+    # The tables' fused optimizer, updating them inside the backward pass at --embedding-lr:
+    # rowwise_adagrad, adagrad or sgd (CPU and GPU); adam, partial_rowwise_adam, lamb or
+    # partial_rowwise_lamb (GPU only: fbgemm has no CPU kernel for them).
+    embedding_optimizer: str = "rowwise_adagrad"
+    # MiB of GPU memory per process the sharding planner may fill with tables, >= 0 (0: the GPU's
+    # memory); a table that does not fit is placed in host memory behind a GPU cache (fbgemm's
+    # UVM-caching kernel). Unused on CPU.
+    hbm_cap_mb: int = 0
+    # Share of a UVM-cached table's rows its GPU cache holds, in (0, 1]. Unused on CPU.
+    cache_load_factor: float = 0.2
+    # Check the training loss for NaN/infinity every this many steps, >= 0 (0: every step on CPU,
+    # every 50 steps on GPU, where each check waits for the GPU). The error names the first bad step.
+    check_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -295,6 +313,15 @@ class TrainConfig:
             raise ValueError(f"monitor_metric {self.monitor_metric!r}: expected one of {MONITOR_METRICS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
-        for name in ("patience", "threads", "max_steps", "shuffle_buffer", "checkpoint_every"):
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ValueError(f"device {self.device!r}: expected one of {DEVICES} or cuda:N")
+        if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+            raise ValueError(
+                f"embedding_optimizer {self.embedding_optimizer!r}: expected one of {EMBEDDING_OPTIMIZERS}"
+            )
+        if not 0 < self.cache_load_factor <= 1:
+            raise ValueError(f"cache_load_factor {self.cache_load_factor} must be in (0, 1]")
+        counts = ("patience", "threads", "max_steps", "shuffle_buffer", "checkpoint_every", "hbm_cap_mb")
+        for name in (*counts, "check_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)} must be >= 0")

@@ -13,7 +13,7 @@ from features.schema import Schema
 from rankers.backbones import Backbone, BackboneOutput, InputSpec, build_backbone
 from rankers.backbones.base import Embedded
 from rankers.config import RankerConfig
-from rankers.embedding import EmbeddingArch, table_bytes
+from rankers.embedding import EmbeddingArch, default_sequence_lookup, table_bytes
 
 
 class Ranker(nn.Module):
@@ -45,7 +45,7 @@ class Ranker(nn.Module):
         self.task_weights = {t: float(task_weights.get(t, 1.0)) for t in self.tasks}
 
     def forward(self, batch: Batch) -> BackboneOutput:
-        x = self.embedding(batch.dense, batch.sparse)
+        x = self.embedding(batch.dense, batch.sparse, batch.tables)
         out = self.backbone(x)
         if self.training and self.embedding_l2:
             out = _with_l2_penalty(out, x, self.embedding_l2)
@@ -102,9 +102,10 @@ def build_ranker(
     dim = config.embedding_dim
     assert dim is not None  # RankerConfig resolves it
     spec = InputSpec.from_schema(schema, dim)
+    lookup = config.sequence_lookup or default_sequence_lookup(device)  # "bag" on CPU and meta
     backbone = build_backbone(config.backbone, spec, config.backbone_config, config.tasks or schema.tasks)
     return Ranker(
-        EmbeddingArch(schema, dim, device=device, sequence_lookup=config.sequence_lookup),
+        EmbeddingArch(schema, dim, device=device, sequence_lookup=lookup),
         backbone,
         dict(config.task_weights),
         embedding_l2=config.embedding_l2 or 0.0,

@@ -25,7 +25,8 @@ from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
 from rankers.checkpoint import CheckpointDir
 from rankers.config import RankerConfig, ShardingConfig, TrainConfig
-from rankers.distributed import describe_plan, is_main, shard_ranker
+from rankers.distributed import TableSettings, describe_plan, is_main, shard_ranker
+from rankers.embedding import default_sequence_lookup
 from rankers.evaluation import label_counts, label_prior
 from rankers.metrics import markdown_table
 from rankers.ranker import Ranker, build_ranker
@@ -77,9 +78,10 @@ class RunState:
             bad_epochs=bad_epochs,
         )
 
-    def took_step(self, loss_sum: float) -> None:
-        """Counts a training step; `loss_sum` is the epoch's summed loss after it."""
-        self.step, self.steps_done, self.loss_sum = self.step + 1, self.steps_done + 1, loss_sum
+    def took_step(self) -> None:
+        """Counts a training step (the loop sets `loss_sum` before the state is saved: reading the
+        loss every step would wait for the GPU every step)."""
+        self.step, self.steps_done = self.step + 1, self.steps_done + 1
 
     def next_epoch(self, stopped: bool) -> None:
         """Moves on after an epoch's end."""
@@ -103,6 +105,7 @@ class Run:
     plan: list[dict[str, Any]]  # the sharding plan, a row per table
     info: dict[str, Any]  # the dataset's dataset.json
     train_files: list[Path]  # the training split's parquet files
+    device: torch.device  # where the model computes (`TrainConfig.device` resolved)
 
     @property
     def fingerprint(self) -> str | None:
@@ -114,9 +117,16 @@ class Run:
         self.ckpt.save_state(self.model, self.optimizer, state.to_progress())
 
 
-def prepare(data: Path, ckpt: CheckpointDir, ranker_config: RankerConfig, config: TrainConfig) -> Run:
-    """Checks `data`, builds the readers and the sharded model (seeded by `config.seed`), and on
-    rank 0 logs the sharding plan and writes the checkpoint's schema.json and config.json."""
+def prepare(
+    data: Path,
+    ckpt: CheckpointDir,
+    ranker_config: RankerConfig,
+    config: TrainConfig,
+    device: torch.device = torch.device("cpu"),
+) -> Run:
+    """Checks `data`, builds the readers and the sharded model on `device` (seeded by
+    `config.seed`), and on rank 0 logs the sharding plan and writes the checkpoint's schema.json
+    and config.json (with the sequence lookup of `device` where the config leaves it unset)."""
     train_split = data / "train"
     if not train_split.is_dir():
         splits = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
@@ -134,13 +144,24 @@ def prepare(data: Path, ckpt: CheckpointDir, ranker_config: RankerConfig, config
     steps_per_epoch = fewest(len(reader))  # every rank takes the same steps (they are collective)
     prior = label_prior(reader.path, schema)
     torch.manual_seed(config.seed)
+    if not ranker_config.sequence_lookup:
+        ranker_config = replace(ranker_config, sequence_lookup=default_sequence_lookup(device))
     ranker = build_ranker(schema, ranker_config, device=torch.device("meta"))
     monitor = config.monitor or ranker.tasks[0]
     if monitor not in ranker.tasks:
         raise ValueError(f"monitor task {monitor!r} is not among the model's tasks {ranker.tasks}")
     _check_validation(data, evals, schema, monitor, config.monitor_metric)
     sharding = ShardingConfig(config.sharding, config.sharding_tables)
-    model, optimizer = shard_ranker(ranker, config.lr, config.weight_decay, config.embedding_lr, sharding)
+    settings = TableSettings(
+        device=device,
+        optimizer=config.embedding_optimizer,
+        hbm_cap=config.hbm_cap_mb * 2**20 or None,
+        cache_load_factor=config.cache_load_factor,
+        batch_size=config.batch_size // world,
+    )
+    model, optimizer = shard_ranker(
+        ranker, config.lr, config.weight_decay, config.embedding_lr, sharding, settings
+    )
     plan = describe_plan(model.plan, ranker, world)
     if is_main():
         log.info("sharding plan:\n%s", markdown_table(plan, list(plan[0]) if plan else []))
@@ -159,6 +180,7 @@ def prepare(data: Path, ckpt: CheckpointDir, ranker_config: RankerConfig, config
         plan=plan,
         info=info,
         train_files=train_files,
+        device=device,
     )
 
 

@@ -29,11 +29,13 @@ from tqdm import tqdm
 
 from features.batch import Batch
 from features.outputs import staging_path
+from rankers.backbones.layers import fixed_shapes
 from rankers.checkpoint import CheckpointDir
 from rankers.config import RankerConfig, TrainConfig, monitor_score
+from rankers.devices import autocast, pinned, resolve_device, synchronize, to_device
 from rankers.distributed import barrier, gather_arrays, init_process_group, is_main
 from rankers.evaluation import evaluate_batches
-from rankers.pipeline import SparseDistPipeline, check_loss
+from rankers.pipeline import LossCheck, SparseDistPipeline, check_loss
 from rankers.ranker import Ranker
 from rankers.run import Run, RunState, prepare
 from rankers.staging import abort, open_output
@@ -68,11 +70,12 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     data, final = Path(data), Path(out).absolute()
-    init_process_group()
+    device = resolve_device(config.device)  # refuses cuda where there is none, before any work
+    init_process_group(device)
     output = open_output(final, overwrite, resume, data)
     ckpt = CheckpointDir(staging_path(final))
     try:
-        result = _loop(prepare(data, ckpt, ranker_config, config), resume)
+        result = _loop(prepare(data, ckpt, ranker_config, config, device), resume)
         if is_main():
             ckpt.write_metrics(result)
             marker = {"epochs": len(result["history"]), "best_epoch": result["best_epoch"]}
@@ -124,52 +127,65 @@ def _resumed(run: Run) -> RunState:
 def _train_epoch(run: Run, state: RunState) -> dict[str, float]:
     """One pass over the training split from `state.step` (a resumed epoch skips the batches it
     took: the shuffle is seeded by the epoch), saving state every `checkpoint_every` steps.
-    Returns the epoch's mean loss, steps and steady examples/s."""
-    config, epoch, start = run.config, state.epoch, state.step
+    Returns the epoch's mean loss, steps and steady examples/s.
+
+    Nothing here reads a value from the device every step: the loss sum stays on the device and
+    is read for the progress bar every 20 steps and when the state is saved."""
+    config, epoch, start, device = run.config, state.epoch, state.step, run.device
     run.reader.set_epoch(epoch)
     left = config.max_steps - state.steps_done if config.max_steps else None  # None: no limit
     total = min(run.steps_per_epoch, start + left) if left is not None else run.steps_per_epoch
     warm_steps = start + min(10, (total - start) // 5)
-    loss_sum, rows, t_warm, rows_warm = torch.tensor(state.loss_sum), 0, time.perf_counter(), 0
+    loss_sum = torch.tensor(state.loss_sum, device=device)
+    rows, t_warm, rows_warm = 0, time.perf_counter(), 0
     every, desc = config.checkpoint_every, f"epoch {epoch + 1}"
+    losses = LossCheck(config.check_every or (1 if device.type == "cpu" else 50))
     bar = tqdm(total=total, unit="step", desc=desc, disable=not config.progress, dynamic_ncols=True)
     with bar:
         # Batches are read in this thread: a prefetch thread was measured 20% slower on 2 cores
         # (it competes with torch's threads and the GIL); reading costs about 3 ms of a 40 ms step.
         bar.update(start)
         todo = itertools.islice(iter(run.reader), start, total)  # the same batches on every rank
-        for loss, n in _losses(run, todo, lambda i: f"epoch {epoch + 1}, step {start + i + 1}"):
+        where = lambda i: f"epoch {epoch + 1}, step {start + i + 1}"  # noqa: E731
+        for loss, n in _losses(run, pinned(todo, device), where, losses):
             loss_sum += loss.detach()
-            state.took_step(float(loss_sum))
+            state.took_step()
             rows += n
             if every and state.steps_done % every == 0 and state.step < run.steps_per_epoch:
+                losses.flush()  # nothing non-finite is saved
+                state.loss_sum = float(loss_sum)
                 run.save(state)
             if state.step == warm_steps:
+                synchronize(device)
                 t_warm, rows_warm = time.perf_counter(), rows
             if state.step % 20 == 0 or state.step == total:
+                mean = float(loss_sum) / state.step  # waits for the device
                 rate = (rows - rows_warm) / max(time.perf_counter() - t_warm, 1e-9)
-                mean = float(loss_sum) / state.step
                 bar.set_postfix(loss=f"{mean:.4f}", ex_per_s=f"{rate:,.0f}", refresh=False)
                 bar.update(state.step - bar.n)
+        losses.flush()
+    synchronize(device)
     seconds = time.perf_counter() - t_warm
+    state.loss_sum = float(loss_sum)
     return {
-        "loss": float(loss_sum) / max(state.step, 1),
+        "loss": state.loss_sum / max(state.step, 1),
         "steps": state.step,
         "examples_per_s": (rows - rows_warm) / seconds if seconds > 0 and rows > rows_warm else float("nan"),
     }
 
 
 def _losses(
-    run: Run, batches: Iterator[Batch], where: Callable[[int], str]
+    run: Run, batches: Iterator[Batch], where: Callable[[int], str], losses: LossCheck
 ) -> Iterator[tuple[torch.Tensor, int]]:
-    """Trains on each of `batches` in turn, yielding (loss, rows) per step: the plain loop, or
-    TorchRec's train pipeline with `config.pipeline`. `where(i)` names step i in errors."""
+    """Trains on each of `batches` (on the host) in turn, yielding (loss, rows) per step: the plain
+    loop, or TorchRec's train pipeline with `config.pipeline`. `where(i)` names step i in errors."""
     model, ranker, optimizer, precision = run.model, run.ranker, run.optimizer, run.config.precision
     if not run.config.pipeline:
         for i, batch in enumerate(batches):
-            yield train_step(model, ranker, optimizer, batch, where(i), precision), len(batch)
+            loss = train_step(model, ranker, optimizer, batch, where(i), precision, run.device, (losses, i))
+            yield loss, len(batch)
         return
-    pipeline = SparseDistPipeline(model, ranker, optimizer, precision, where)
+    pipeline = SparseDistPipeline(model, ranker, optimizer, precision, where, run.device, losses)
     try:
         while True:
             try:
@@ -187,19 +203,28 @@ def train_step(
     batch: Batch,
     where: str = "",
     precision: str = "fp32",
+    device: torch.device | None = None,
+    losses: tuple[LossCheck, int] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on `batch`; returns the loss. The fused tables update inside backward.
 
-    The batch is validated first (`EmbeddingArch.check`, ValueError naming the feature); a
-    non-finite loss raises `NonFiniteLossError` (a ValueError) before the optimizer steps.
+    The batch is validated first, where it is (`EmbeddingArch.check`, ValueError naming the
+    feature), then moved to `device` (by default its own). A non-finite loss raises
+    `NonFiniteLossError` (a ValueError) before the optimizer steps, or, given `losses` (a check
+    and this step's number), when that check next reads its flag (`LossCheck`).
     """
     ranker.embedding.check(batch, where or "this step")
+    device = batch.dense.device if device is None else device
+    batch = to_device(batch, device)
     optimizer.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with autocast(device, precision), fixed_shapes(device.type != "cpu"):
         out = model(batch)
     loss, _ = ranker.loss(out, batch.labels)
     loss.backward()
-    check_loss(loss, where or "this step")  # before Adam takes the step, and before any other
+    if losses is None:
+        check_loss(loss, where or "this step")  # before Adam takes the step, and before any other
+    else:
+        losses[0].add(loss, losses[1], where or "this step")
     optimizer.step()
     return loss
 
@@ -213,7 +238,7 @@ def _validate(run: Run, row: dict[str, Any]) -> float | None:
     )
     if "valid" in run.evals:
         row["valid"] = evaluate_batches(
-            run.model, run.evals["valid"], run.prior, run.config.progress, "valid"
+            run.model, run.evals["valid"], run.prior, run.config.progress, "valid", device=run.device
         )
         auc, logloss = row["valid"][run.monitor]["auc"], row["valid"][run.monitor]["logloss"]
         score = monitor_score(run.config.monitor_metric, auc, logloss)
@@ -257,7 +282,7 @@ def _result(run: Run, state: RunState) -> dict[str, Any]:
         "monitor": run.monitor,
     }
     for name, r in run.evals.items():
-        result[name] = evaluate_batches(run.model, r, run.prior, run.config.progress, name)
+        result[name] = evaluate_batches(run.model, r, run.prior, run.config.progress, name, device=run.device)
     result["warnings"] = _selection_warnings(result, run.monitor)
     for w in result["warnings"] if is_main() else ():
         log.warning("%s", w)
@@ -266,6 +291,7 @@ def _result(run: Run, state: RunState) -> dict[str, Any]:
     result["data_fingerprint"] = run.fingerprint
     result["train_config"] = asdict(run.config)
     result["processes"] = dist.get_world_size()
+    result["device"] = run.device.type if run.device.type == "cpu" else torch.cuda.get_device_name(run.device)
     result["sharding_plan"] = run.plan
     # Peak resident memory of each process (ru_maxrss is in KiB on Linux).
     rss = np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])

@@ -43,6 +43,16 @@ def criteo_8k_2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def userbehavior(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 650-user UserBehavior sample as ranking examples: histories up to 20, 2 negatives each."""
+    from features.datasets.userbehavior import UserBehaviorConfig, convert_userbehavior
+
+    out = tmp_path_factory.mktemp("ub") / "data"
+    src = shared_file("taobao/UserBehavior_head_650users.csv")
+    return convert_userbehavior(src, out, UserBehaviorConfig(negatives=2, max_len=20), progress=False)
+
+
+@pytest.fixture(scope="session")
 def synthetic_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20,000 teacher rows with small vocabularies: fast to train on."""
     from features.datasets.synthetic import SyntheticConfig, write_synthetic

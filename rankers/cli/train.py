@@ -19,11 +19,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("rankers")
 HELP = "train a ranker on a dataset's train split"
 # What `train --resume DIR` takes beside the run's own settings: more epochs in all (to continue
-# a finished run), progress bars, threads, and the number of processes.
-RESUME_FLAGS = ("epochs", "progress", "threads")
+# a finished run), progress bars, threads, the device, and the processes and machines.
+RESUME_FLAGS = ("epochs", "progress", "threads", "device")
 RESUME_ARGS = {
     "--resume",
     "--nproc",
+    "--nnodes",
+    "--rdzv-endpoint",
+    "--rdzv-id",
+    "--device",
     "--epochs",
     "--progress",
     "--no-progress",
@@ -49,6 +53,7 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     """The run's flags, RankerConfig's and TrainConfig's; the flags of the backbone `--backbone`
     names in `argv` are listed, every other backbone's are parsed but not listed."""
     from rankers.config import (
+        EMBEDDING_OPTIMIZERS,
         MONITOR_METRICS,
         PRECISIONS,
         SEQUENCE_LOOKUPS,
@@ -69,6 +74,15 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     p.add_argument("--overwrite", action="store_true", help=help_)
     help_ = "processes on this machine, >= 1 (launched through torchrun; --batch-size is the global batch)"
     p.add_argument("--nproc", type=int, default=1, help=help_ + " (default: %(default)s)")
+    help_ = (
+        "machines taking part, >= 1, each running this same command with --nproc processes; they "
+        "meet at --rdzv-endpoint and must see --data and --out at the same path"
+    )
+    p.add_argument("--nnodes", type=int, default=1, help=help_ + " (default: %(default)s)")
+    help_ = "HOST:PORT of one of the machines, where torchrun's rendezvous meets (needed with --nnodes > 1)"
+    p.add_argument("--rdzv-endpoint", default="", help=help_)
+    help_ = "an id shared by the machines of one run (default: %(default)s)"
+    p.add_argument("--rdzv-id", default="rankers", help=help_)
     chosen = _flag_value(argv or (), "--backbone")
     given = preset(chosen) if chosen in presets() else None
     backbone = given.backbone if given else chosen if chosen in configs else None
@@ -78,7 +92,12 @@ def configure(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     choices = {"backbone": names, "sequence_lookup": SEQUENCE_LOOKUPS}
     title = "model (RankerConfig; TOML table [ranker])"
     add_dataclass_flags(p, RankerConfig, RANKER_SKIP, choices=choices, defaults=ranker_defaults, title=title)
-    choices = {"monitor_metric": MONITOR_METRICS, "precision": PRECISIONS, "sharding": SHARDING_TYPES}
+    choices = {
+        "monitor_metric": MONITOR_METRICS,
+        "precision": PRECISIONS,
+        "sharding": SHARDING_TYPES,
+        "embedding_optimizer": EMBEDDING_OPTIMIZERS,
+    }
     defaults = dict(given.train) if given else {}
     add_dataclass_flags(p, TrainConfig, choices=choices, defaults=defaults, title="training (TOML [train])")
     _backbone_flags(p, chosen, backbone, given)
@@ -110,8 +129,10 @@ def run(args: argparse.Namespace) -> None:
 
     if args.nproc < 1:
         raise ValueError(f"--nproc {args.nproc}: expected an integer >= 1 (processes on this machine)")
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        relaunch(args.argv, args.nproc)
+    if args.nnodes < 1:
+        raise ValueError(f"--nnodes {args.nnodes}: expected an integer >= 1 (machines taking part)")
+    if (args.nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        relaunch(args.argv, args.nproc, args.nnodes, args.rdzv_endpoint, args.rdzv_id)
     elif "LOCAL_RANK" not in os.environ:
         _here(args)
     else:

@@ -419,7 +419,7 @@ def test_a_state_saved_at_an_epoch_end_resumes_with_another_process_count(
     assert main([*args, "--checkpoint-every", "1000", "--no-progress"]) == 0
     first = json.loads((ckpt / "metrics.json").read_text())
     assert main(["train", "--resume", str(ckpt), "--lr", "0.1"]) == 2
-    assert "own data and settings; drop --lr (it takes --debug, --epochs" in capsys.readouterr().err
+    assert "own data and settings; drop --lr (it takes --debug, --device, --epochs" in capsys.readouterr().err
     assert main(["train", "--resume", str(ckpt), "--nproc", "2", "--epochs", "2", "--no-progress"]) == 0
     second = json.loads((ckpt / "metrics.json").read_text())
     assert second["processes"] == 2 and second["train_config"]["epochs"] == 2

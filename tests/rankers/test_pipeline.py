@@ -14,18 +14,8 @@ from rankers.cli import main
 from rankers.config import RankerConfig, TrainConfig
 from rankers.predictor import Predictor
 from rankers.train import train
-from tests.conftest import shared_file
 
 SHORT = TrainConfig(epochs=2, batch_size=256, embedding_lr=0.02, max_steps=40, progress=False)
-
-
-@pytest.fixture(scope="module")
-def userbehavior(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from features.datasets.userbehavior import UserBehaviorConfig, convert_userbehavior
-
-    out = tmp_path_factory.mktemp("ub") / "data"
-    src = shared_file("taobao/UserBehavior_head_650users.csv")
-    return convert_userbehavior(src, out, UserBehaviorConfig(negatives=2, max_len=20), progress=False)
 
 
 def _same_run(a: dict, b: dict) -> None:
@@ -43,8 +33,8 @@ def test_the_pipeline_trains_like_the_plain_loop(
     criteo_8k_2k: Path, userbehavior: Path, tmp_path: Path, backbone: str, lookup: str, l2: float
 ) -> None:
     """Over two epochs (the pipeline is rebuilt per epoch and detached for evaluation), losses,
-    metrics and the saved weights equal the plain loop's bit for bit. The MLP's tables are
-    pipelined; the sequence models' run in the forward (see rankers.pipeline)."""
+    metrics and the saved weights equal the plain loop's bit for bit, every table module pipelined
+    (see rankers.pipeline)."""
     data = criteo_8k_2k if backbone == "mlp" else userbehavior
     model = RankerConfig(backbone=backbone, embedding_dim=8, sequence_lookup=lookup, embedding_l2=l2)
     plain = train(data, tmp_path / "plain", model, SHORT)
@@ -53,6 +43,33 @@ def test_the_pipeline_trains_like_the_plain_loop(
     _same_run(plain, piped)
     pa, pb = (Predictor.load(tmp_path / d).predict_proba(data / "test") for d in ("plain", "piped"))
     assert all(np.array_equal(pa[t], pb[t]) for t in pa)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("backbone", "lookup"), [("mlp", "bag"), ("din", "bag"), ("dien", "collection")])
+def test_every_table_module_is_pipelined(userbehavior: Path, backbone: str, lookup: str) -> None:
+    """TorchRec finds each table module's input in the batch (`Batch.tables`), sequence tables
+    too, so it distributes them all ahead of the forward; detached, the model builds them itself."""
+    from features.reader import ParquetBatches, find_schema
+    from rankers.distributed import shard_ranker, single_process_group
+    from rankers.pipeline import SparseDistPipeline
+    from rankers.ranker import build_ranker
+
+    single_process_group()
+    config = RankerConfig(backbone=backbone, embedding_dim=8, sequence_lookup=lookup)
+    ranker = build_ranker(find_schema(userbehavior), config, device=torch.device("meta"))
+    model, optimizer = shard_ranker(ranker, 1e-3, 0.0, 0.05)
+    pipeline = SparseDistPipeline(model, ranker, optimizer)
+    batches = iter(ParquetBatches(userbehavior / "train", 64))
+    for _ in range(3):
+        loss, rows = pipeline.progress(batches)
+        assert rows == 64 and torch.isfinite(loss)
+    pipelined = pipeline._pipelined_modules
+    assert len(pipelined) == len(ranker.embedding.table_modules()) == 2  # pooled, sequence tables
+    pipeline.detach()
+    assert not ranker.embedding.inputs_from_batch
+    batch = next(batches)
+    assert model(batch).logits["ctr"].shape == (64,)
 
 
 @pytest.mark.shared_data

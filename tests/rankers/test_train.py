@@ -124,8 +124,8 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_small: Path, tmp_path: Pa
     real = train_module.evaluate_batches
     test_after: list[float] = []  # real test AUC of the weights after each epoch
 
-    def fake(model, batches, prior, progress=False, desc="eval"):
-        metrics = real(model, batches, prior)
+    def fake(model, batches, prior, progress=False, desc="eval", device=None):
+        metrics = real(model, batches, prior, device=device)
         if desc == "valid":
             metrics["ctr"]["auc"] = next(aucs)
             test = ParquetBatches(synthetic_small / "test", batch_size=4096)

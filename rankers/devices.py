@@ -1,0 +1,100 @@
+"""Where a run computes: the device a name stands for, the process-group backend that goes with it,
+autocast on that device, and batches moved there.
+
+`resolve_device("auto")` is `cuda:LOCAL_RANK` where torch sees a GPU and `cpu` elsewhere;
+`"cuda"` on a machine without one is refused with a line saying so. Everything that takes a device
+(training, evaluation, the Predictor, the checkpoints' RNG state) takes it from here, so a CPU run
+on a CUDA host never touches the GPU.
+
+Example:
+    >>> device = resolve_device("auto")          # cpu here; cuda:0 on a one-GPU machine
+    >>> with autocast(device, "bf16"):
+    ...     out = model(to_device(batch, device))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+
+import torch
+
+from features.batch import Batch
+
+DEVICES = ("auto", "cpu", "cuda")  # the names a config or a flag takes (also "cuda:N")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device `name` stands for: "cpu"; "cuda" (this process's GPU, `cuda:LOCAL_RANK` under
+    torchrun); "cuda:N"; or "auto" (cuda where torch sees a GPU, else cpu). ValueError for an
+    unknown name or a GPU this machine does not have."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda" and not name.startswith("cuda:"):
+        raise ValueError(f"device {name!r}: expected one of {DEVICES} or cuda:N")
+    index = int(os.environ.get("LOCAL_RANK", "0")) if name == "cuda" else _index(name)
+    if not torch.cuda.is_available():
+        build = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
+        raise ValueError(
+            f"device {name!r}: torch {torch.__version__} (built {build}) sees no GPU on this machine; "
+            "expected --device cpu or auto (set up the CUDA stack with `GPU=1 make setup`)"
+        )
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise ValueError(f"device cuda:{index}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def _index(name: str) -> int:
+    index = name.split(":", 1)[1]
+    if not index.isdigit():
+        raise ValueError(f"device {name!r}: expected cuda:N with N a GPU index")
+    return int(index)
+
+
+def backend_for(device: torch.device) -> str:
+    """The process-group backend: gloo on CPU; on CUDA NCCL for the GPU tensors and gloo for the
+    CPU-side collectives (gathering predictions, agreeing on step counts) in one mixed group."""
+    return "gloo" if device.type == "cpu" else f"cpu:gloo,{device.type}:nccl"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[None]:
+    """bfloat16 autocast on `device`'s type with precision "bf16"; a no-op with "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """`batch` on `device`: itself on its own device; a non-blocking copy when its tensors are pinned
+    (the copy overlaps the GPU's work), a plain one otherwise."""
+    if batch.dense.device == device:
+        return batch
+    return batch.to(device, non_blocking=batch.dense.is_pinned())
+
+
+def pinned(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
+    """`batches` in page-locked memory where `device` is a GPU (so `to_device` copies without
+    blocking); unchanged on CPU."""
+    if device.type == "cpu":
+        yield from batches
+        return
+    for batch in batches:
+        yield batch.pin_memory()
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for `device`'s queued work (for timing); nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the backbone inside `model` (a Ranker, plain or wrapped by
+    DistributedModelParallel): where its batches must be; cpu for a model without one."""
+    for m in model.modules():
+        backbone = getattr(m, "backbone", None)
+        if isinstance(backbone, torch.nn.Module):
+            return next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    return torch.device("cpu")
