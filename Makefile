@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-gpu$(GPU)
 DEMO_THREADS ?= 2
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-gpu lint clean
 
 setup: $(STAMP)
 
@@ -42,10 +42,17 @@ PORTABLE_TESTS := tests/features tests/rankers/test_metrics.py tests/rankers/tes
 	tests/rankers/test_bidding.py tests/rankers/test_bid_cli.py tests/rankers/test_backbones.py
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q -m "not gpu" tests
 ifeq ($(shell uname -m),x86_64)
-	$(SIMD_OFF) OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider $(PORTABLE_TESTS)
+	$(SIMD_OFF) OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q -p no:cacheprovider -m "not gpu" $(PORTABLE_TESTS)
 endif
+
+# The `gpu` tests (marker in setup.cfg; `make test` leaves them out): CUDA against CPU, with the
+# TorchRec CUDA stack (`GPU=1 make test-gpu` on a machine with CUDA; skipped without a GPU). One
+# process: the tests share the GPU. A machine with a CUDA torch but no venv or TorchRec (the lent
+# H200s) runs tools/gpu_check.sh instead: these tests and the GPU benchmark, results in one folder.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu -p no:xdist tests
 
 # Imports point one way (features <- rankers <- benchmarks) with no cycle: .importlinter and
 # tools/import_cycles.py (which also sees a module importing its own package back).
