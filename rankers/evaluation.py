@@ -19,7 +19,8 @@ from tqdm import tqdm
 from features.batch import Batch
 from features.reader import ParquetBatches, parquet_files
 from features.schema import Schema
-from rankers.devices import model_device, to_device
+from rankers.backbones.shapes import fixed_shapes
+from rankers.devices import model_device, pinned, to_device
 from rankers.distributed import gather_arrays
 from rankers.embedding import EmbeddingArch
 from rankers.funnel import task_labels
@@ -95,10 +96,12 @@ def predict(
     total = len(batches) if isinstance(batches, Sized) else None
     try:
         with tqdm(total=total, unit="batch", desc=desc, disable=not progress, leave=False) as bar:
-            for i, batch in enumerate(batches):
+            for i, batch in enumerate(pinned(iter(batches), device)):
                 if check is not None:
                     check(batch, f"batch {i + 1}")
-                for t, logit in model(to_device(batch, device)).logits.items():
+                with fixed_shapes(device.type != "cpu"):  # no host syncs on a GPU
+                    out = model(to_device(batch, device))
+                for t, logit in out.logits.items():
                     logits.setdefault(t, []).append(logit)
                     probs.setdefault(t, []).append(torch.sigmoid(logit.float()))  # per batch, as before
                 for t, y in batch.labels.items():

@@ -88,12 +88,12 @@ class LossCheck:
         """Reads the recorded flag: NonFiniteLossError naming the first non-finite step, if any."""
         if self._first is None or self._value is None or not self._pending:
             return
-        first, value = int(self._first), float(self._value)
+        first = int(self._first)  # the one read from the device
         names, last = self._names, self._last
         self._pending, self._names = 0, {}
         if first >= 0:
             raise NonFiniteLossError(
-                f"training loss became {value} at {names.get(first, first)}; expected a finite loss "
+                f"training loss became {float(self._value)} at {names.get(first, first)}; expected a finite loss "
                 f"(lower the learning rates, or check the data for extreme dense values). The loss is "
                 f"checked every {self.every} steps on this device: the weights took the steps up to "
                 f"{last}, and nothing was saved after the bad step"

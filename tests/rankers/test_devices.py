@@ -4,6 +4,7 @@ the deferred loss check, the launch commands, and a whole run with the device gi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +45,31 @@ def test_device_names_resolve_or_are_refused_in_one_line() -> None:
 def test_the_backend_is_gloo_on_cpu_and_mixed_on_cuda() -> None:
     assert backend_for(torch.device("cpu")) == "gloo"
     assert backend_for(CUDA) == "cpu:gloo,cuda:nccl"
+
+
+def test_prefetch_keeps_order_raises_the_readers_error_in_place_and_stops_early() -> None:
+    import threading
+
+    from rankers.devices import prefetch
+
+    assert list(prefetch(iter(range(7)), depth=2)) == list(range(7))
+
+    def failing() -> Iterator[int]:
+        yield from (1, 2)
+        raise ValueError("part-3.parquet: row 9 bad")
+
+    got = []
+    with pytest.raises(ValueError, match="row 9"):
+        for x in prefetch(failing()):
+            got.append(x)
+    assert got == [1, 2]
+    stream = prefetch(iter(range(1000)), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops early: the thread ends instead of waiting for room
+    for thread in threading.enumerate():
+        if thread.name == "batch-prefetch":
+            thread.join(timeout=5)
+            assert not thread.is_alive()
 
 
 def test_train_config_checks_the_device_settings() -> None:
@@ -187,3 +213,37 @@ def test_every_embedding_optimizer_has_a_fused_class() -> None:
     from rankers.distributed import FUSED_OPTIMIZERS
 
     assert tuple(FUSED_OPTIMIZERS) == EMBEDDING_OPTIMIZERS
+
+
+@pytest.mark.distributed
+@pytest.mark.shared_data
+def test_two_machines_meet_at_the_rendezvous_endpoint(criteo_8k_2k: Path, tmp_path: Path) -> None:
+    """`--nnodes 2 --rdzv-endpoint HOST:PORT`, the same command started twice (two "machines" on
+    this one, one process each): torchrun's c10d rendezvous ranks them, they train as one run of two
+    processes into the shared --out."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "rankers", "train", "--data", str(criteo_8k_2k), "--out", str(out),
+        "--embedding-dim", "8", "--epochs", "1", "--max-steps", "4", "--batch-size", "256",
+        "--device", "cpu", "--no-progress", "--nproc", "1", "--nnodes", "2",
+        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    machines = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    logs = [m.communicate(timeout=240)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(
+        logs[0].splitlines()[-20:] + logs[1].splitlines()[-20:]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["history"][0]["steps"] == 4

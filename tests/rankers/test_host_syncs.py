@@ -229,3 +229,28 @@ def test_fixed_shapes_nests_and_restores_the_previous_setting() -> None:
             raise RuntimeError
         assert static_shapes()
     assert not static_shapes()
+
+
+def test_the_training_step_and_loop_add_no_sync_of_their_own(data: Path) -> None:
+    """`train_step` as the GPU loop calls it (fixed shapes, the loss folded into a flag read every
+    50 steps) and the loop's loss sum: no sync from our code but the batch check, which reads the
+    host copy before the batch moves to the device. Reading the flag is the one sync, every N steps."""
+    from rankers.pipeline import LossCheck
+    from rankers.train import train_step
+
+    model, ranker, optimizer = _sharded("dien", "collection")
+    reader = iter(ParquetBatches(data, batch_size=64, shuffle_buffer=256))
+    batches = [next(reader) for _ in range(4)]  # made outside the count: they come from host data
+    losses, loss_sum, cpu = LossCheck(every=50), torch.zeros(()), torch.device("cpu")
+    train_step(model, ranker, optimizer, batches[0], "step 1", device=cpu, losses=(losses, 0))  # set-up
+    with fixed_shapes(), count_syncs() as syncs:
+        for i, batch in enumerate(batches[1:], start=1):
+            loss = train_step(
+                model, ranker, optimizer, batch, f"step {i + 1}", device=cpu, losses=(losses, i)
+            )
+            loss_sum += loss.detach()
+    ours = [s for s in syncs.ours() if not s.where.startswith("features/batch.py")]
+    assert ours == [] and any(s.where.startswith("features/batch.py") for s in syncs.ours())
+    with count_syncs() as syncs:
+        losses.flush()
+    assert [s.site for s in syncs.ours()] == ["rankers/pipeline.py flush"]  # the first bad step (none)
