@@ -93,10 +93,10 @@ class LossCheck:
         self._pending, self._names = 0, {}
         if first >= 0:
             raise NonFiniteLossError(
-                f"training loss became {float(self._value)} at {names.get(first, first)}; expected a finite loss "
-                f"(lower the learning rates, or check the data for extreme dense values). The loss is "
-                f"checked every {self.every} steps on this device: the weights took the steps up to "
-                f"{last}, and nothing was saved after the bad step"
+                f"training loss became {float(self._value)} at {names.get(first, first)}; expected a "
+                "finite loss (lower the learning rates, or check the data for extreme dense values). "
+                f"The loss is checked every {self.every} steps on this device: the weights took the "
+                f"steps up to {last}, and nothing was saved after the bad step"
             )
 
 

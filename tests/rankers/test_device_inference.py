@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.batch import Batch
 from features.reader import ParquetBatches
@@ -23,6 +22,7 @@ from rankers.evaluation import evaluate_batches, label_prior, predict
 from rankers.predictor import Predictor
 from rankers.ranker import Ranker, build_ranker
 from tests.conftest import one_line_error
+from tests.rankers.test_batch_checks import _with_id
 
 CONFIG = RankerConfig(embedding_dim=4)
 CPU = torch.device("cpu")
@@ -91,15 +91,6 @@ def test_evaluate_batches_on_cpu_given_explicitly_equals_the_default(
     prior = label_prior(synthetic_small / "train", schema)
     reader = ParquetBatches(synthetic_small / "valid", 1000)
     assert evaluate_batches(ranker, reader, prior, device=CPU) == evaluate_batches(ranker, reader, prior)
-
-
-def _with_id(batch: Batch, key: str, row: int, value: int) -> Batch:
-    """`batch` with the id of single-id feature `key` at `row` replaced by `value`."""
-    kjt = batch.sparse
-    values = kjt.values().clone()
-    values[kjt.offset_per_key()[kjt.keys().index(key)] + row] = value
-    sparse = KeyedJaggedTensor(keys=kjt.keys(), values=values, lengths=kjt.lengths(), stride=kjt.stride())
-    return Batch(batch.dense, sparse, batch.labels, batch.groups)
 
 
 def test_a_non_finite_output_in_a_later_batch_names_the_task_and_its_row_in_the_returned_arrays(
