@@ -3,6 +3,7 @@ reader's checks for a batch built by hand."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -36,13 +37,21 @@ class Batch(Pipelineable):
         return int(self.dense.shape[0])
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        sparse = self.sparse.to(device=device, non_blocking=non_blocking)
         return Batch(
             dense=self.dense.to(device=device, non_blocking=non_blocking),
-            sparse=self.sparse.to(device=device, non_blocking=non_blocking),
+            sparse=sparse,
             labels={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.labels.items()},
             groups=None if self.groups is None else self.groups.to(device=device, non_blocking=non_blocking),
-            tables={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.tables.items()},
+            tables=self._tables(sparse, lambda kjt: kjt.to(device=device, non_blocking=non_blocking)),
         )
+
+    def _tables(
+        self, sparse: KeyedJaggedTensor, move: Callable[[KeyedJaggedTensor], KeyedJaggedTensor]
+    ) -> dict[str, KeyedJaggedTensor]:
+        """`tables` moved by `move`; one that is `self.sparse` itself (a model whose pooled tables
+        take the whole KJT) becomes `sparse`, already moved, instead of a second copy."""
+        return {k: sparse if v is self.sparse else move(v) for k, v in self.tables.items()}
 
     def record_stream(self, stream: torch.Stream) -> None:
         self.dense.record_stream(stream)
@@ -55,12 +64,13 @@ class Batch(Pipelineable):
             kjt.record_stream(stream)
 
     def pin_memory(self) -> Batch:
+        sparse = self.sparse.pin_memory()
         return Batch(
             dense=self.dense.pin_memory(),
-            sparse=self.sparse.pin_memory(),
+            sparse=sparse,
             labels={k: v.pin_memory() for k, v in self.labels.items()},
             groups=None if self.groups is None else self.groups.pin_memory(),
-            tables={k: v.pin_memory() for k, v in self.tables.items()},
+            tables=self._tables(sparse, lambda kjt: kjt.pin_memory()),
         )
 
 

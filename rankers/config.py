@@ -288,7 +288,7 @@ class TrainConfig:
     # memory); a table that does not fit is placed in host memory behind a GPU cache (fbgemm's
     # UVM-caching kernel). Unused on CPU.
     hbm_cap_mb: int = 0
-    # Share of a UVM-cached table's rows its GPU cache holds, in (0, 1]. Unused on CPU.
+    # Share of a UVM-cached table's rows its GPU cache holds, in (0, 1) (TorchRec refuses 1). Unused on CPU.
     cache_load_factor: float = 0.2
     # Check the training loss for NaN/infinity every this many steps, >= 0 (0: every step on CPU,
     # every 50 steps on GPU, where each check waits for the GPU). The error names the first bad step.
@@ -319,8 +319,8 @@ class TrainConfig:
             raise ValueError(
                 f"embedding_optimizer {self.embedding_optimizer!r}: expected one of {EMBEDDING_OPTIMIZERS}"
             )
-        if not 0 < self.cache_load_factor <= 1:
-            raise ValueError(f"cache_load_factor {self.cache_load_factor} must be in (0, 1]")
+        if not 0 < self.cache_load_factor < 1:
+            raise ValueError(f"cache_load_factor {self.cache_load_factor} must be in (0, 1)")
         counts = ("patience", "threads", "max_steps", "shuffle_buffer", "checkpoint_every", "hbm_cap_mb")
         for name in (*counts, "check_every"):
             if getattr(self, name) < 0:

@@ -33,22 +33,47 @@ def resolve_device(name: str = "auto") -> torch.device:
     torchrun); "cuda:N"; or "auto" (cuda where torch sees a GPU, else cpu). ValueError for an
     unknown name or a GPU this machine does not have."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() and fbgemm_on_cuda() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name != "cuda" and not name.startswith("cuda:"):
         raise ValueError(f"device {name!r}: expected one of {DEVICES} or cuda:N")
-    index = int(os.environ.get("LOCAL_RANK", "0")) if name == "cuda" else _index(name)
+    local_rank, local_world = (
+        int(os.environ.get(k, d)) for k, d in (("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"))
+    )
+    index = local_rank if name == "cuda" else _index(name)
+    if name != "cuda" and local_world > 1:
+        raise ValueError(
+            f"device {name!r} with {local_world} processes on this machine would put them all on one "
+            "GPU; expected --device cuda or auto (each process takes the GPU LOCAL_RANK names)"
+        )
     if not torch.cuda.is_available():
         build = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
         raise ValueError(
             f"device {name!r}: torch {torch.__version__} (built {build}) sees no GPU on this machine; "
             "expected --device cpu or auto (set up the CUDA stack with `GPU=1 make setup`)"
         )
+    if not fbgemm_on_cuda():
+        raise ValueError(
+            f"device {name!r}: the installed fbgemm_gpu is the CPU build (fbgemm-gpu-cpu), whose table "
+            "kernels do not run on a GPU; expected --device cpu, or the CUDA stack (`GPU=1 make setup`)"
+        )
     count = torch.cuda.device_count()
+    if name == "cuda" and count == 1:
+        index = 0  # one GPU visible to each process (CUDA_VISIBLE_DEVICES set per process)
     if not 0 <= index < count:
         raise ValueError(f"device cuda:{index}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", index)
+
+
+def fbgemm_on_cuda() -> bool:
+    """Whether the installed fbgemm_gpu has CUDA kernels: torch may see a GPU while fbgemm is the
+    CPU build (`make setup` without GPU=1 on a GPU machine), and then only cpu works."""
+    import fbgemm_gpu  # noqa: F401  (registers its operators)
+
+    return bool(
+        torch._C._dispatch_has_kernel_for_dispatch_key("fbgemm::asynchronous_complete_cumsum", "CUDA")
+    )
 
 
 def _index(name: str) -> int:
@@ -86,7 +111,7 @@ def pinned(batches: Iterator[Batch], device: torch.device, threads: int | None =
         yield from batches
         return
     spare = (os.cpu_count() or 1) > 2 if threads is None else threads > 0
-    pinned_batches = (batch.pin_memory() for batch in batches)
+    pinned_batches = (batch.pin_memory() if batch.dense.device.type == "cpu" else batch for batch in batches)
     yield from prefetch(pinned_batches, depth=2) if spare else pinned_batches
 
 
@@ -107,6 +132,7 @@ def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         return False
 
     def produce() -> None:
+        torch.set_num_threads(1)  # this thread's own setting: pinning copies must not take every core
         try:
             for item in items:
                 if not put((item, None)):

@@ -172,8 +172,14 @@ def init_process_group(device: torch.device = torch.device("cpu")) -> None:
     launched by torchrun; nothing if one exists. On CUDA this process's GPU becomes the current
     device and the group is mixed (`backend_for`: NCCL for GPU tensors, gloo for CPU ones)."""
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
     if dist.is_initialized():
+        if device.type == "cuda" and "nccl" not in str(dist.get_backend_config()):
+            raise ValueError(
+                f"this process already has a process group ({dist.get_backend_config()}) without NCCL, "
+                "which cannot move GPU tensors between ranks; expected none before training on CUDA "
+                "(run it in a fresh process)"
+            )
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group(backend_for(device), timeout=timedelta(minutes=30))

@@ -105,9 +105,9 @@ def predict(
                     logits.setdefault(t, []).append(logit)
                     probs.setdefault(t, []).append(torch.sigmoid(logit.float()))  # per batch, as before
                 for t, y in batch.labels.items():
-                    labels.setdefault(t, []).append(y.numpy())
+                    labels.setdefault(t, []).append(y.cpu().numpy())
                 if batch.groups is not None:
-                    groups.append(batch.groups.numpy())
+                    groups.append(batch.groups.cpu().numpy())
                 bar.update()
     finally:
         model.train(was_training)

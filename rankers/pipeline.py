@@ -123,6 +123,7 @@ class SparseDistPipeline(TrainPipelineSparseDist[Batch, tuple[torch.Tensor, int]
         # so TorchRec finds them all when it traces the model, and pipelines them all.
         self._embedding = ranker.embedding
         self._embedding.inputs_from_batch = True
+        self._pin = device.type != "cpu"
         self._losses = losses or LossCheck()
 
         def forward(batch: Batch | None) -> tuple[torch.Tensor, Any]:
@@ -143,7 +144,10 @@ class SparseDistPipeline(TrainPipelineSparseDist[Batch, tuple[torch.Tensor, int]
         batch = super()._next_batch(dataloader_iter)
         if batch is not None:
             self._check(batch, self._where(self._fetched))
-            batch.tables = self._embedding.table_inputs(batch.sparse)  # on the host, before the copy
+            tables = self._embedding.table_inputs(batch.sparse)  # on the host, before the copy
+            if self._pin:  # so their copy overlaps the compute too
+                tables = {k: v if v is batch.sparse else v.pin_memory() for k, v in tables.items()}
+            batch.tables = tables
             self._fetched += 1
         return batch
 

@@ -42,6 +42,23 @@ def test_device_names_resolve_or_are_refused_in_one_line() -> None:
         assert "sees no GPU" in message and "--device cpu" in message
 
 
+def test_auto_is_cpu_where_fbgemm_is_the_cpu_build_even_with_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make setup` without GPU=1 on a GPU machine: torch sees the GPU, fbgemm's kernels are CPU
+    only (as here), so auto stays on CPU and an explicit cuda says why not."""
+    from rankers import devices
+
+    assert not devices.fbgemm_on_cuda()  # this machine's fbgemm-gpu-cpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert "CPU build" in one_line_error(lambda: resolve_device("cuda"))
+
+
+def test_one_gpu_index_for_several_processes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert "all on one GPU" in one_line_error(lambda: resolve_device("cuda:1"))
+
+
 def test_the_backend_is_gloo_on_cpu_and_mixed_on_cuda() -> None:
     assert backend_for(torch.device("cpu")) == "gloo"
     assert backend_for(CUDA) == "cpu:gloo,cuda:nccl"
@@ -78,8 +95,9 @@ def test_train_config_checks_the_device_settings() -> None:
         TrainConfig(device="gpu")
     with pytest.raises(ValueError, match="embedding_optimizer 'adamw'"):
         TrainConfig(embedding_optimizer="adamw")
-    with pytest.raises(ValueError, match="cache_load_factor"):
-        TrainConfig(cache_load_factor=0)
+    for factor in (0, 1):  # TorchRec refuses a cache as large as its table
+        with pytest.raises(ValueError, match="cache_load_factor"):
+            TrainConfig(cache_load_factor=factor)
     with pytest.raises(ValueError, match="hbm_cap_mb"):
         TrainConfig(hbm_cap_mb=-1)
 
@@ -247,3 +265,15 @@ def test_two_machines_meet_at_the_rendezvous_endpoint(criteo_8k_2k: Path, tmp_pa
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["history"][0]["steps"] == 4
+
+
+@pytest.mark.shared_data
+def test_a_table_input_that_is_the_batchs_kjt_is_moved_once(criteo_8k_2k: Path) -> None:
+    from features.reader import ParquetBatches
+
+    batch = next(iter(ParquetBatches(criteo_8k_2k / "test", 32)))
+    other = batch.sparse.permute(list(range(len(batch.sparse.keys())))[::-1])
+    batch.tables = {"pooled": batch.sparse, "sequence": other}
+    moved = batch.to(torch.device("cpu"))
+    assert moved.tables["pooled"] is moved.sparse and moved.tables["sequence"] is not moved.sparse
+    assert torch.equal(moved.tables["sequence"].values(), other.values())
