@@ -33,7 +33,7 @@ from rankers.backbones.layers import fixed_shapes
 from rankers.checkpoint import CheckpointDir
 from rankers.config import RankerConfig, TrainConfig, monitor_score
 from rankers.devices import autocast, pinned, resolve_device, synchronize, to_device
-from rankers.distributed import barrier, gather_arrays, init_process_group, is_main
+from rankers.distributed import TableSettings, barrier, gather_arrays, init_process_group, is_main
 from rankers.evaluation import evaluate_batches
 from rankers.pipeline import LossCheck, SparseDistPipeline, check_loss
 from rankers.ranker import Ranker
@@ -71,6 +71,7 @@ def train(
         torch.set_num_threads(config.threads)
     data, final = Path(data), Path(out).absolute()
     device = resolve_device(config.device)  # refuses cuda where there is none, before any work
+    TableSettings(device=device, optimizer=config.embedding_optimizer)  # refuses a GPU-only one on CPU
     init_process_group(device)
     output = open_output(final, overwrite, resume, data)
     ckpt = CheckpointDir(staging_path(final))

@@ -227,6 +227,12 @@ def test_train_on_a_missing_gpu_is_refused_before_any_work(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
+def test_a_gpu_only_embedding_optimizer_on_cpu_is_refused_before_any_work(tmp_path: Path) -> None:
+    config = replace(SHORT, device="cpu", embedding_optimizer="lamb")
+    message = one_line_error(lambda: train(tmp_path / "nowhere", tmp_path / "out", RankerConfig(), config))
+    assert "'lamb' has no CPU kernel" in message and not (tmp_path / "out").exists()
+
+
 def test_every_embedding_optimizer_has_a_fused_class() -> None:
     from rankers.distributed import FUSED_OPTIMIZERS
 
