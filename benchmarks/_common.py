@@ -24,16 +24,24 @@ SHARED_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """Cores, CPU model, its widest vector and bf16 units (figures differ most by these), memory."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    units = [
+        u
+        for f, u in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
+        if f in flags
+    ]
+    simd = ", ".join(units) if units else "AVX2, no AVX-512" if "avx2" in flags else ""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores {cpu}, {mem:.0f} GiB"
+    return f"{os.cpu_count()} cores {cpu}{f' ({simd})' if simd else ''}, {mem:.0f} GiB"
 
 
 def versions() -> dict[str, str]:

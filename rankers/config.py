@@ -24,7 +24,7 @@ SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_paralle
 SHARDED = ("table_wise", "row_wise", "column_wise")
 SEQUENCE_LOOKUPS = ("bag", "collection")  # how rankers.embedding looks a sequence up
 MONITOR_METRICS = ("auc-logloss", "auc", "logloss")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda")  # also cuda:N (rankers.devices.resolve_device)
 # The tables' fused optimizers (fbgemm, applied inside the backward pass): those fbgemm's CPU kernels
 # have, then those only its CUDA kernels have.
@@ -265,7 +265,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in all, >= 0 (0: no limit); for benchmarks
     progress: bool = True  # show progress bars with the loss and examples/s on stderr
     # Precision of the training forward passes: bf16 (under bfloat16 autocast: the dense matmuls in
-    # bf16, the tables, softmax, loss and optimizer state in fp32) or fp32; evaluation stays fp32.
+    # bf16, the tables, softmax, loss and optimizer state in fp32), fp32, or auto (bf16 where the
+    # device multiplies bf16 natively: a GPU with bf16, a CPU with AVX512-BF16 or AMX; else fp32;
+    # the run logs which and metrics.json records it); evaluation stays fp32.
     precision: str = "fp32"
     # Every table's sharding type: table_wise, row_wise, column_wise, data_parallel or auto (the
     # planner's choice).
@@ -312,7 +314,7 @@ class TrainConfig:
         if self.monitor_metric not in MONITOR_METRICS:
             raise ValueError(f"monitor_metric {self.monitor_metric!r}: expected one of {MONITOR_METRICS}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: expected 'fp32' or 'bf16'")
+            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"device {self.device!r}: expected one of {DEVICES} or cuda:N")
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:

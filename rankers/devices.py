@@ -89,6 +89,29 @@ def backend_for(device: torch.device) -> str:
     return "gloo" if device.type == "cpu" else f"cpu:gloo,{device.type}:nccl"
 
 
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether `device` multiplies bfloat16 natively, and what it has: a GPU with bf16 support, or a
+    CPU with AVX512-BF16 or AMX tiles (elsewhere oneDNN converts bf16 to fp32 for fp32 units)."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"{torch.cuda.get_device_name(device)} ({'bf16' if ok else 'no bf16'})"
+    units = [
+        name
+        for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+        if getattr(torch.cpu, probe, lambda: False)()
+    ]
+    return bool(units), f"CPU with {', '.join(units)}" if units else "CPU without AVX512-BF16 or AMX"
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """`precision` ("fp32", "bf16" or "auto") as run on `device`, and why: auto is bf16 where the
+    device multiplies bf16 natively (`native_bf16`), else fp32."""
+    if precision != "auto":
+        return precision, "asked for"
+    native, what = native_bf16(device)
+    return ("bf16" if native else "fp32"), f"auto: {what}"
+
+
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[None]:
     """bfloat16 autocast on `device`'s type with precision "bf16"; a no-op with "fp32"."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -25,6 +25,7 @@ from features.reader import ParquetBatches, find_schema, parquet_files
 from features.schema import Schema
 from rankers.checkpoint import CheckpointDir
 from rankers.config import RankerConfig, ShardingConfig, TrainConfig
+from rankers.devices import resolve_precision
 from rankers.distributed import TableSettings, describe_plan, is_main, shard_ranker
 from rankers.embedding import default_sequence_lookup
 from rankers.evaluation import label_counts, label_prior
@@ -106,6 +107,7 @@ class Run:
     info: dict[str, Any]  # the dataset's dataset.json
     train_files: list[Path]  # the training split's parquet files
     device: torch.device  # where the model computes (`TrainConfig.device` resolved)
+    precision: str  # the training forward's, fp32 or bf16 (`TrainConfig.precision` resolved)
 
     @property
     def fingerprint(self) -> str | None:
@@ -123,6 +125,7 @@ def prepare(
     ranker_config: RankerConfig,
     config: TrainConfig,
     device: torch.device = torch.device("cpu"),
+    precision: str = "",
 ) -> Run:
     """Checks `data`, builds the readers and the sharded model on `device` (seeded by
     `config.seed`), and on rank 0 logs the sharding plan and writes the checkpoint's schema.json
@@ -181,6 +184,7 @@ def prepare(
         info=info,
         train_files=train_files,
         device=device,
+        precision=precision or resolve_precision(config.precision, device)[0],
     )
 
 

@@ -32,7 +32,7 @@ from features.outputs import staging_path
 from rankers.backbones.layers import fixed_shapes
 from rankers.checkpoint import CheckpointDir
 from rankers.config import RankerConfig, TrainConfig, monitor_score
-from rankers.devices import autocast, pinned, resolve_device, synchronize, to_device
+from rankers.devices import autocast, pinned, resolve_device, resolve_precision, synchronize, to_device
 from rankers.distributed import TableSettings, barrier, gather_arrays, init_process_group, is_main
 from rankers.evaluation import evaluate_batches
 from rankers.pipeline import LossCheck, SparseDistPipeline, check_loss
@@ -71,12 +71,15 @@ def train(
         torch.set_num_threads(config.threads)
     data, final = Path(data), Path(out).absolute()
     device = resolve_device(config.device)  # refuses cuda where there is none, before any work
+    precision, why = resolve_precision(config.precision, device)
     TableSettings(device=device, optimizer=config.embedding_optimizer)  # refuses a GPU-only one on CPU
     init_process_group(device)
+    if is_main() and config.precision == "auto":
+        log.info("precision %s (%s)", precision, why)
     output = open_output(final, overwrite, resume, data)
     ckpt = CheckpointDir(staging_path(final))
     try:
-        result = _loop(prepare(data, ckpt, ranker_config, config, device), resume)
+        result = _loop(prepare(data, ckpt, ranker_config, config, device, precision), resume)
         if is_main():
             ckpt.write_metrics(result)
             marker = {"epochs": len(result["history"]), "best_epoch": result["best_epoch"]}
@@ -180,7 +183,7 @@ def _losses(
 ) -> Iterator[tuple[torch.Tensor, int]]:
     """Trains on each of `batches` (on the host) in turn, yielding (loss, rows) per step: the plain
     loop, or TorchRec's train pipeline with `config.pipeline`. `where(i)` names step i in errors."""
-    model, ranker, optimizer, precision = run.model, run.ranker, run.optimizer, run.config.precision
+    model, ranker, optimizer, precision = run.model, run.ranker, run.optimizer, run.precision
     if not run.config.pipeline:
         for i, batch in enumerate(batches):
             loss = train_step(model, ranker, optimizer, batch, where(i), precision, run.device, (losses, i))
@@ -292,6 +295,7 @@ def _result(run: Run, state: RunState) -> dict[str, Any]:
     result["data_fingerprint"] = run.fingerprint
     result["train_config"] = asdict(run.config)
     result["processes"] = dist.get_world_size()
+    result["precision"] = run.precision
     result["device"] = run.device.type if run.device.type == "cpu" else torch.cuda.get_device_name(run.device)
     result["sharding_plan"] = run.plan
     # Peak resident memory of each process (ru_maxrss is in KiB on Linux).
