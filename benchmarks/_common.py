@@ -25,7 +25,7 @@ SHARED_DATA = HERE.parent.parent / "shared" / "data"
 
 def machine() -> str:
     """Cores, CPU model, its widest vector and bf16 units (figures differ most by these), memory."""
-    cpu, flags = platform.processor() or platform.machine(), set()
+    cpu, flags = platform.processor() or platform.machine(), set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
