@@ -1,10 +1,10 @@
 """Where a run computes: the device a name stands for, the process-group backend that goes with it,
 autocast on that device, and batches moved there.
 
-`resolve_device("auto")` is `cuda:LOCAL_RANK` where torch sees a GPU and `cpu` elsewhere;
-`"cuda"` on a machine without one is refused with a line saying so. Everything that takes a device
-(training, evaluation, the Predictor, the checkpoints' RNG state) takes it from here, so a CPU run
-on a CUDA host never touches the GPU.
+`resolve_device("auto")` is `cuda:LOCAL_RANK` where torch sees a GPU (and fbgemm has its CUDA
+kernels) and `cpu` elsewhere; `"cuda"` on a machine without one is refused with a line saying so.
+Everything that takes a device (training, evaluation, the Predictor, the checkpoints' RNG state)
+takes it from here, so a CPU run on a CUDA host never touches the GPU.
 
 Example:
     >>> device = resolve_device("auto")          # cpu here; cuda:0 on a one-GPU machine
@@ -30,8 +30,9 @@ DEVICES = ("auto", "cpu", "cuda")  # the names a config or a flag takes (also "c
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The device `name` stands for: "cpu"; "cuda" (this process's GPU, `cuda:LOCAL_RANK` under
-    torchrun); "cuda:N"; or "auto" (cuda where torch sees a GPU, else cpu). ValueError for an
-    unknown name or a GPU this machine does not have."""
+    torchrun; cuda:0 where each process sees one GPU); "cuda:N" (one process per machine); or
+    "auto" (cuda where torch sees a GPU and fbgemm has CUDA kernels, else cpu). ValueError for an
+    unknown name, a GPU this machine does not have, or fbgemm's CPU build."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() and fbgemm_on_cuda() else "cpu"
     if name == "cpu":
