@@ -26,10 +26,11 @@ from features.schema import Schema
 from rankers.checkpoint import CheckpointDir
 from rankers.config import RankerConfig, ShardingConfig, TrainConfig
 from rankers.devices import resolve_precision
-from rankers.distributed import TableSettings, describe_plan, is_main, shard_ranker
+from rankers.distributed import is_main, shard_ranker
 from rankers.embedding import default_sequence_lookup
 from rankers.evaluation import label_counts, label_prior
 from rankers.metrics import markdown_table
+from rankers.planning import TableSettings, describe_plan
 from rankers.ranker import Ranker, build_ranker
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,10 @@ from rankers.backbones.layers import fixed_shapes
 from rankers.checkpoint import CheckpointDir
 from rankers.config import RankerConfig, TrainConfig, monitor_score
 from rankers.devices import autocast, pinned, resolve_device, resolve_precision, synchronize, to_device
-from rankers.distributed import TableSettings, barrier, gather_arrays, init_process_group, is_main
+from rankers.distributed import barrier, gather_arrays, init_process_group, is_main
 from rankers.evaluation import evaluate_batches
 from rankers.pipeline import LossCheck, SparseDistPipeline, check_loss
+from rankers.planning import TableSettings
 from rankers.ranker import Ranker
 from rankers.run import Run, RunState, prepare
 from rankers.staging import abort, open_output

@@ -17,8 +17,8 @@ from rankers.cli import main
 from rankers.cli.launch import torchrun_command, without_nproc
 from rankers.config import EMBEDDING_OPTIMIZERS, RankerConfig, ShardingConfig, TrainConfig
 from rankers.devices import backend_for, resolve_device
-from rankers.distributed import TableSettings, describe_plan, plan_sharding
 from rankers.pipeline import LossCheck, NonFiniteLossError
+from rankers.planning import TableSettings, describe_plan, plan_sharding
 from rankers.predictor import Predictor
 from rankers.ranker import build_ranker
 from rankers.train import train
@@ -234,7 +234,7 @@ def test_a_gpu_only_embedding_optimizer_on_cpu_is_refused_before_any_work(tmp_pa
 
 
 def test_every_embedding_optimizer_has_a_fused_class() -> None:
-    from rankers.distributed import FUSED_OPTIMIZERS
+    from rankers.planning import FUSED_OPTIMIZERS
 
     assert tuple(FUSED_OPTIMIZERS) == EMBEDDING_OPTIMIZERS
 

@@ -17,7 +17,8 @@ from features.batch import Batch
 from features.reader import table_batches
 from features.schema import CategoricalFeature, DenseFeature, Label, Schema, SequenceFeature
 from rankers.config import RankerConfig, ShardingConfig
-from rankers.distributed import describe_plan, plan_constraints, shard_ranker
+from rankers.distributed import shard_ranker
+from rankers.planning import describe_plan, plan_constraints
 from rankers.ranker import build_ranker
 from rankers.train import train_step
 
