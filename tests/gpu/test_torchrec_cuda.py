@@ -41,8 +41,9 @@ def _stack_missing() -> str | None:
         import torchrec  # noqa: F401
     except ImportError as e:  # the H200 loan machines have neither
         return f"needs the TorchRec stack (torchrec, fbgemm_gpu: GPU=1 make setup): {e}"
-    cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
-    if device.type == "cuda" and not cuda_kernel("fbgemm::asynchronous_complete_cumsum", "CUDA"):
+    from rankers.devices import fbgemm_on_cuda  # imports torchrec: only once it is known present
+
+    if device.type == "cuda" and not fbgemm_on_cuda():
         return "fbgemm_gpu has no CUDA kernels here (the CPU build fbgemm-gpu-cpu is in: GPU=1 make setup)"
     return None
 
