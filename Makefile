@@ -39,7 +39,8 @@ demo: $(STAMP)
 # machine. (x86-64 only: the feature names are x86's.)
 SIMD_OFF := NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR" ATEN_CPU_CAPABILITY=default
 PORTABLE_TESTS := tests/features tests/rankers/test_metrics.py tests/rankers/test_calibration.py \
-	tests/rankers/test_bidding.py tests/rankers/test_bid_cli.py tests/rankers/test_backbones.py
+	tests/rankers/test_bidding.py tests/rankers/test_bid_cli.py tests/rankers/test_backbones.py \
+	tests/rankers/test_kernels.py
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -q -m "not gpu" tests

@@ -15,11 +15,11 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
 from rankers.backbones.configs import AutoIntConfig, AutoIntPlusConfig
 from rankers.backbones.layers import FieldTokens, MLPBlock
+from rankers.kernels.attention import field_attention, prepare
 
 
 class InteractingLayer(nn.Module):
@@ -34,37 +34,29 @@ class InteractingLayer(nn.Module):
         if config.residual:
             self.res = nn.Linear(in_dim, self.dim, bias=False) if in_dim != self.dim else nn.Identity()
         self.norm = nn.LayerNorm(self.dim) if config.layer_norm else None
+        prepare()  # the fused CPU kernel: built once per machine, loaded once per process
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values: (B, T, 3, H, A/H), a view of one projection."""
         b, t, _ = x.shape
-        qkv = self.qkv(x).view(b, t, 3, self.heads, self.dim // self.heads)  # (B, T, 3, H, A/H)
-        # Heads folded into the batch, contiguous, so the batched matmuls take MKL's/oneDNN's
-        # batched path rather than a per-matrix loop with copies.
-        qkv = qkv.permute(2, 0, 3, 1, 4).reshape(3, b * self.heads, t, -1)  # (3, B*H, T, A/H)
-        q, k, v = qkv.unbind(0)
-        return q, k, v
+        return self.qkv(x).view(b, t, 3, self.heads, self.dim // self.heads)
+
+    @property
+    def _scale(self) -> float:
+        return (self.dim // self.heads) ** -0.5 if self.scale else 1.0
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention probabilities (B, H, T, T); each row sums to one over the T fields."""
-        q, k, _ = self._heads(x)
-        return self._probabilities(q, k).view(x.shape[0], self.heads, x.shape[1], x.shape[1])
-
-    def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        scores = torch.bmm(q, k.transpose(1, 2))  # (B*H, T, T)
-        if self.scale:
-            scores = scores * (self.dim // self.heads) ** -0.5
+        q, k, _ = self._heads(x).unbind(2)
+        scores = torch.einsum("bihd,bjhd->bhij", q, k) * self._scale
         return torch.softmax(scores, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self._heads(x)
-        # Batched matmuls rather than PyTorch's fused CPU attention, which was measured 2x slower
-        # at these shapes (T about 39, head dim 8); see benchmarks/NOTES.md.
-        # Blocks of B*H computed in cache with a recomputing backward were measured slower still
-        # (per-block op overhead outweighs the memory traffic saved).
-        p = F.dropout(self._probabilities(q, k), self.dropout, self.training)  # (B*H, T, T)
-        out = torch.bmm(p.to(v.dtype), v).view(b, self.heads, t, -1)  # (B, H, T, A/H)
-        out = out.transpose(1, 2).reshape(b, t, self.dim)  # (B, T, A)
+        # The fused CPU kernel (rankers/kernels) where it applies, batched matmuls elsewhere;
+        # measured in benchmarks/README.md ("Where a training step goes").
+        out = field_attention(self._heads(x), self._scale, self.dropout, self.training)  # (B, T, H, A/H)
+        out = out.reshape(b, t, self.dim)  # (B, T, A)
         if self.res is not None:
             out = out + self.res(x)
         if self.norm is not None:

@@ -1,0 +1,104 @@
+"""Building the library's C++ kernels with torch's extension toolchain, once per machine.
+
+A kernel's source ships in this package; `load_extension` compiles it on first use with
+`torch.utils.cpp_extension.load` (g++/clang and ninja; about 30 s, cached under
+`$TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`, and rebuilt when the source, the
+flags or torch change). Its vector code is built for the CPU's instruction set: AVX2 with FMA
+wherever torch reports AVX2 or AVX-512, portable (compiler-vectorised) code elsewhere; the
+extension's name carries which, so machines sharing a home directory never load a build their
+CPU cannot run.
+
+Where a kernel cannot be built (no compiler, no ninja, a failed compile) the callers use their
+reference formulas instead: one warning says why, and training goes on at the reference speed.
+`RANKERS_KERNELS=off` asks for the reference formulas without trying.
+
+Example:
+    >>> if load_extension("field_attention"):
+    ...     torch.ops.rankers_kernels.field_attention_fwd(q, k, v, 1.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ENV = "RANKERS_KERNELS"  # "off": never build, use the reference formulas
+_SOURCES = Path(__file__).parent
+_lock = threading.Lock()
+_loaded: dict[str, bool] = {}
+_why_not: dict[str, str] = {}
+
+
+def vector_isa() -> str:
+    """The instruction set the kernels are built for here: "avx2" (x86 with AVX2 or AVX-512, as
+    torch reports it) or "portable"."""
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return "avx2" if x86 and capability in ("AVX2", "AVX512") else "portable"
+
+
+def _flags(isa: str) -> list[str]:
+    common = ["-O3", "-fopenmp", "-DNDEBUG"]  # OpenMP: at::parallel_for's threads (torch's libgomp)
+    if isa == "avx2":
+        return [*common, "-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    return [*common, "-DCPU_CAPABILITY=DEFAULT"]
+
+
+def load_extension(kernel: str) -> bool:
+    """Build (first time on this machine) and load `rankers/kernels/<kernel>.cpp`, registering its
+    torch ops; True when they are available, False (with one warning naming the reason) where the
+    build failed or `RANKERS_KERNELS=off`."""
+    with _lock:
+        if kernel in _loaded:
+            return _loaded[kernel]
+        if os.environ.get(ENV, "").lower() in ("off", "0", "false", "no"):
+            _why_not[kernel] = f"{ENV}={os.environ[ENV]}"
+            _loaded[kernel] = False
+            return False
+        isa = vector_isa()
+        name = f"rankers_{kernel}_{isa}"
+        try:
+            from torch.utils import cpp_extension
+
+            log.info("building the %s kernel (%s, once per machine, about 30 s)", kernel, isa)
+            cpp_extension.load(
+                name=name,
+                sources=[str(_SOURCES / f"{kernel}.cpp")],
+                extra_cflags=_flags(isa),
+                extra_ldflags=["-fopenmp"],
+                is_python_module=False,
+                verbose=False,
+            )
+        except Exception as error:  # a missing compiler or ninja, a failed compile: the fallback runs
+            reason = _first_error(str(error))
+            log.warning(
+                "the %s kernel could not be built (%s: %s); using the reference formulas, which are "
+                "slower and give the same results to float tolerance",
+                kernel,
+                type(error).__name__,
+                reason,
+            )
+            _why_not[kernel] = f"{type(error).__name__}: {reason}"
+            _loaded[kernel] = False
+            return False
+        _loaded[kernel] = True
+        return True
+
+
+def _first_error(message: str) -> str:
+    """The compiler's first `error:` line (the build's message starts with its command line)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() and not line.startswith(("c++", "g++"))]
+    return (errors[0] if errors else lines[-1] if lines else "no message")[:300]
+
+
+def why_not(kernel: str) -> str | None:
+    """Why `kernel` is not in use (after `load_extension` said False), else None."""
+    return _why_not.get(kernel)
