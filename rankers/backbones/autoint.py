@@ -19,7 +19,8 @@ from torch import nn
 from rankers.backbones.base import Backbone, BackboneOutput, Embedded, InputSpec
 from rankers.backbones.configs import AutoIntConfig, AutoIntPlusConfig
 from rankers.backbones.layers import FieldTokens, MLPBlock
-from rankers.kernels.attention import field_attention, prepare
+from rankers.backbones.shapes import tracing_for_export
+from rankers.kernels.attention import field_attention, prepare, reference_attention
 
 
 class InteractingLayer(nn.Module):
@@ -55,7 +56,8 @@ class InteractingLayer(nn.Module):
         b, t, _ = x.shape
         # The fused CPU kernel (rankers/kernels) where it applies, batched matmuls elsewhere;
         # measured in benchmarks/README.md ("Where a training step goes").
-        out = field_attention(self._heads(x), self._scale, self.dropout, self.training)  # (B, T, H, A/H)
+        attend = reference_attention if tracing_for_export() else field_attention
+        out = attend(self._heads(x), self._scale, self.dropout, self.training)  # (B, T, H, A/H)
         out = out.reshape(b, t, self.dim)  # (B, T, A)
         if self.res is not None:
             out = out + self.res(x)

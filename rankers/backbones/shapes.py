@@ -16,9 +16,12 @@ evaluation loops enter `fixed_shapes` on any device but the CPU.
 
 The jagged path's host syncs per training step (tests/rankers/test_host_syncs.py asserts this list):
 one `int(lengths.max())` per sequence (`rankers.embedding.pad_sequence`); for DIN and DIEN one
-`torch.equal` per attended sequence after the first (`layers.aligned_mask`) and one `nonzero`
-(`ActivationUnit.weights`); for DIEN besides, per `JaggedGRU` (two) `int(active[0])` twice and
-`active.tolist()` once, and one `nonzero` in `auxiliary_loss`. The static path has none.
+`torch.equal` per attended sequence after the first (`layers.aligned_mask`); for DIN one `nonzero`
+(`ActivationUnit.weights`); for DIEN one `nonzero` in `auxiliary_loss` and, where its fused
+recurrence runs (rankers/kernels/gru.py: CPU, float32), one `nonzero` and two `int()` in
+`dien.Packing`, shared by both GRUs and the attention (elsewhere `ActivationUnit.weights`'
+`nonzero` and, per `JaggedGRU`, `int(active[0])` twice and `active.tolist()` once). The static
+path has none.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ import torch
 
 _TRACING_FOR_EXPORT = False  # set by `exporting()`
 _FIXED = False  # set by `fixed_shapes()`
+
+
+def tracing_for_export() -> bool:
+    """Whether `rankers.serving.export` is tracing: the artifact must not call the library's own
+    compiled ops (it loads without rankers), so the backbones keep to torch's."""
+    return _TRACING_FOR_EXPORT
 
 
 def static_shapes() -> bool:

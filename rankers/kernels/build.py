@@ -95,7 +95,7 @@ def load_extension(kernel: str) -> bool:
 def _first_error(message: str) -> str:
     """The compiler's first `error:` line (the build's message starts with its command line)."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() and not line.startswith(("c++", "g++"))]
+    errors = [line for line in lines if "error:" in line and "Error building extension" not in line]
     return (errors[0] if errors else lines[-1] if lines else "no message")[:300]
 
 

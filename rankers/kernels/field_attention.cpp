@@ -277,7 +277,7 @@ at::Tensor field_attention_bwd(const at::Tensor& grad, const at::Tensor& qkv, co
 
 }  // namespace
 
-TORCH_LIBRARY(rankers_kernels, m) {
+TORCH_LIBRARY_FRAGMENT(rankers_kernels, m) {
   m.def("field_attention_fwd(Tensor qkv, float scale) -> (Tensor, Tensor)");
   m.def("field_attention_bwd(Tensor grad, Tensor qkv, Tensor out, Tensor lse, float scale) -> Tensor");
 }

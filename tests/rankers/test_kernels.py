@@ -1,6 +1,6 @@
-"""The fused field-attention kernel (rankers/kernels) against the reference formulas, its torch-op
-conformance (schema, fake kernel, autograd, torch.compile, determinism) and the fallback where the
-kernel cannot be built or does not apply.
+"""The fused kernels (rankers/kernels: field attention, the packed GRU) against the reference
+formulas, their torch-op conformance (schema, fake kernel, autograd, torch.compile, determinism) and
+the fallback where a kernel cannot be built or does not apply.
 
 The kernel is built on first use (about 15-30 s once per machine, cached by torch); `make test`
 also runs this file with ATen's SIMD paths switched off, which builds and tests the portable
@@ -18,9 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from rankers.backbones import InputSpec
 from rankers.backbones.autoint import InteractingLayer
-from rankers.backbones.configs import AutoIntConfig
+from rankers.backbones.configs import GRU_TYPES, AutoIntConfig, DIENConfig
+from rankers.backbones.dien import DIEN, JaggedGRU
 from rankers.kernels.attention import MAX_TOKENS, field_attention, fused_applies, reference_attention
+from rankers.kernels.gru import fused_applies as packed_fused_applies
+from rankers.kernels.gru import packed_gru
+from tests.rankers._inputs import embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +38,7 @@ def _qkv(b: int, t: int, h: int, d: int, seed: int = 0, dtype: torch.dtype = tor
 @pytest.fixture(scope="module", autouse=True)
 def kernel_built() -> None:
     assert fused_applies(_qkv(1, 2, 1, 4)), "the fused kernel should build here (g++ and ninja are present)"
+    assert packed_fused_applies(torch.zeros(1)), "the GRU kernel should build here"
 
 
 @pytest.mark.parametrize(
@@ -142,12 +148,18 @@ _FALLBACK = textwrap.dedent(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     from rankers.kernels.attention import fused_applies, field_attention, reference_attention
     from rankers.kernels.build import why_not
+    from rankers.kernels.gru import fused_applies as gru_applies
+    from rankers.backbones.dien import JaggedGRU
     qkv = torch.randn(4, 39, 3, 2, 8, requires_grad=True)
     assert not fused_applies(qkv)
     out = field_attention(qkv)
     out.sum().backward()
     torch.testing.assert_close(out, reference_attention(qkv, 1.0), rtol=0, atol=0)
-    print("fallback:", why_not("field_attention"))
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    assert not gru_applies(x)
+    states, final = JaggedGRU(8, "AUGRU")(x, torch.ones(3, 5, dtype=torch.bool), torch.rand(3, 5))
+    (states.sum() + final.sum()).backward()
+    print("fallback:", why_not("field_attention"), "|", why_not("gru"))
     """
 )
 
@@ -168,6 +180,112 @@ def test_falls_back_to_the_reference_formulas_where_the_kernel_cannot_be_built(
     assert "fallback:" in done.stdout
     if how == "no compiler":
         assert "WARNING the field_attention kernel could not be built" in done.stderr
+        assert "WARNING the gru kernel could not be built" in done.stderr
         assert "reference formulas" in done.stderr
     else:
         assert "RANKERS_KERNELS=off" in done.stdout and "could not be built" not in done.stderr
+
+
+# --- the packed GRU (rankers/kernels/gru.cpp) ---------------------------------------------------
+
+
+def _sequences(
+    b: int, length: int, width: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, length + 1, (b,), generator=g)
+    lengths[0], lengths[1] = length, 0
+    mask = torch.arange(length) < lengths.unsqueeze(1)
+    x = torch.randn(b, length, width, generator=g, dtype=torch.float64) * mask.unsqueeze(2)
+    return x, mask, torch.rand(b, length, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("gru_type", ["GRU", *GRU_TYPES])
+@pytest.mark.parametrize("width", [20, 32])
+def test_packed_gru_matches_the_step_formulas_in_values_and_gradients(gru_type: str, width: int) -> None:
+    """The fused op (float32) against JaggedGRU's step-by-step formulas in float64 (which never take
+    the op): every state, each row's final state, and the gradients of inputs, scores and weights."""
+    x, mask, scores = _sequences(37, 12, width)
+    ref_gru = JaggedGRU(width, gru_type).double()
+    gru = JaggedGRU(width, gru_type)
+    gru.load_state_dict({k: v.float() for k, v in ref_gru.state_dict().items()})
+    scored = gru_type != "GRU"
+
+    def run(model: JaggedGRU, dtype: torch.dtype) -> list[torch.Tensor]:
+        xs = x.to(dtype).requires_grad_()
+        sc = scores.to(dtype).requires_grad_()
+        states, final = model(xs, mask, sc if scored else None)
+        assert states is not None
+        g = torch.Generator().manual_seed(3)
+        weights = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype) for t in (states, final)]
+        loss = (states * weights[0]).sum() + (final * weights[1]).sum()
+        inputs = [xs, *model.parameters()] + ([sc] if scored else [])
+        return [states, final, *torch.autograd.grad(loss, inputs)]
+
+    assert packed_fused_applies(x.float()) and not packed_fused_applies(x)
+    for got, want in zip(run(gru, torch.float32), run(ref_gru, torch.float64), strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_dien_with_the_fused_recurrence_equals_the_step_formulas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole model in training (AUGRU, Dice attention, auxiliary loss): logits, auxiliary loss and
+    every parameter's gradient agree with the op switched off."""
+    spec = InputSpec((), ("user", "item", "cate"), 8, (("hist_item", "item", 10), ("hist_cate", "cate", 10)))
+    torch.manual_seed(0)
+    model = DIEN(spec, DIENConfig(dnn_units=(16,), attention_units=(8,), aux_units=(8,)))
+    x = embedded(spec, 64, seed=1)
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(5)  # the auxiliary loss's negatives
+        out = model(x)
+        assert out.aux_loss is not None
+        loss = out.logits["ctr"].square().sum() + out.aux_loss
+        return [out.logits["ctr"], out.aux_loss, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    fused = run()
+    monkeypatch.setattr("rankers.backbones.dien.packed_fused_applies", lambda x: False)
+    for got, want in zip(fused, run(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _packed_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    batch_sizes = torch.tensor([5, 5, 3, 2, 2, 1])
+    n, width = int(batch_sizes.sum()), 8
+    gi = torch.randn(n, 3 * width, generator=g)
+    w_hh, b_hh = torch.randn(3 * width, width, generator=g) * 0.3, torch.randn(3 * width, generator=g)
+    return gi, batch_sizes, w_hh, b_hh, torch.rand(n, generator=g)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_packed_gru_opcheck_schema_fake_kernel_and_autograd(mode: int) -> None:
+    gi, batch_sizes, w_hh, b_hh, scores = _packed_inputs()
+    args = (gi.requires_grad_(), batch_sizes, w_hh.requires_grad_(), b_hh.requires_grad_())
+    scores = scores.requires_grad_() if mode else gi.new_empty(0)
+    torch.library.opcheck(torch.ops.rankers_kernels.gru_fwd.default, (*args, scores, mode))
+
+
+def test_packed_gru_compiles_without_graph_breaks_and_is_deterministic() -> None:
+    gi, batch_sizes, w_hh, b_hh, scores = _packed_inputs()
+    gi.requires_grad_()
+
+    def f(gi: torch.Tensor) -> torch.Tensor:
+        return packed_gru(gi, batch_sizes, w_hh, b_hh, scores, "AUGRU").square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    (grad,) = torch.autograd.grad(compiled(gi), gi)
+    (eager,) = torch.autograd.grad(f(gi), gi)
+    (again,) = torch.autograd.grad(f(gi), gi)
+    torch.testing.assert_close(grad, eager, rtol=1e-6, atol=1e-6)
+    assert torch.equal(eager, again)
+
+
+def test_packed_gru_names_bad_batch_sizes() -> None:
+    gi, _, w_hh, b_hh, scores = _packed_inputs()
+    with pytest.raises(RuntimeError, match="positive and nonincreasing"):
+        packed_gru(gi, torch.tensor([5, 6, 3, 2]), w_hh, b_hh, scores, "AUGRU")
+    with pytest.raises(RuntimeError, match="sum to 17, the packed inputs have 18 rows"):
+        packed_gru(gi, torch.tensor([5, 5, 3, 2, 2]), w_hh, b_hh, scores, "AUGRU")
+    with pytest.raises(ValueError, match="needs attention scores"):
+        packed_gru(gi, torch.tensor([5, 5, 3, 2, 2, 1]), w_hh, b_hh, None, "AGRU")
