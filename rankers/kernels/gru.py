@@ -27,8 +27,9 @@ _registered = False
 
 
 def fused_applies(x: torch.Tensor) -> bool:
-    """Whether `packed_gru` runs for inputs like `x`: CPU, float32, eager, the kernel built here."""
-    if x.device.type != "cpu" or x.dtype != torch.float32:
+    """Whether `packed_gru` runs for inputs like `x`: CPU, float32 without autocast (whose matmuls
+    would hand it bf16), eager, the kernel built here."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return False
     if torch.compiler.is_compiling():
         return _registered

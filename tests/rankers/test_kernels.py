@@ -223,6 +223,8 @@ def test_packed_gru_matches_the_step_formulas_in_values_and_gradients(gru_type: 
         return [states, final, *torch.autograd.grad(loss, inputs)]
 
     assert packed_fused_applies(x.float()) and not packed_fused_applies(x)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not packed_fused_applies(x.float())
     for got, want in zip(run(gru, torch.float32), run(ref_gru, torch.float64), strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
