@@ -106,7 +106,6 @@ def _shard(
     settings: TableSettings,
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     world, device = dist.get_world_size(), settings.device
-    cuda = device.type == "cuda"
     # Register the fused optimizer before wrapping: a fused table without one trains with SGD.
     # No weight decay on the tables: fbgemm-gpu-cpu 1.8.0's rowwise Adagrad CPU kernel was measured
     # to ignore weight_decay (L2 and decoupled modes alike). Data-parallel tables are dense
@@ -130,7 +129,8 @@ def _shard(
     )
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(model.named_parameters())),
-        # fused on CUDA: one kernel for every parameter, no per-parameter host loop
-        lambda params: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=cuda or None),
+        # fused: one kernel for every parameter, no per-parameter loop of small ops (on CPU too:
+        # AutoInt+ at batch 256 took 8.3 ms a step fused against 8.9 with the foreach default)
+        lambda params: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True),
     )
     return model, CombinedOptimizer([model.fused_optimizer, dense])
