@@ -11,12 +11,13 @@ threads, fp32, the sharded model of training (DMP, fused rowwise Adagrad, Adam).
 
 How time is attributed (torch.profiler, CPU self time of every op): the forward runs inside named
 scopes (hooks on the modules: `EmbeddingArch` -> embedding; AutoInt's `InteractingLayer` and the
-DIN/DIEN `ActivationUnit` -> attention; DIEN's `JaggedGRU` -> recurrence; the rest of the backbone
--> dense; `Ranker.loss` -> loss; `optimizer.step()` -> optimizer). A backward op takes the scope of
-the forward op it differentiates (autograd's sequence numbers link them), so the fused table
-optimizer, which fbgemm runs inside the tables' backward, counts as embedding. "data" is reading
-and checking the batch, timed apart (one reader thread, as training reads). ex/s is timed without
-the profiler; the shares come from a profiled run of the same steps.
+DIN/DIEN `ActivationUnit` -> attention; DIEN's `JaggedGRU`, its fused `run_packed` included ->
+recurrence; the rest of the backbone -> dense; `Ranker.loss` -> loss; `optimizer.step()` ->
+optimizer). A backward op takes the scope of the forward op it differentiates (autograd's sequence
+numbers link them), so the fused table optimizer, which fbgemm runs inside the tables' backward,
+counts as embedding. "data" is reading and checking the batch, timed apart (one reader thread, as
+training reads). ex/s is timed without the profiler; the shares come from a profiled run of the
+same steps.
 """
 
 from __future__ import annotations
@@ -92,7 +93,19 @@ def _scopes(ranker: Ranker) -> list[Any]:
         for kind, category in SCOPED:
             if isinstance(module, kind):
                 wrap(module, category)
+        if isinstance(module, JaggedGRU):  # DIEN calls its fused recurrence as a method, no hooks
+            module.run_packed = _scoped(module.run_packed, "recurrence")  # type: ignore[method-assign]
     return handles
+
+
+def _scoped(method: Any, category: str) -> Any:
+    """`method` run inside `record_function("scope:<category>")`."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with record_function(f"scope:{category}"):
+            return method(*args, **kwargs)
+
+    return run
 
 
 def _category(event: Any, by_sequence: dict[int, str]) -> str:
