@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from rankers.kernels.build import load_extension
 
@@ -111,3 +112,17 @@ def _register() -> None:
         return torch.ops.rankers_kernels.field_attention_bwd(grad_out, qkv, out, lse, ctx.scale), None
 
     torch.library.register_autograd(lib + "field_attention_fwd", backward, setup_context=setup_context)
+
+    # FLOPs as torch's FlopCounterMode counts the reference formulas (their four batched matmuls
+    # forward, eight backward); the backward's recomputed scores are not counted.
+    ops = torch.ops.rankers_kernels
+
+    @register_flop_formula(ops.field_attention_fwd)
+    def _fwd_flops(qkv_shape: torch.Size, *_: Any, **__: Any) -> int:
+        b, t, _three, h, d = qkv_shape
+        return 4 * b * h * t * t * d
+
+    @register_flop_formula(ops.field_attention_bwd)
+    def _bwd_flops(_grad: torch.Size, qkv_shape: torch.Size, *_: Any, **__: Any) -> int:
+        b, t, _three, h, d = qkv_shape
+        return 8 * b * h * t * t * d

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from rankers.kernels.build import load_extension
 
@@ -120,3 +121,28 @@ def _register() -> None:
         return dgi, None, dw, db, (dscores if ctx.mode else None), None
 
     torch.library.register_autograd(lib + "gru_fwd", backward, setup_context=setup_context)
+
+    # FLOPs as torch's FlopCounterMode counts the step formulas' matmuls: the hidden projection at
+    # every step after the first (forward), its input gradient there and the weight gradient
+    # (backward); the input projection is a Linear outside the op, counted on its own.
+    ops = torch.ops.rankers_kernels
+
+    @register_flop_formula(ops.gru_fwd, get_raw=True)
+    def _fwd_flops(
+        gi: torch.Tensor, batch_sizes: torch.Tensor, w_hh: torch.Tensor, *_: Any, **__: Any
+    ) -> int:
+        stepped = gi.shape[0] - (int(batch_sizes[0]) if batch_sizes.numel() else 0)
+        return 2 * stepped * w_hh.shape[0] * w_hh.shape[1]
+
+    @register_flop_formula(ops.gru_bwd, get_raw=True)
+    def _bwd_flops(
+        grad: torch.Tensor,
+        states: torch.Tensor,
+        gates: torch.Tensor,
+        batch_sizes: torch.Tensor,
+        w_hh: torch.Tensor,
+        *_: Any,
+        **__: Any,
+    ) -> int:
+        stepped = states.shape[0] - (int(batch_sizes[0]) if batch_sizes.numel() else 0)
+        return 2 * (stepped + states.shape[0]) * w_hh.shape[0] * w_hh.shape[1]
