@@ -226,9 +226,19 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument(
+        "--datasets", default=",".join(DATASETS), help=f"comma-separated, of {list(DATASETS)} (default: all)"
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated, of {list(MODELS)} (default: all; each runs on the datasets of its kind)",
+    )
+    parser.add_argument(
+        "--libraries",
+        default=",".join(LIBRARIES),
+        help=f"comma-separated, of {list(LIBRARIES)} (default: all; a peer runs only the models it has)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

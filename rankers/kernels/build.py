@@ -67,6 +67,7 @@ def load_extension(kernel: str) -> bool:
         try:
             from torch.utils import cpp_extension
 
+            _ninja_on_path()
             log.info("building the %s kernel (%s, once per machine, about 30 s)", kernel, isa)
             cpp_extension.load(
                 name=name,
@@ -90,6 +91,18 @@ def load_extension(kernel: str) -> bool:
             return False
         _loaded[kernel] = True
         return True
+
+
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; a `pip install ninja` in a venv that was not activated puts
+    it beside the interpreter instead, so that folder joins PATH (for this process only)."""
+    import shutil
+    import sys
+
+    if shutil.which("ninja") is None:
+        here = Path(sys.executable).parent
+        if (here / "ninja").exists():
+            os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def _first_error(message: str) -> str:
