@@ -106,15 +106,14 @@ def _library_syncs(ranker: Ranker, optimizer: torch.optim.Optimizer) -> Counter:
     """TorchRec's, fbgemm's and torch.optim's syncs per step, each with its reason. Counted exactly,
     so a new one fails the test."""
     modules = len(ranker.embedding.table_modules())  # each runs one fbgemm kernel (TBE) here
-    dense = sum(p.grad is not None for g in optimizer.param_groups for p in g["params"])
+    # torch.optim.Adam, fused (rankers/distributed.py, on every device), keeps each parameter's
+    # `step` as a tensor and reads none of them back; the foreach or for-loop Adam would read
+    # each one with `.item()` (`_get_value`), counted here if it ever came back.
     return Counter(
         {
             # fbgemm's TBE forward reads its iteration counter `iter_cpu` twice (`.item()`): a CPU
             # tensor by design, so no GPU sync.
             ("aten._local_scalar_dense", f"{_FBGEMM} forward"): 2 * modules,
-            # torch.optim.Adam (not fused, not capturable) reads each parameter's `step`, a CPU
-            # tensor, with `.item()` (`_get_value`): no GPU sync.
-            ("aten._local_scalar_dense", "torchrec/optim/keyed.py step"): dense,
             # TorchRec's KJT all-to-all builds its recat permutation with `torch.tensor(list,
             # device=...)` in every input dist (`dist_data._get_recat`), one per sharded table
             # module: on a GPU a small blocking host-to-device copy, TorchRec's own.
