@@ -24,10 +24,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from rankers.kernels.build import load_extension
+from rankers.kernels.build import Kernel
 
 MAX_TOKENS = 64  # the kernel's limit on T; more tokens take the reference formulas
-_registered = False
 
 
 def reference_attention(
@@ -52,15 +51,13 @@ def fused_applies(qkv: torch.Tensor, dropout: float = 0.0, training: bool = Fals
         return False
     if dropout > 0 and training:
         return False
-    if torch.compiler.is_compiling():
-        return _registered  # built in eager (`prepare`), never while dynamo traces
-    return _ready()
+    return KERNEL.applies()  # built in eager (`prepare`), never while dynamo traces
 
 
 def prepare() -> bool:
     """Build (first time on this machine) and load the kernel now, before any tracing or timing;
     layers that use it call this when they are built. True where it is available."""
-    return _ready()
+    return KERNEL.ready()
 
 
 def field_attention(
@@ -72,17 +69,6 @@ def field_attention(
     if fused_applies(qkv, dropout, training):
         return torch.ops.rankers_kernels.field_attention_fwd(qkv, float(scale))[0]
     return reference_attention(qkv, scale, dropout, training)
-
-
-def _ready() -> bool:
-    global _registered
-    if _registered:
-        return True
-    if not load_extension("field_attention"):
-        return False
-    _register()
-    _registered = True
-    return True
 
 
 def _register() -> None:
@@ -126,3 +112,6 @@ def _register() -> None:
     def _bwd_flops(_grad: torch.Size, qkv_shape: torch.Size, *_: Any, **__: Any) -> int:
         b, t, _three, h, d = qkv_shape
         return 8 * b * h * t * t * d
+
+
+KERNEL = Kernel("field_attention", _register)

@@ -23,6 +23,7 @@ import logging
 import os
 import platform
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -110,6 +111,27 @@ def _first_error(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line and "Error building extension" not in line]
     return (errors[0] if errors else lines[-1] if lines else "no message")[:300]
+
+
+class Kernel:
+    """One kernel's load-once state. `ready()` builds and loads it (the first call) and runs
+    `register` (its fake kernels, autograd and FLOP formulas) once; `applies()` is `ready()`, except
+    while dynamo traces, where it only says whether that already happened (nothing is built or
+    registered inside a trace)."""
+
+    def __init__(self, name: str, register: Callable[[], None]) -> None:
+        self.name, self._register, self.loaded = name, register, False
+        self._lock = threading.Lock()
+
+    def ready(self) -> bool:
+        with self._lock:
+            if not self.loaded and load_extension(self.name):
+                self._register()
+                self.loaded = True
+            return self.loaded
+
+    def applies(self) -> bool:
+        return self.loaded if torch.compiler.is_compiling() else self.ready()
 
 
 def why_not(kernel: str) -> str | None:

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from rankers.kernels.build import load_extension
+from rankers.kernels.build import Kernel
 
 MODES = {"GRU": 0, "AUGRU": 1, "AGRU": 2}  # AIGRU is the GRU on scaled inputs
-_registered = False
 
 
 def fused_applies(x: torch.Tensor) -> bool:
@@ -32,14 +31,12 @@ def fused_applies(x: torch.Tensor) -> bool:
     would hand it bf16), eager, the kernel built here."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return False
-    if torch.compiler.is_compiling():
-        return _registered
-    return _ready()
+    return KERNEL.applies()
 
 
 def prepare() -> bool:
     """Build (first time on this machine) and load the kernel now; True where it is available."""
-    return _ready()
+    return KERNEL.ready()
 
 
 def packed_gru(
@@ -60,17 +57,6 @@ def packed_gru(
         raise ValueError(f"gru_type {gru_type!r} needs attention scores")
     states, _ = torch.ops.rankers_kernels.gru_fwd(gi, batch_sizes, w_hh, b_hh, scores, mode)
     return states
-
-
-def _ready() -> bool:
-    global _registered
-    if _registered:
-        return True
-    if not load_extension("gru"):
-        return False
-    _register()
-    _registered = True
-    return True
 
 
 def _register() -> None:
@@ -146,3 +132,6 @@ def _register() -> None:
     ) -> int:
         stepped = states.shape[0] - (int(batch_sizes[0]) if batch_sizes.numel() else 0)
         return 2 * (stepped + states.shape[0]) * w_hh.shape[0] * w_hh.shape[1]
+
+
+KERNEL = Kernel("gru", _register)
