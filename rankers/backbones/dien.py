@@ -18,7 +18,9 @@ sorted by length, the active set shrinking), so the cost follows the real positi
 float32 both run as one fused op each (rankers/kernels/gru.cpp) over the real positions packed
 time-major (`Packing`, shared with the attention unit); elsewhere step by step in torch ops. Under
 `shapes.static_shapes()` (compile, export, `fixed_shapes`) both run over all L positions with the
-padding masked and read nothing back to the host. All three give the same values and gradients.
+padding masked and read nothing back to the host. All three give the same values and gradients
+(with attention dropout in training, the same in distribution: the fused path's attention unit
+sees the real positions in another order, so one seed draws other masks).
 Padding comes after the real positions, so it never reaches them.
 
 Sequences and targets are chosen as in DIN (`layers.InterestMLP`): the attended sequences are

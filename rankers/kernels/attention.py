@@ -10,7 +10,7 @@ matmuls. Both agree to float tolerance in values and gradients (tests/rankers/te
 
 The kernel is a registered torch op with a fake (meta) implementation and autograd, so
 `torch.compile` captures it without a graph break, and it is deterministic (each slice is computed
-by one thread in a fixed order).
+by one thread in a fixed order). Its backward is not itself differentiable (no double backward).
 
 Example:
     >>> qkv = linear(x).view(b, t, 3, heads, dim // heads)

@@ -120,13 +120,25 @@ class Kernel:
     registered inside a trace)."""
 
     def __init__(self, name: str, register: Callable[[], None]) -> None:
-        self.name, self._register, self.loaded = name, register, False
+        self.name, self._register, self.loaded, self.failed = name, register, False, False
         self._lock = threading.Lock()
 
     def ready(self) -> bool:
         with self._lock:
-            if not self.loaded and load_extension(self.name):
-                self._register()
+            if not self.loaded and not self.failed and load_extension(self.name):
+                try:
+                    self._register()
+                except Exception as error:  # e.g. a torch whose library API differs: the fallback runs
+                    log.warning(
+                        "the %s kernel was built but its torch ops could not be registered (%s: %s); "
+                        "using the reference formulas",
+                        self.name,
+                        type(error).__name__,
+                        error,
+                    )
+                    _why_not[self.name] = f"registration: {type(error).__name__}: {error}"
+                    self.failed = True  # never half-registered twice
+                    return False
                 self.loaded = True
             return self.loaded
 

@@ -216,16 +216,25 @@ void check(const at::Tensor& x, const char* name, int64_t dims) {
               x.device());
 }
 
-#define DISPATCH_NK(T, ...)                                  \
-  switch (round_up(T) / W) {                                 \
-    case 1: { constexpr int NK = 1; __VA_ARGS__; break; }    \
-    case 2: { constexpr int NK = 2; __VA_ARGS__; break; }    \
-    case 3: { constexpr int NK = 3; __VA_ARGS__; break; }    \
-    case 4: { constexpr int NK = 4; __VA_ARGS__; break; }    \
-    case 5: { constexpr int NK = 5; __VA_ARGS__; break; }    \
-    case 6: { constexpr int NK = 6; __VA_ARGS__; break; }    \
-    case 7: { constexpr int NK = 7; __VA_ARGS__; break; }    \
-    case 8: { constexpr int NK = 8; __VA_ARGS__; break; }    \
+// NK = vectors per score row: up to 64 tokens, at 4 (NEON), 8 (AVX2) or 16 lanes.
+#define DISPATCH_NK(T, ...)                                                                          \
+  switch (round_up(T) / W) {                                                                         \
+    case 1: { constexpr int NK = 1; __VA_ARGS__; break; } \
+    case 2: { constexpr int NK = 2; __VA_ARGS__; break; } \
+    case 3: { constexpr int NK = 3; __VA_ARGS__; break; } \
+    case 4: { constexpr int NK = 4; __VA_ARGS__; break; } \
+    case 5: { constexpr int NK = 5; __VA_ARGS__; break; } \
+    case 6: { constexpr int NK = 6; __VA_ARGS__; break; } \
+    case 7: { constexpr int NK = 7; __VA_ARGS__; break; } \
+    case 8: { constexpr int NK = 8; __VA_ARGS__; break; } \
+    case 9: { constexpr int NK = 9; __VA_ARGS__; break; } \
+    case 10: { constexpr int NK = 10; __VA_ARGS__; break; } \
+    case 11: { constexpr int NK = 11; __VA_ARGS__; break; } \
+    case 12: { constexpr int NK = 12; __VA_ARGS__; break; } \
+    case 13: { constexpr int NK = 13; __VA_ARGS__; break; } \
+    case 14: { constexpr int NK = 14; __VA_ARGS__; break; } \
+    case 15: { constexpr int NK = 15; __VA_ARGS__; break; } \
+    case 16: { constexpr int NK = 16; __VA_ARGS__; break; } \
     default: TORCH_CHECK(false, "field_attention: ", T, " tokens, at most ", kMaxTokens, " supported"); \
   }
 

@@ -8,7 +8,8 @@ the same order. Gates follow torch.nn.GRU (r, z, n; the paper's update gate u = 
 scales u by the score, AGRU replaces it. `fused_applies` says whether the op runs here (CPU,
 float32, eager, the kernel built); `rankers.backbones.dien.JaggedGRU` keeps its step-by-step
 formulas for everything else, and the two agree to float tolerance in values and gradients
-(tests/rankers/test_kernels.py).
+(tests/rankers/test_kernels.py). The op's backward is not itself differentiable (no double
+backward).
 
 Example:
     >>> states = packed_gru(ih(x_packed), batch_sizes, hh.weight, hh.bias, scores_packed, "AUGRU")

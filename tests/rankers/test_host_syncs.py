@@ -130,7 +130,7 @@ def _ours_eager(backbone: str) -> Counter:
     syncs = Counter({("aten._local_scalar_dense", "rankers/embedding.py pad_sequence"): 2})  # per sequence
     if backbone in ("din", "dien"):
         syncs[("aten.equal", "rankers/backbones/layers.py aligned_mask")] = 1  # 2 attended sequences
-    if backbone == "din" or not packed_fused_applies(torch.zeros(1)):
+    if backbone == "din" or (backbone == "dien" and not packed_fused_applies(torch.zeros(1))):
         syncs[("aten.nonzero", "rankers/backbones/layers.py weights")] = 1
     if backbone == "dien" and packed_fused_applies(torch.zeros(1)):  # one packing for both GRUs
         syncs[("aten.nonzero", "rankers/backbones/dien.py __init__")] = 1
